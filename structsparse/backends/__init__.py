@@ -1,0 +1,72 @@
+"""Backends: executors of the algorithms of SPEC.md, all with the signatures of :mod:`.reference`.
+
+``"reference"`` is pure PyTorch (the oracle); ``"cpu"``, ``"triton"`` and ``"cuda"`` are fused
+kernels; ``"auto"`` picks the fastest available for the tensors' device and falls back to
+``"reference"`` with one warning when an extension is missing. An explicit choice never falls
+back silently: it raises when it cannot run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+
+_warned: set[str] = set()
+
+
+def check_backend(name: object) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {name!r}; expected one of {BACKENDS}")
+    return name  # type: ignore[return-value]
+
+
+def _load(name: str) -> tuple[ModuleType | None, str]:
+    """Import backend module ``name``; return (module or None, reason it is unavailable)."""
+    try:
+        mod = importlib.import_module(f"{__name__}.{name}")
+    except ImportError as e:
+        return None, str(e)
+    ok, why = mod.available()
+    return (mod if ok else None), why
+
+
+def _auto_candidates(device: torch.device) -> tuple[str, ...]:
+    if device.type == "cuda":
+        return ("cuda", "triton")
+    if device.type == "cpu":
+        return ("cpu",)
+    return ()
+
+
+def resolve(name: str, device: torch.device) -> ModuleType:
+    """The backend module to run tensors on ``device`` with (see module docstring)."""
+    from . import reference
+
+    if name == "reference":
+        return reference
+    if name != "auto":
+        mod, why = _load(name)
+        if mod is None:
+            raise RuntimeError(f"backend={name!r} is not available: {why}")
+        return mod
+    reasons = []
+    for cand in _auto_candidates(device):
+        mod, why = _load(cand)
+        if mod is not None:
+            return mod
+        reasons.append(f"{cand}: {why}")
+    key = f"{device.type}"
+    if reasons and key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            "structsparse: no fused backend for "
+            f"{device.type} tensors ({'; '.join(reasons)}); using backend='reference'",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return reference

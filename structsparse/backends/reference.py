@@ -1,0 +1,322 @@
+"""Reference backend: the mathematics of SPEC.md in plain PyTorch, one function per algorithm.
+
+This module is the oracle every fused backend is tested against. It is written to read like
+SPEC.md, not to be fast. Every step function takes one *bucket*: lists of parameters, gradients
+and state tensors, plus the scalars of their param group. The optimizer classes have already
+advanced the per-tensor counters (``steps``: t, ``alphas``: α) before calling.
+
+Low-precision parameters (fp16/bf16) keep fp32 state; the math runs in the state's dtype and the
+result is rounded into the parameter once per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..regularizers import Regularizer
+
+# Newton on φ(r) (SPEC §4) stops when a step no longer increases r by more than this many ulps.
+NEWTON_MAX_ITERS = 50
+NEWTON_ULPS = 4.0
+
+
+def _work(p: Tensor, state_dtype: torch.dtype) -> Tensor:
+    """The parameter in the state's dtype (a copy for fp16/bf16, the parameter itself otherwise)."""
+    return p if p.dtype == state_dtype else p.to(state_dtype)
+
+
+def _store(p: Tensor, w: Tensor) -> None:
+    if w is not p:
+        p.copy_(w)
+
+
+def _mix(w: Tensor, w_tilde: Tensor, c: float) -> Tensor:
+    """``W ← (1 − c)·W + c·W̃``."""
+    return w.mul_(1 - c).add_(w_tilde, alpha=c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subproblem of RAMDA / ProxGen / ProxSSI (SPEC §4)
+#
+#   min_X  Q(X) = ⟨V, X − W0⟩ + ½ Σ_i P_i (X_i − W0_i)² + a·ψ(X),        P > 0
+#
+# i.e. the weighted prox ½‖X − Z‖²_P + a·ψ(X) with Z = W0 − V/P. Separable by group.
+# ---------------------------------------------------------------------------------------------
+
+
+def subproblem_objective(
+    x3: Tensor, v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape
+) -> Tensor:
+    """Q restricted to each group, shape [G]."""
+    d = x3 - w03
+    smooth = (v3 * d + 0.5 * p3 * d * d).sum(dim=(0, 2))
+    return smooth + a * reg.group_values(x3, shape)
+
+
+def screen(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape) -> Tensor:
+    """Exact screening for group LASSO: ``W̃_g = 0`` iff ``‖P⊙W0 − V‖_g ≤ T_g = a·λ·w_g``. Shape [G]."""
+    pz_norm = (p3 * w03 - v3).pow(2).sum(dim=(0, 2)).sqrt()
+    return pz_norm <= a * reg.lam * reg.group_weight(shape)  # type: ignore[attr-defined]
+
+
+def newton_group_lasso(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape) -> Tensor:
+    """Exact solution for group LASSO (``solver="exact"``).
+
+    Kept group: ``W̃_i = P_i Z_i r / (P_i r + T)`` with ``r`` the root of
+    ``φ(r) = Σ_i (P_i Z_i / (P_i r + T))² − 1``, found by Newton from
+    ``r₀ = max(0, (‖P⊙Z‖ − T)/max_i P_i)`` (φ(r₀) ≥ 0, so the iterates increase monotonically).
+    Each group stops once a Newton step is below ``NEWTON_ULPS`` ulps of r.
+    """
+    pz = p3 * w03 - v3  # P ⊙ Z
+    thr = a * reg.lam * reg.group_weight(shape)  # type: ignore[attr-defined]
+    if thr == 0:
+        return w03 - v3 / p3
+    pz_norm = pz.pow(2).sum(dim=(0, 2)).sqrt()
+    kept = pz_norm > thr
+    pmax = p3.amax(dim=(0, 2)) if p3.numel() else torch.ones_like(pz_norm)
+    r = ((pz_norm - thr) / pmax).clamp_min(0)
+    tol = NEWTON_ULPS * torch.finfo(pz.dtype).eps
+    active = kept.clone()
+    for _ in range(NEWTON_MAX_ITERS):
+        if not bool(active.any()):
+            break
+        den = p3 * r.view(1, -1, 1) + thr
+        q = pz / den
+        phi = q.pow(2).sum(dim=(0, 2)) - 1
+        dphi = -2 * (q.pow(2) * p3 / den).sum(dim=(0, 2))
+        delta = -phi / dphi
+        step_ok = active & (delta > tol * r)
+        r = torch.where(step_ok, r + delta, r)
+        active = step_ok
+    r3 = r.view(1, -1, 1)
+    x = pz * r3 / (p3 * r3 + thr)
+    return torch.where(kept.view(1, -1, 1), x, torch.zeros_like(x))
+
+
+def proximal_gradient(
+    v3: Tensor,
+    p3: Tensor,
+    w03: Tensor,
+    x03: Tensor,
+    a: float,
+    reg: Regularizer,
+    shape,
+    max_iters: int,
+    rtol: float,
+) -> Tensor:
+    """Screened proximal gradient (RAMDA Algorithm 2), ``solver="pg"``.
+
+    Per group: step ``η_g = 1/max_{i∈g} P_i`` (halved for a nonconvex ψ), warm start ``x03``,
+    ``X ← prox_{η_g·a·ψ}(X − η_g (V + P⊙(X − W0)))``. **Stopping rule: per group** — a group stops
+    when ``(Q_prev − Q)/(|Q| + 1) < rtol`` after at least 2 iterations, or after ``max_iters``.
+    Screened groups (group LASSO family) are set to 0 without iterating. A group whose final
+    objective is above its warm start's gets its warm start back.
+    """
+    g = v3.shape[1]
+    if g == 0 or v3.numel() == 0:
+        return x03.clone()
+    eta = 1.0 / p3.amax(dim=(0, 2))
+    if reg.nonconvex:
+        eta = eta / 2
+    eta3 = eta.view(1, -1, 1)
+    if reg.screenable:
+        zero = screen(v3, p3, w03, a, reg, shape)
+    else:
+        zero = torch.zeros(g, dtype=torch.bool, device=v3.device)
+    x = torch.where(zero.view(1, -1, 1), torch.zeros_like(x03), x03)
+    q0 = subproblem_objective(x03, v3, p3, w03, a, reg, shape)
+    q_prev = subproblem_objective(x, v3, p3, w03, a, reg, shape)
+    active = ~zero
+    for j in range(1, max_iters + 1):
+        if not bool(active.any()):
+            break
+        y = x - eta3 * (v3 + p3 * (x - w03))
+        x_new = reg.prox_groups(y, eta * a, shape)
+        q = subproblem_objective(x_new, v3, p3, w03, a, reg, shape)
+        x = torch.where(active.view(1, -1, 1), x_new, x)
+        done = (j >= 2) & ((q_prev - q) / (q.abs() + 1) < rtol)
+        q_prev = torch.where(active, q, q_prev)
+        active = active & ~done
+    worse = ~zero & (q_prev > q0)
+    return torch.where(worse.view(1, -1, 1), x03, x)
+
+
+def solve_subproblem(
+    v: Tensor,
+    p: Tensor,
+    w0: Tensor,
+    x0: Tensor,
+    a: float,
+    reg: Regularizer,
+    solver: str,
+    max_iters: int,
+    rtol: float,
+) -> Tensor:
+    """Minimize Q of the module docstring over X; returns X with W0's shape."""
+    shape = w0.shape
+    vs = reg.view_shape(shape)
+    v3, p3, w03, x03 = (t.contiguous().view(vs) for t in (v, p, w0, x0))
+    if solver == "exact":
+        x3 = newton_group_lasso(v3, p3, w03, a, reg, shape)
+    else:
+        x3 = proximal_gradient(v3, p3, w03, x03, a, reg, shape, max_iters, rtol)
+    return x3.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# RMDA (SPEC §3)
+# ---------------------------------------------------------------------------------------------
+
+
+def rmda_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    anchors: Sequence[Tensor],
+    grad_sums: Sequence[Tensor],
+    *,
+    steps: Sequence[int],
+    alphas: Sequence[float],
+    lr: float,
+    c: float,
+    reg: Regularizer | None,
+) -> None:
+    """``s = lr·sqrt(t)``; ``V ← V + s·g``; ``W̃ = prox_{(α/sqrt t)ψ}(W0 − V/sqrt t)``; ``W ← (1−c)W + cW̃``."""
+    for p, g, w0, v, t, alpha in zip(params, grads, anchors, grad_sums, steps, alphas):
+        w = _work(p, v.dtype)
+        s = lr * math.sqrt(t)
+        v.add_(g.to(v.dtype), alpha=s)
+        z = w0 - v / math.sqrt(t)
+        w_tilde = z if reg is None else reg.prox(z, alpha / math.sqrt(t))
+        _store(p, _mix(w, w_tilde, c))
+
+
+# ---------------------------------------------------------------------------------------------
+# RAMDA (SPEC §4)
+# ---------------------------------------------------------------------------------------------
+
+
+def ramda_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    anchors: Sequence[Tensor],
+    grad_sums: Sequence[Tensor],
+    sq_grad_sums: Sequence[Tensor],
+    *,
+    steps: Sequence[int],
+    alphas: Sequence[float],
+    lr: float,
+    c: float,
+    eps: float,
+    reg: Regularizer | None,
+    solver: str,
+    max_iters: int,
+    rtol: float,
+) -> None:
+    """``V ← V + s·g``, ``U ← U + s·g⊙g``, ``P = cbrt(U) + ε``, ``W̃ = argmin Q`` with ``a = α``, mix by c."""
+    for p, g, w0, v, u, t, alpha in zip(params, grads, anchors, grad_sums, sq_grad_sums, steps, alphas):
+        w = _work(p, v.dtype)
+        g = g.to(v.dtype)
+        s = lr * math.sqrt(t)
+        v.add_(g, alpha=s)
+        u.addcmul_(g, g, value=s)
+        pc = u.pow(1.0 / 3.0).add_(eps)
+        if reg is None:
+            w_tilde = w0 - v / pc
+        else:
+            w_tilde = solve_subproblem(v, pc, w0, w, alpha, reg, solver, max_iters, rtol)
+        _store(p, _mix(w, w_tilde, c))
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines (SPEC §5)
+# ---------------------------------------------------------------------------------------------
+
+
+def proxsgd_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    *,
+    lr: float,
+    c: float,
+    reg: Regularizer | None,
+) -> None:
+    """``b ← (1 − c)·b + c·g`` (b starts at 0); ``W ← prox_{lr·ψ}(W − lr·b)``."""
+    for p, g, b in zip(params, grads, momentum_buffers):
+        w = _work(p, b.dtype)
+        b.mul_(1 - c).add_(g.to(b.dtype), alpha=c)
+        y = w - lr * b
+        _store(p, w.copy_(y if reg is None else reg.prox(y, lr)))
+
+
+def _adam_moments(g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float) -> None:
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+
+
+def proxgen_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    *,
+    steps: Sequence[int],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    reg: Regularizer | None,
+    solver: str,
+    max_iters: int,
+    rtol: float,
+) -> None:
+    """AdamW base; subproblem ``min ⟨(lr/bc1)m, X − W⟩ + ½‖X − W‖²_D + lr·ψ(X)``, ``D = sqrt(v/bc2) + ε``."""
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        w = _work(p, m.dtype)
+        g = g.to(m.dtype)
+        w.mul_(1 - lr * weight_decay)
+        _adam_moments(g, m, v, beta1, beta2)
+        bc1 = 1 - beta1**t
+        bc2 = 1 - beta2**t
+        d = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
+        lin = m * (lr / bc1)
+        if reg is None:
+            new = w - lin / d
+        else:
+            new = solve_subproblem(lin, d, w, w, lr, reg, solver, max_iters, rtol)
+        _store(p, w.copy_(new))
+
+
+def proxssi_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    *,
+    steps: Sequence[int],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    reg: Regularizer | None,
+) -> None:
+    """HF-style AdamW step, decoupled decay after it, then the weighted group prox
+    ``argmin_X ½‖X − W‖²_denom + lr·ψ(X)`` with ``denom = sqrt(v) + ε``, solved by Newton (§4)."""
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        w = _work(p, m.dtype)
+        g = g.to(m.dtype)
+        _adam_moments(g, m, v, beta1, beta2)
+        bc1 = 1 - beta1**t
+        bc2 = 1 - beta2**t
+        denom = v.sqrt().add_(eps)
+        w.addcdiv_(m, denom, value=-lr * math.sqrt(bc2) / bc1)
+        w.add_(w, alpha=-lr * weight_decay)
+        if reg is not None:
+            w.copy_(solve_subproblem(torch.zeros_like(w), denom, w, w, lr, reg, "exact", 0, 0.0))
+        _store(p, w)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver
+from ._adam import check_adam_group
+
+
+class ProxGen(StructuredOptimizer):
+    r"""ProxGen (Yun et al. 2021) with an AdamW base and a proximal-gradient subproblem solver.
+
+    .. code-block:: text
+
+        input: lr, betas (β1, β2), eps ε, weight_decay wd, regularizer ψ, solver, max_iters, rtol
+        state: exp_avg m, exp_avg_sq v, step t
+        for each step:
+            W ← W·(1 − lr·wd)
+            m ← β1·m + (1 − β1)·g;   v ← β2·v + (1 − β2)·g²
+            D = sqrt(v)/sqrt(1 − β2^t) + ε
+            W ← argmin_X ⟨(lr/(1 − β1^t))·m, X − W⟩ + ½‖X − W‖²_D + lr·ψ(X)
+
+    The subproblem uses RAMDA's machinery (screening, ``"pg"`` or ``"exact"``) with weights D and
+    threshold ``lr·λ·w_g``. :meth:`restart` does nothing (only lr is scaled at milestones).
+    """
+
+    algorithm = "proxgen"
+    tensor_state = ("exp_avg", "exp_avg_sq")
+    scalar_state = ("step",)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        solver: str = "pg",
+        max_iters: int = 100,
+        rtol: float = 1e-8,
+        *,
+        regularizer: Any = None,
+        backend: str = "auto",
+        skip_nonfinite: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, list) else betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            solver=solver,
+            max_iters=max_iters,
+            rtol=rtol,
+            regularizer=regularizer,
+        )
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        check_adam_group(group)
+        check_solver(group["solver"])
+        check_int("max_iters", group["max_iters"], 1)
+        check_number("rtol", group["rtol"], low=0.0)
+
+    def step_bucket(self, backend, group, params, grads, states) -> None:
+        for st in states:
+            st["step"] += 1
+        beta1, beta2 = group["betas"]
+        backend.proxgen_step(
+            params,
+            grads,
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            steps=[st["step"] for st in states],
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            reg=group["regularizer"],
+            solver=group["solver"],
+            max_iters=int(group["max_iters"]),
+            rtol=float(group["rtol"]),
+        )

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor
+
+from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver
+
+
+class RAMDA(StructuredOptimizer):
+    r"""Regularized Adaptive Momentumized Dual Averaging (NeurIPS 2024).
+
+    .. code-block:: text
+
+        input: lr, momentum m (c = 1 − m), eps ε, regularizer ψ, solver, max_iters, rtol
+        state: anchor W0, grad_sum V, sq_grad_sum U, step t, alpha α
+        for each step:
+            t ← t + 1;  s = lr·sqrt(t);  α ← α + s
+            V ← V + s·g;   U ← U + s·g⊙g;   P = cbrt(U) + ε
+            W̃ = argmin_W ⟨V, W − W0⟩ + ½ Σ_i P_i (W_i − W0_i)² + α·ψ(W)
+            W ← (1 − c)·W + c·W̃
+
+    The subproblem is separable by group. Group LASSO / L1 groups are screened exactly first
+    (``W̃_g = 0`` iff ``‖P⊙W0 − V‖_g ≤ α·λ·w_g``). ``solver="pg"`` runs the paper's proximal
+    gradient (step ``1/max_g P``, warm start at W, per-group stop when the relative objective
+    decrease is below ``rtol`` after ≥ 2 iterations, at most ``max_iters``); ``solver="exact"``
+    solves a kept group-LASSO group by Newton on its norm (GroupLasso and L1 only). With no
+    regularizer ``W̃ = W0 − V/P`` (MADGRAD's update). A restart also needs ``eps ← γ·eps``, which
+    :class:`structsparse.RestartScheduler` does.
+    """
+
+    algorithm = "ramda"
+    tensor_state = ("anchor", "grad_sum", "sq_grad_sum")
+    scalar_state = ("step", "alpha")
+    dual_averaging = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        momentum: float = 0.99,
+        eps: float = 1e-6,
+        solver: str = "pg",
+        max_iters: int = 100,
+        rtol: float = 1e-8,
+        *,
+        regularizer: Any = None,
+        backend: str = "auto",
+        skip_nonfinite: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            eps=eps,
+            solver=solver,
+            max_iters=max_iters,
+            rtol=rtol,
+            regularizer=regularizer,
+        )
+        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+
+    def validate_group(self, group: dict[str, Any]) -> None:
+        check_number("lr", group["lr"], low=0.0)
+        check_number("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
+        check_number("eps", group["eps"], low=0.0, low_open=True)
+        check_solver(group["solver"])
+        check_int("max_iters", group["max_iters"], 1)
+        check_number("rtol", group["rtol"], low=0.0)
+
+    def init_state(self, p: Tensor, state: dict[str, Any]) -> None:
+        super().init_state(p, state)
+        state["anchor"].copy_(p.detach())
+
+    def step_bucket(self, backend, group, params, grads, states) -> None:
+        lr = float(group["lr"])
+        for st in states:
+            st["step"] += 1
+            st["alpha"] += lr * math.sqrt(st["step"])
+        backend.ramda_step(
+            params,
+            grads,
+            [st["anchor"] for st in states],
+            [st["grad_sum"] for st in states],
+            [st["sq_grad_sum"] for st in states],
+            steps=[st["step"] for st in states],
+            alphas=[st["alpha"] for st in states],
+            lr=lr,
+            c=1.0 - float(group["momentum"]),
+            eps=float(group["eps"]),
+            reg=group["regularizer"],
+            solver=group["solver"],
+            max_iters=int(group["max_iters"]),
+            rtol=float(group["rtol"]),
+        )
