@@ -12,6 +12,7 @@ regularizer. Every regularizer has
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -115,7 +116,7 @@ class Regularizer:
         return d
 
     def _fields(self) -> tuple[str, ...]:
-        return tuple(f for f in self.__dataclass_fields__)  # type: ignore[attr-defined]
+        return tuple(f.name for f in dataclasses.fields(self) if f.init)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
