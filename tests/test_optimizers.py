@@ -681,3 +681,15 @@ def test_metrics():
     with torch.no_grad():
         lin.weight[:, 2] = 0
     assert tracker.update() and tracker.last_change == 3
+
+
+def test_empty_and_mixed_dtype_parameters():
+    empty = nn.Parameter(torch.zeros(0, 3))
+    half = nn.Parameter(torch.ones(2, 3, dtype=torch.bfloat16))
+    full = nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
+    opt = ss.RAMDA([{"params": [empty, half, full], "regularizer": ss.GroupLasso(0.1)}], **REF)
+    for p in (empty, half, full):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.state[empty]["step"] == 1 and empty.shape == (0, 3)
+    assert torch.isfinite(half.float()).all() and torch.isfinite(full).all()
