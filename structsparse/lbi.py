@@ -275,7 +275,7 @@ def train_epoch(
         optimizer.step()
         if after_step is not None:
             after_step()
-        tot += float(loss) * y.numel()
+        tot += float(loss.detach()) * y.numel()
         n += y.numel()
     return tot / n if n else float("nan")
 
