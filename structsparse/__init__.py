@@ -10,7 +10,7 @@ from .metrics import (
     unstructured_sparsity,
     zero_groups,
 )
-from .optim import RAMDA, RMDA, ProxGen, ProxSGD, ProxSSI
+from .optim import RAMDA, RMDA, DessiLBI, ProxGen, ProxSGD, ProxSSI
 from .params import group_params
 from .regularizers import (
     L1,
@@ -31,6 +31,7 @@ __all__ = [
     "ProxSGD",
     "ProxGen",
     "ProxSSI",
+    "DessiLBI",
     "GroupLasso",
     "L1",
     "SparseGroupLasso",

@@ -140,6 +140,11 @@ class StructuredOptimizer(torch.optim.Optimizer):
         for k in self.scalar_state:
             state[k] = 0 if k == "step" else 0.0
 
+    def state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(tensor keys, scalar keys)`` of the state of a parameter of ``group`` (override when
+        they differ between groups, e.g. DessiLBI's regularized vs unregularized parameters)."""
+        return self.tensor_state, self.scalar_state
+
     def restart(self) -> None:
         """SPEC §7 restart of every param group (lr untouched). Dual averaging only:
         ``t ← 0, α ← 0, W0 ← W, V ← 0, U ← 0``; ProxSGD/ProxGen/ProxSSI have nothing to restart."""
@@ -256,18 +261,19 @@ class StructuredOptimizer(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         if len(saved_ids) != len(params):
             raise ValueError("state_dict: has a different number of parameters")
-        expected = set(self.tensor_state) | set(self.scalar_state)
+        keys_of = {pid: self.state_keys(g) for g in groups for pid in g["params"]}
         saved_state = sd["state"]
         for pid, p in zip(saved_ids, params):
             st = saved_state.get(pid)
             if st is None:
                 continue
+            expected = set(keys_of[pid][0]) | set(keys_of[pid][1])
             if set(st) != expected:
                 raise ValueError(
                     f"state_dict: state keys {sorted(st)} do not match {type(self).__name__}'s "
                     f"{sorted(expected)}"
                 )
-            for k in self.tensor_state:
+            for k in keys_of[pid][0]:
                 if tuple(st[k].shape) != tuple(p.shape):
                     raise ValueError(
                         f"state_dict: state {k!r} has shape {tuple(st[k].shape)}, parameter has "
@@ -280,6 +286,6 @@ class StructuredOptimizer(torch.optim.Optimizer):
             if st is None:
                 continue
             dt = state_dtype(p)
-            for k in self.tensor_state:
+            for k in keys_of[pid][0]:
                 self.state[p][k] = st[k].to(device=p.device, dtype=dt, copy=True)
         self.skipped_steps = int(skipped)

@@ -1,0 +1,497 @@
+"""Structure from DessiLBI's Γ: pruning masks, support tracking and early "winning tickets".
+
+DessiLBI (:class:`structsparse.DessiLBI`) keeps, for each regularized weight ``W``, a structure
+variable ``Γ`` (state key ``"gamma"``) whose support grows from empty. This module turns it into
+structure (Fu et al., TPAMI, §5):
+
+- :func:`masks`: ``1[Γ ≠ 0]`` at the level of weights (eq. 21), groups of the regularizer, output
+  filters (eq. 22) or whole layers; :func:`apply_masks` makes the sparse network ``W ⊙ mask``;
+- :func:`support_ratio` and :func:`gamma_sparsity`: how much of each layer is selected;
+- :class:`SupportTracker`: the epoch at which each weight/filter entered the support;
+- tickets (§5.2): :func:`train_masked` retrains a masked network with SGD keeping the masked
+  weights at zero, :func:`random_masks` draws the random baseline of the same per-layer sparsity,
+  and :func:`winning_tickets` runs the whole experiment and returns accuracy versus sparsity.
+
+Everything takes plain arguments and returns dicts of numbers (or of tensors keyed by parameter
+name), so that a command line can call it directly. Masks cover only the parameters that have a
+``Γ`` (the regularized ones); biases and norm layers are never masked.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .grouping import group_view
+from .optim.dessilbi import DessiLBI
+from .params import regularizable_weights
+from .regularizers import L1, GroupLasso, Regularizer
+
+LEVELS = ("weight", "group", "filter", "layer")
+
+__all__ = [
+    "LEVELS",
+    "dessilbi_groups",
+    "gammas",
+    "masks",
+    "apply_masks",
+    "support_ratio",
+    "gamma_sparsity",
+    "mask_density",
+    "SupportTracker",
+    "random_masks",
+    "snapshot",
+    "rewind",
+    "evaluate",
+    "train_epoch",
+    "train_masked",
+    "train_dessilbi",
+    "winning_tickets",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# param groups and Γ
+# ---------------------------------------------------------------------------------------------
+
+
+def dessilbi_groups(
+    model: nn.Module,
+    lam: float = 1.0,
+    *,
+    lam_linear: float | None = None,
+    conv_grouping: Any = "output",
+) -> list[dict[str, Any]]:
+    """The paper's param groups: conv weights (≥ 3 dims) with ``GroupLasso(lam, conv_grouping)``
+    (output filters by default), Linear and recurrent weights with ``L1(lam_linear or lam)``, all
+    other parameters unregularized. Empty groups are left out."""
+    convs, linears, seen = [], [], set()
+    for _, p in regularizable_weights(model):
+        (convs if p.dim() >= 3 else linears).append(p)
+        seen.add(id(p))
+    others = [p for p in model.parameters() if id(p) not in seen]
+    groups = []
+    if convs:
+        groups.append({"params": convs, "regularizer": GroupLasso(lam, conv_grouping)})
+    if linears:
+        groups.append({"params": linears, "regularizer": L1(lam if lam_linear is None else lam_linear)})
+    if others:
+        groups.append({"params": others, "regularizer": None})
+    return groups
+
+
+def gammas(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, tuple[Tensor, Regularizer]]:
+    """``name → (Γ, regularizer)`` for every parameter of ``model`` that has a Γ in ``optimizer``
+    (in the model's parameter order)."""
+    reg_of = {id(p): g.get("regularizer") for g in optimizer.param_groups for p in g["params"]}
+    out = {}
+    for name, p in model.named_parameters():
+        st = optimizer.state.get(p)
+        if st and "gamma" in st and reg_of.get(id(p)) is not None:
+            out[name] = (st["gamma"], reg_of[id(p)])
+    return out
+
+
+def _units(level: str, shape: Sequence[int], reg: Regularizer | None) -> tuple[int, int, int]:
+    """``[A, G, B]`` view whose dim 1 indexes the selectable units of ``level``."""
+    if level == "weight":
+        return group_view("element", shape)
+    if level == "filter":
+        return group_view("output", shape) if len(shape) >= 2 else group_view("element", shape)
+    if level == "group":
+        if reg is None:
+            raise ValueError("level='group' needs the regularizer of the parameter")
+        return reg.view_shape(shape)
+    if level == "layer":
+        return 1, 1, int(math.prod(shape))
+    raise ValueError(f"level: unknown level {level!r}; expected one of {LEVELS}")
+
+
+def unit_support(gamma: Tensor, level: str, reg: Regularizer | None = None) -> Tensor:
+    """Boolean ``[G]``: which units (weights, groups, filters, or the layer) of ``Γ`` are nonzero."""
+    a, g, b = _units(level, gamma.shape, reg)
+    return (gamma.detach().reshape(a, g, b) != 0).any(dim=2).any(dim=0)
+
+
+def _expand(units: Tensor, level: str, shape: Sequence[int], reg: Regularizer | None) -> Tensor:
+    a, g, b = _units(level, shape, reg)
+    return units.view(1, g, 1).expand(a, g, b).reshape(tuple(shape))
+
+
+def masks(model: nn.Module, optimizer: torch.optim.Optimizer, level: str = "weight") -> dict[str, Tensor]:
+    """``name → mask`` (bool, the weight's shape): ``1[Γ ≠ 0]`` per weight (``"weight"``, eq. 21),
+    per group of the regularizer (``"group"``), per output filter/neuron (``"filter"``, eq. 22:
+    kept if any entry of its Γ is nonzero) or per layer (``"layer"``: kept if Γ has any nonzero)."""
+    if level not in LEVELS:
+        raise ValueError(f"level: unknown level {level!r}; expected one of {LEVELS}")
+    return {
+        name: _expand(unit_support(gm, level, reg), level, gm.shape, reg).clone()
+        for name, (gm, reg) in gammas(model, optimizer).items()
+    }
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, mask: dict[str, Tensor]) -> None:
+    """``W ← W ⊙ mask`` for every named parameter in ``mask`` (in place)."""
+    params = dict(model.named_parameters())
+    for name, m in mask.items():
+        if name not in params:
+            raise ValueError(f"masks: model has no parameter {name!r}")
+        p = params[name]
+        if tuple(m.shape) != tuple(p.shape):
+            raise ValueError(
+                f"masks: mask of {name!r} has shape {tuple(m.shape)}, parameter {tuple(p.shape)}"
+            )
+        p.mul_(m.to(device=p.device, dtype=p.dtype))
+
+
+def support_ratio(
+    model: nn.Module, optimizer: torch.optim.Optimizer, level: str = "weight"
+) -> dict[str, float]:
+    """``name → fraction of the units of level`` (weights, groups, filters, layer) selected by Γ."""
+    out = {}
+    for name, (gm, reg) in gammas(model, optimizer).items():
+        u = unit_support(gm, level, reg)
+        out[name] = float(u.float().mean()) if u.numel() else 0.0
+    return out
+
+
+def gamma_sparsity(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """Fraction of exact zeros of Γ over all regularized parameters (1 before the first step)."""
+    gs = gammas(model, optimizer)
+    total = sum(g.numel() for g, _ in gs.values())
+    zero = sum(int((g == 0).sum()) for g, _ in gs.values())
+    return zero / total if total else 1.0
+
+
+def mask_density(mask: dict[str, Tensor]) -> float:
+    """Fraction of kept weights over all masked tensors (the paper's "sparsity" = % nonzero)."""
+    total = sum(m.numel() for m in mask.values())
+    return sum(int(m.sum()) for m in mask.values()) / total if total else 1.0
+
+
+class SupportTracker:
+    """Records, per unit (weight or filter, ``level``), the epoch at which it first entered the
+    support of Γ. ``entry_epochs[name]`` is a float tensor over the units (NaN: never entered);
+    ``history`` holds one dict of per-layer support ratios per :meth:`update`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, level: str = "weight") -> None:
+        if level not in LEVELS:
+            raise ValueError(f"level: unknown level {level!r}; expected one of {LEVELS}")
+        self.model, self.optimizer, self.level = model, optimizer, level
+        self.entry_epochs: dict[str, Tensor] = {}
+        self.history: list[dict[str, float]] = []
+
+    def update(self, epoch: float) -> dict[str, float]:
+        """Record the support at ``epoch``; returns ``name → support ratio``."""
+        ratios = {}
+        for name, (gm, reg) in gammas(self.model, self.optimizer).items():
+            u = unit_support(gm, self.level, reg).cpu()
+            e = self.entry_epochs.get(name)
+            if e is None:
+                e = self.entry_epochs[name] = torch.full(u.shape, float("nan"), dtype=torch.float64)
+            e[u & torch.isnan(e)] = float(epoch)
+            ratios[name] = float(u.float().mean()) if u.numel() else 0.0
+        self.history.append({"epoch": float(epoch), **ratios})
+        return ratios
+
+    def entered_by(self, epoch: float) -> dict[str, float]:
+        """``name → fraction of units that had entered the support by ``epoch``."""
+        return {n: float((e <= epoch).float().mean()) for n, e in self.entry_epochs.items()}
+
+
+def random_masks(
+    mask: dict[str, Tensor],
+    level: str = "weight",
+    seed: int = 0,
+    regularizers: dict[str, Regularizer] | None = None,
+) -> dict[str, Tensor]:
+    """Random masks with the same number of kept units per tensor as ``mask`` (units of ``level``;
+    ``level="group"`` needs ``regularizers[name]``): the random-ticket baseline."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, m in mask.items():
+        reg = None if regularizers is None else regularizers.get(name)
+        a, g, b = _units(level, m.shape, reg)
+        kept = int(m.reshape(a, g, b).any(dim=2).any(dim=0).sum())
+        units = torch.zeros(g, dtype=torch.bool)
+        units[torch.randperm(g, generator=gen)[:kept]] = True
+        out[name] = _expand(units, level, m.shape, reg).clone().to(m.device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# training helpers (plain SGD loops over (x, y) batches)
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """A deep copy of the model's state_dict (the point to rewind to)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def rewind(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load ``state`` (from :func:`snapshot`) into ``model``."""
+    model.load_state_dict(state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
+    """Classification accuracy of ``model`` over ``loader``'s ``(x, y)`` batches."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += int((model(x).argmax(dim=1) == y).sum())
+        total += y.numel()
+    model.train(was)
+    return correct / total if total else 0.0
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Any],
+    *,
+    device: str | torch.device = "cpu",
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    after_step: Callable[[], None] | None = None,
+) -> float:
+    """One epoch of minibatch training; returns the mean training loss."""
+    model.train()
+    tot = n = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        tot += float(loss.detach()) * y.numel()
+        n += y.numel()
+    return tot / n if n else float("nan")
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, milestones: Sequence[int], gamma: float):
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
+
+
+def train_masked(
+    model: nn.Module,
+    mask: dict[str, Tensor] | None,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any] | None = None,
+    *,
+    epochs: int = 10,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Retrain ``model`` with SGD keeping the weights outside ``mask`` at exactly zero (the mask is
+    applied before training and after every step; ``mask=None`` trains the dense network).
+    Returns ``{"accuracy": final test accuracy, "density": kept fraction of the masked tensors,
+    "history": [{"epoch", "loss", "accuracy"}]}``."""
+    model.to(device)
+    if mask:
+        apply_masks(model, mask)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = _lr_schedule(opt, epochs, milestones, gamma)
+    hook = (lambda: apply_masks(model, mask)) if mask else None
+    history = []
+    for epoch in range(1, epochs + 1):
+        loss = train_epoch(model, opt, train_loader, device=device, after_step=hook)
+        sched.step()
+        acc = evaluate(model, test_loader, device) if test_loader is not None else float("nan")
+        history.append({"epoch": epoch, "loss": loss, "accuracy": acc})
+    return {
+        "accuracy": history[-1]["accuracy"] if history else float("nan"),
+        "density": mask_density(mask) if mask else 1.0,
+        "history": history,
+    }
+
+
+def train_dessilbi(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any] | None = None,
+    *,
+    epochs: int = 10,
+    lam: float = 1.0,
+    lam_linear: float | None = None,
+    conv_grouping: Any = "output",
+    lr: float = 0.1,
+    kappa: float = 1.0,
+    nu: float = 100.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    magnitude_scaling: bool = False,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    level: str = "weight",
+    keep_masks_at: Sequence[int] = (),
+    keep_weights_at: Sequence[int] = (),
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train ``model`` with DessiLBI (param groups of :func:`dessilbi_groups`), recording per epoch
+    the test accuracy, the loss, the sparsity of Γ and the support ratio per layer at ``level``.
+
+    Returns ``{"history": [{"epoch", "loss", "accuracy", "gamma_sparsity", "density"}],
+    "masks": {epoch: masks at that epoch} for epoch in keep_masks_at, "weights": {epoch:
+    snapshot} for epoch in keep_weights_at (0: before training), "entry_epochs": name →
+    per-unit entry epoch (NaN: never), "support": per-epoch per-layer ratios, "optimizer": the
+    DessiLBI instance}`` (epoch 0 is the state before training)."""
+    model.to(device)
+    opt = DessiLBI(
+        dessilbi_groups(model, lam, lam_linear=lam_linear, conv_grouping=conv_grouping),
+        lr=lr,
+        kappa=kappa,
+        nu=nu,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        backend=backend,
+        magnitude_scaling=magnitude_scaling,
+    )
+    sched = _lr_schedule(opt, epochs, milestones, gamma)
+    tracker = SupportTracker(model, opt, level)
+    kept: dict[int, dict[str, Tensor]] = {}
+    weights = {0: snapshot(model)} if 0 in keep_weights_at else {}
+    history = []
+    for epoch in range(1, epochs + 1):
+        loss = train_epoch(model, opt, train_loader, device=device)
+        sched.step()
+        tracker.update(epoch)
+        acc = evaluate(model, test_loader, device) if test_loader is not None else float("nan")
+        m = masks(model, opt, level)
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "accuracy": acc,
+                "gamma_sparsity": gamma_sparsity(model, opt),
+                "density": mask_density(m),
+            }
+        )
+        if epoch in keep_masks_at:
+            kept[epoch] = m
+        if epoch in keep_weights_at:
+            weights[epoch] = snapshot(model)
+    return {
+        "history": history,
+        "masks": kept,
+        "weights": weights,
+        "entry_epochs": tracker.entry_epochs,
+        "support": tracker.history,
+        "optimizer": opt,
+    }
+
+
+def winning_tickets(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    *,
+    ticket_epochs: Sequence[int] = (1, 2),
+    lbi_epochs: int | None = None,
+    retrain_epochs: int = 10,
+    level: str = "weight",
+    rewind_to: str | int = "init",
+    random_seeds: Sequence[int] = (0,),
+    retrain_lr: float = 0.1,
+    retrain_momentum: float = 0.9,
+    retrain_weight_decay: float = 5e-4,
+    retrain_milestones: Sequence[int] = (),
+    dense_baseline: bool = True,
+    device: str | torch.device = "cpu",
+    **lbi_kwargs: Any,
+) -> dict[str, Any]:
+    """Early-stopped DessiLBI tickets (paper §5.2, §6.3) and their random-mask baselines.
+
+    1. Snapshot ``model`` (its initialization), train it with :func:`train_dessilbi` for
+       ``lbi_epochs`` (default ``max(ticket_epochs)``) epochs with ``lbi_kwargs``, keeping the
+       masks of Γ at ``level`` at each of ``ticket_epochs``.
+    2. For each ticket: rewind a copy to ``rewind_to`` (``"init"``, or an epoch number ≤ the
+       first ticket epoch, whose weights are then taken from the DessiLBI run), retrain it with
+       :func:`train_masked` (SGD), and do the same with :func:`random_masks` of the same per-layer
+       unit counts for each seed in ``random_seeds``.
+    3. Optionally retrain the dense network from the same rewind point.
+
+    Returns ``{"lbi": per-epoch history of the DessiLBI run, "dense_accuracy": float or None,
+    "tickets": [{"epoch", "density", "sparsity", "accuracy", "random_accuracy": [per seed],
+    "random_mean"}]}`` — accuracy versus sparsity (``sparsity = 1 − density`` of the masked
+    tensors).
+    """
+    ticket_epochs = sorted(int(e) for e in ticket_epochs)
+    if not ticket_epochs or ticket_epochs[0] < 1:
+        raise ValueError(f"ticket_epochs: expected epochs >= 1, got {ticket_epochs}")
+    lbi_epochs = max(ticket_epochs) if lbi_epochs is None else int(lbi_epochs)
+    if lbi_epochs < max(ticket_epochs):
+        raise ValueError(f"lbi_epochs: {lbi_epochs} is before the last ticket epoch {max(ticket_epochs)}")
+    if rewind_to != "init" and not (isinstance(rewind_to, int) and 0 <= rewind_to <= ticket_epochs[0]):
+        raise ValueError(
+            f"rewind_to: expected 'init' or an epoch in [0, {ticket_epochs[0]}], got {rewind_to!r}"
+        )
+    model.to(device)
+    init = snapshot(model)
+    work = copy.deepcopy(model)
+    lbi = train_dessilbi(
+        work,
+        train_loader,
+        test_loader,
+        epochs=lbi_epochs,
+        level=level,
+        keep_masks_at=ticket_epochs,
+        keep_weights_at=[] if rewind_to == "init" else [rewind_to],
+        device=device,
+        **lbi_kwargs,
+    )
+    start = init if rewind_to == "init" else lbi["weights"][rewind_to]
+    regs = {name: reg for name, (_, reg) in gammas(work, lbi["optimizer"]).items()}
+    retrain = dict(
+        epochs=retrain_epochs,
+        lr=retrain_lr,
+        momentum=retrain_momentum,
+        weight_decay=retrain_weight_decay,
+        milestones=retrain_milestones,
+        device=device,
+    )
+
+    def run(mask: dict[str, Tensor] | None) -> float:
+        net = copy.deepcopy(model)
+        rewind(net, start)
+        return train_masked(net, mask, train_loader, test_loader, **retrain)["accuracy"]
+
+    tickets = []
+    for e in ticket_epochs:
+        m = lbi["masks"][e]
+        dens = mask_density(m)
+        rand = [run(random_masks(m, level, seed, regs)) for seed in random_seeds]
+        tickets.append(
+            {
+                "epoch": e,
+                "density": dens,
+                "sparsity": 1.0 - dens,
+                "accuracy": run(m),
+                "random_accuracy": rand,
+                "random_mean": sum(rand) / len(rand) if rand else float("nan"),
+            }
+        )
+    return {
+        "lbi": lbi["history"],
+        "dense_accuracy": run(None) if dense_baseline else None,
+        "tickets": tickets,
+        "rewind_to": rewind_to,
+        "level": level,
+        "init_state": init,
+    }
