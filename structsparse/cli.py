@@ -545,6 +545,14 @@ def run_train(
     if not quiet:
         hps = ", ".join(f"{k}={hp[k]}" for k in ("lr", "momentum", "lam") if hp.get(k) is not None)
         echo(f"{data!r}; model {cfg['model']}; {spec.name} ({hps}); output {out_dir}")
+    if spec.dual_averaging and cfg["ramp"] == "sqrt" and not quiet:
+        c0 = 1.0 - float(hp["momentum"])
+        after = nb * (cfg["epochs"] - (cfg["milestones"][-1] if cfg["milestones"] else cfg["epochs"]))
+        if c0 < 1 and c0 * math.sqrt(max(after, 0)) < 1:
+            echo(
+                f"note: c = 1 − momentum ramps to 1 only {math.ceil(1 / c0**2)} iterations after the last "
+                f"milestone, and this run has {after}: W will hold no exact zeros (add epochs or milestones)"
+            )
     t_start = time.perf_counter()
     for epoch in range(1, cfg["epochs"] + 1):
         model.train()
