@@ -161,7 +161,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         _build_proxssi,
         True,
         False,
-        dict(_COMMON, lr=1e-3, momentum=None, lam=1e-3),
+        dict(_COMMON, lr=1e-3, momentum=None, lam=3e-5),
         help="ProxSSI (ss.ProxSSI)",
     ),
     "sgd": OptimizerSpec(
@@ -356,7 +356,7 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     data_dir="data",
     download=False,
     subset=None,
-    model="lenet5",
+    model="mlp",
     optimizer="ramda",
     regularizer="group_lasso",
     grouping="input",
