@@ -1,0 +1,368 @@
+"""The ``structsparse`` command: small runs of each subcommand, the raw data readers on fake files,
+bad input, and the identification experiment on a small instance."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from structsparse import cli
+from structsparse.data import DataError, load_dataset, read_idx, write_idx
+from structsparse.models import MODELS, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def test_train_digits_writes_log_plot_and_summary(tmp_path, capsys):
+    code, out, err = run(
+        [
+            "train",
+            "--model",
+            "logreg",
+            "--optimizer",
+            "ramda",
+            "--lam",
+            "3e-3",
+            "--epochs",
+            "8",
+            "--milestones",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--run-name",
+            "r",
+            "--no-progress",
+            "--backend",
+            "reference",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    d = tmp_path / "r"
+    assert {"config.json", "log.jsonl", "summary.json", "summary.md", "curves.png"} <= {
+        p.name for p in d.iterdir()
+    }
+    rows = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    s = json.loads((d / "summary.json").read_text())
+    assert s["val_acc"] == rows[-1]["val_acc"] and 0.85 < s["val_acc"] <= 1.0  # logreg on digits learns
+    # RAMDA with c ramped to 1 zeroes input pixels (the border pixels of digits are constant)
+    assert s["group_sparsity"] == rows[-1]["group_sparsity"] > 0
+    layer = s["layers"][0]
+    assert layer["groups"] == 64 and layer["kept"] == round(64 * (1 - s["group_sparsity"]))
+    assert rows[-1]["c"] == pytest.approx(1.0)
+    assert "validation accuracy" in out and "kept groups" in out
+    assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_csv_dense_baseline_and_conv_model(tmp_path, capsys):
+    code, out, err = run(
+        [
+            "train",
+            "--model",
+            "lenet5",
+            "--optimizer",
+            "sgd",
+            "--grouping",
+            "kernel",
+            "--epochs",
+            "1",
+            "--milestones",
+            "none",
+            "--subset",
+            "128",
+            "--batch-size",
+            "32",
+            "--log-format",
+            "csv",
+            "--out",
+            str(tmp_path),
+            "--run-name",
+            "c",
+            "-q",
+            "--no-plot",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert out == ""  # quiet
+    lines = (tmp_path / "c" / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,lr,c,train_loss") and len(lines) == 2
+    s = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert s["group_sparsity"] == 0.0 and s["kernel_sparsity"] == 0.0  # dense: no exact zeros
+    assert [x["layer"] for x in s["layers"]] == ["features.0.weight", "features.3.weight"]  # conv only
+    assert not (tmp_path / "c" / "curves.png").exists()
+
+
+def test_python_dash_m_and_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "structsparse", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "train" in r.stdout and "identify" in r.stdout and "compare" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--grouping", "kernel", "--model", "mlp"], "--grouping 'kernel'"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "--download"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--milestones", "5,3"], "--milestones"),
+        (["train", "--epochs", "3", "--milestones", "3"], "last milestone"),
+        (["train", "--lr", "-1", "--epochs", "1", "--milestones", "none", "--subset", "10"], "lr"),
+        (["compare", "--optimizers", "rmda,nope"], "nope"),
+        (["compare", "--optimizers", "rmda", "--set", "rmda.lr"], "--set"),
+        (["identify", "--optimizers", "sgd"], "not a regularized"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
+    code, out, err = run([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if "error" in ln]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_argparse_unknown_choice_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--optimizer", "nope"])
+    assert e.value.code == 2
+
+
+def test_dessilbi_hook_is_a_table_row():
+    # the optimizer table drives --optimizer's choices: adding a row is all a new optimizer needs
+    p = cli.build_parser()
+    spec = cli.OPTIMIZERS["rmda"]
+    cli.OPTIMIZERS["fake"] = cli.OptimizerSpec("fake", spec.build, True, True, dict(spec.defaults))
+    try:
+        ns = cli.build_parser().parse_args(["train", "--optimizer", "fake"])
+        assert ns.optimizer == "fake"
+    finally:
+        del cli.OPTIMIZERS["fake"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["train", "--optimizer", "fake"])
+
+
+# ---------------------------------------------------------------------------------------- compare
+
+
+def test_compare_table_and_stability(tmp_path, capsys):
+    code, out, err = run(
+        [
+            "compare",
+            "--optimizers",
+            "ramda,proxsgd,adamw",
+            "--model",
+            "logreg",
+            "--epochs",
+            "3",
+            "--milestones",
+            "1",
+            "--subset",
+            "200",
+            "--set",
+            "ramda.momentum=0",
+            "--out",
+            str(tmp_path),
+            "--run-name",
+            "cmp",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    d = tmp_path / "cmp"
+    for f in ("table.md", "summary.json", "sparsity_vs_epochs.png", "stability.png"):
+        assert (d / f).exists(), f
+    s = json.loads((d / "summary.json").read_text())
+    assert list(s) == ["ramda", "proxsgd", "adamw"]
+    assert s["ramda"]["hparams"]["momentum"] == 0 and s["adamw"]["hparams"]["lam"] is None
+    table = (d / "table.md").read_text()
+    for o, r in s.items():
+        assert 0 <= r["last_pattern_change"] <= 3
+        row = next(ln for ln in table.splitlines() if ln.startswith(f"| {o} |"))
+        assert f"{100 * r['val_acc']:.2f} %" in row and f"{100 * r['group_sparsity']:.2f} %" in row
+    assert s["adamw"]["group_sparsity"] == 0.0  # dense baseline: no exact zeros
+    assert (d / "ramda" / "log.jsonl").exists()
+
+
+# --------------------------------------------------------------------------------------- identify
+
+
+def test_identify_rmda_finds_the_exact_pattern(tmp_path):
+    prob = cli.linear_problem(4000, 32, 3, 24, seed=0)  # the command's default instance
+    hist = cli.run_identify_one(prob, "rmda", 2e-2, 30, [10, 20], 128, 0, "reference")
+    assert hist[-1]["correctness"] == 1.0 and hist[-2]["correctness"] == 1.0
+    assert hist[-1]["train_error"] < 0.1
+    # before the c ramp reaches 1, W is a mix of iterates: no exact zeros yet
+    assert hist[0]["correctness"] == pytest.approx(8 / 32)
+
+
+def test_identify_command_small(tmp_path, capsys):
+    code, out, err = run(
+        [
+            "identify",
+            "--optimizers",
+            "rmda,proxsgd",
+            "--n",
+            "600",
+            "--features",
+            "8",
+            "--epochs",
+            "4",
+            "--milestones",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--run-name",
+            "id",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    data = json.loads((tmp_path / "id" / "identify.json").read_text())
+    assert set(data["results"]) == {"linear", "conv"}
+    for res in data["results"].values():
+        for h in res.values():
+            assert len(h) == 4 and all(0 <= r["correctness"] <= 1 and 0 <= r["train_error"] <= 1 for r in h)
+    assert (tmp_path / "id" / "identify.png").exists() and "final pattern correctness" in out
+
+
+def test_pattern_correctness():
+    t = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    w = torch.tensor([[0.0, 3.0, 1.0], [0.0, 1.0, 0.0]])
+    assert cli.pattern_correctness([w], [(t, "input")]) == 1.0
+    w[:, 1] = 0
+    assert cli.pattern_correctness([w], [(t, "input")]) == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def test_idx_roundtrip(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
+        write_idx(tmp_path / name, a)
+        np.testing.assert_array_equal(read_idx(tmp_path / name), a)
+    (tmp_path / "bad").write_bytes(b"\x01\x02")
+    with pytest.raises(DataError):
+        read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_like_reader_on_fake_files(tmp_path, name, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    xtr = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    ytr = (np.arange(40) % 10).astype(np.uint8)
+    xte = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    yte = (np.arange(20) % 10).astype(np.uint8)
+    write_idx(raw / "train-images-idx3-ubyte.gz", xtr)  # gzip, as torchvision leaves them
+    write_idx(raw / "train-labels-idx1-ubyte", ytr)  # or extracted
+    write_idx(raw / "t10k-images-idx3-ubyte", xte)
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", yte)
+    ds = load_dataset(name, tmp_path)
+    assert ds.x_train.shape == (40, 1, 28, 28) and ds.x_val.shape == (20, 1, 28, 28) and ds.num_classes == 10
+    assert torch.equal(ds.y_train, torch.from_numpy(ytr.astype(np.int64)))
+    # normalized with the training mean/std: pixel order preserved
+    flat = ds.x_train.flatten()
+    assert abs(float(flat.mean())) < 1e-4 and float(flat.std()) == pytest.approx(1.0, abs=1e-3)
+    assert torch.equal(torch.from_numpy(xtr.reshape(-1)).argsort(stable=True), flat.argsort(stable=True))
+    sub = load_dataset(name, tmp_path, subset=10)
+    assert len(sub.y_train) == 10
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_reader_on_fake_files(tmp_path, name, capsys):
+    rng = np.random.default_rng(1)
+    key = "labels" if name == "cifar10" else "fine_labels"
+    classes = 10 if name == "cifar10" else 100
+    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir()
+    files = (
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
+    )
+    labels = {}
+    for f in files:
+        y = rng.integers(0, classes, 6).tolist()
+        labels[f] = y
+        batch = {b"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), key.encode(): y}
+        with open(folder / f, "wb") as fh:
+            pickle.dump(batch, fh)
+    ds = load_dataset(name, tmp_path)
+    ntrain = 30 if name == "cifar10" else 6
+    assert ds.x_train.shape == (ntrain, 3, 32, 32) and ds.num_classes == classes
+    assert ds.y_val.tolist() == labels[files[-1]]
+    # and the command trains on it (small VGG adapts to 32×32×3)
+    code, out, err = run(
+        [
+            "train",
+            "--dataset",
+            name,
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            "vgg",
+            "--optimizer",
+            "proxsgd",
+            "--epochs",
+            "1",
+            "--milestones",
+            "none",
+            "--out",
+            str(tmp_path / "runs"),
+            "--run-name",
+            "v",
+            "-q",
+            "--no-plot",
+            "--threads",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "runs" / "v" / "summary.json").read_text())["dataset"] == name
+
+
+def test_corrupt_cifar_is_a_one_line_error(tmp_path, capsys):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for f in ("train", "test"):
+        (folder / f).write_bytes(b"not a pickle")
+    code, out, err = run(
+        ["train", "--dataset", "cifar100", "--data-dir", str(tmp_path), "--out", str(tmp_path)], capsys
+    )
+    assert code == 2 and "not a CIFAR python batch" in err and "Traceback" not in err
+
+
+def test_synthetic_dataset_is_labeled_by_a_group_sparse_model():
+    ds = load_dataset("synthetic", seed=3)
+    assert ds.input_shape == (1, 8, 8) and ds.num_classes == 4
+    assert len(torch.unique(ds.y_train)) == 4
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_models_adapt_to_inputs(model, shape):
+    m = build_model(model, shape, 7)
+    assert m(torch.zeros(2, *shape)).shape == (2, 7)
