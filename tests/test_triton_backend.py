@@ -1,0 +1,238 @@
+"""Triton backend versus the reference backend, on CPU tensors under ``TRITON_INTERPRET=1``.
+
+The interpreter is chosen when the kernels are decorated (at import), so this module imports
+``structsparse.triton_kernels`` freshly with the variable set and drops it again afterwards: other
+test modules (e.g. tests/test_gpu.py on a GPU machine) get compiled kernels, and the variable
+does not leak. Shapes are tiny; ``ONCHIP_LIMIT`` and ``TILE`` are lowered so that the two-phase
+path (groups above the on-chip limit) and multi-program tensors run at that size.
+
+Comparison: parameters and every state entry after several steps with ``opt.restart()`` in the
+middle; float32 within 1e-5 relative to the tensor's largest magnitude; exact zero patterns equal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import structsparse as ss
+
+_PREFIX = "structsparse.triton_kernels"
+
+
+def _interpreted_lang() -> bool:
+    import triton.language as tl
+
+    return type(tl.zeros).__name__ == "InterpretedFunction"
+
+
+def _setup() -> tuple[bool, str]:
+    """Import triton in interpreter mode here when that is safe; else run in a subprocess."""
+    try:
+        if "triton.language" not in sys.modules and not torch.cuda.is_available():
+            old = os.environ.get("TRITON_INTERPRET")
+            os.environ["TRITON_INTERPRET"] = "1"
+            try:
+                import triton.language  # noqa: F401  (its builtins are decorated now)
+            finally:
+                if old is None:
+                    del os.environ["TRITON_INTERPRET"]
+                else:
+                    os.environ["TRITON_INTERPRET"] = old
+        ok = _interpreted_lang()
+    except ImportError as e:
+        return False, f"triton not importable: {e}"
+    return ok, "" if ok else "triton already loaded for a GPU in this process"
+
+
+IN_PROCESS, WHY = _setup()
+needs_interp = pytest.mark.skipif(not IN_PROCESS, reason=f"run by test_interpreter_subprocess ({WHY})")
+
+
+def _drop_kernels() -> None:
+    for name in [m for m in sys.modules if m == _PREFIX or m.startswith(_PREFIX + ".")]:
+        del sys.modules[name]
+    from structsparse.backends import triton as tb
+
+    tb._kernels = None
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    _drop_kernels()
+    from structsparse.backends import triton as tb
+
+    tk = tb.kernels()
+    assert type(tk.step.step_kernel).__name__ == "InterpretedFunction"
+    yield tk
+    _drop_kernels()
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+@pytest.fixture
+def small_tiles(interpreter, monkeypatch):
+    """On-chip limit 16 elements per group, 64 elements per program."""
+    monkeypatch.setattr(interpreter.launch, "ONCHIP_LIMIT", 16)
+    monkeypatch.setattr(interpreter.launch, "TILE", 64)
+    return interpreter
+
+
+@pytest.mark.skipif(IN_PROCESS or WHY.startswith("triton not"), reason="runs in this process")
+def test_interpreter_subprocess():
+    """triton was loaded for a GPU before this module: run this module in a fresh interpreter process."""
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+
+
+# -- scenario runner --------------------------------------------------------------------------
+
+
+def _scales(shape, gen):
+    """Log-uniform scales per output row and per input column (1-D: per element): channels of
+    very different sizes, so that some groups are screened out and some are kept."""
+    if len(shape) < 2:
+        return 10 ** (-2 * torch.rand(shape, generator=gen, dtype=torch.float64))
+    r = 10 ** (-2 * torch.rand(shape[0], generator=gen, dtype=torch.float64))
+    c = 10 ** (-2 * torch.rand(shape[1], generator=gen, dtype=torch.float64))
+    s = r[:, None] * c[None, :]
+    return s.view(*s.shape, *([1] * (len(shape) - 2))).expand(shape)
+
+
+def _run(make_opt, reg, shapes, dtype, backend, steps=4, restart_at=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = list(shapes) + [(7,), (1,)]  # + unregularized bias-like tensors
+    scales = [_scales(s, gen) for s in shapes]
+    tensors = [
+        (torch.randn(s, generator=gen, dtype=torch.float64) * sc).to(dtype).requires_grad_(True)
+        for s, sc in zip(shapes, scales)
+    ]
+    params, extra = tensors[:-2], tensors[-2:]
+    groups = [{"params": params, "regularizer": reg}, {"params": extra}]
+    opt = make_opt(groups, backend)
+    for i in range(steps):
+        if i == restart_at:
+            opt.restart()
+        for p, sc in zip(tensors, scales):
+            p.grad = (torch.randn(p.shape, generator=gen, dtype=torch.float64) * sc).to(dtype)
+        opt.step()
+    return tensors, opt
+
+
+def _close(name, a, b, tol):
+    a = a.detach().double()
+    b = b.detach().double()
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    err = float((a - b).abs().max()) if b.numel() else 0.0
+    assert err <= tol * scale, f"{name}: max abs diff {err:.3g} > {tol:g}·{scale:.3g}"
+
+
+def _compare(make_opt, reg, shapes, dtype=torch.float32, tol=1e-5, zeros=True, **kw):
+    ref_params, ref_opt = _run(make_opt, reg, shapes, dtype, "reference", **kw)
+    tri_params, tri_opt = _run(make_opt, reg, shapes, dtype, "triton", **kw)
+    for i, (pr, pt) in enumerate(zip(ref_params, tri_params)):
+        _close(f"param {i}", pt, pr, tol)
+        if zeros:
+            assert torch.equal(pt == 0, pr == 0), f"param {i}: zero patterns differ"
+        sr, st = ref_opt.state[pr], tri_opt.state[pt]
+        assert set(sr) == set(st)
+        for k, v in sr.items():
+            if isinstance(v, torch.Tensor):
+                assert st[k].dtype == v.dtype
+                _close(f"param {i} state {k}", st[k], v, tol)
+            else:
+                assert st[k] == v, f"param {i} state {k}: {st[k]} != {v}"
+    return ref_params
+
+
+def _nzero_groups(p, reg):
+    x3 = reg.as_groups(p.detach())
+    return int((x3 == 0).all(dim=2).all(dim=0).sum())
+
+
+# -- optimizers and regularizers ------------------------------------------------------------------
+
+OPTS = {
+    "rmda": lambda momentum=0.0: lambda g, b: ss.RMDA(g, lr=0.1, momentum=momentum, backend=b),
+    "proxsgd": lambda momentum=0.5: lambda g, b: ss.ProxSGD(g, lr=0.1, momentum=momentum, backend=b),
+    "ramda": lambda solver="pg", max_iters=6, rtol=1e-8, momentum=0.0: lambda g, b: ss.RAMDA(
+        g, lr=0.1, momentum=momentum, solver=solver, max_iters=max_iters, rtol=rtol, backend=b
+    ),
+    "proxgen": lambda solver="pg", max_iters=6, rtol=1e-8: lambda g, b: ss.ProxGen(
+        g, lr=0.05, weight_decay=0.01, solver=solver, max_iters=max_iters, rtol=rtol, backend=b
+    ),
+    "proxssi": lambda: lambda g, b: ss.ProxSSI(g, lr=0.05, weight_decay=0.01, backend=b),
+}
+
+# λ per algorithm such that the scenario has both zero and kept groups
+LAM = {"rmda": 0.015, "proxsgd": 0.01, "ramda": 0.005, "proxgen": 0.006, "proxssi": 0.0006}
+
+
+def _regs(alg):
+    lam = LAM[alg]
+    return {
+        "none": None,
+        "gl_input": ss.GroupLasso(lam, "input"),
+        "gl_output": ss.GroupLasso(lam, "output"),
+        "gl_kernel": ss.GroupLasso(lam, "kernel"),
+        "gl_dims": ss.GroupLasso(lam, (0, 2, 3)),
+        "l1": ss.L1(lam),
+        "sgl": ss.SparseGroupLasso(lam / 4, lam, "input"),
+        "gmcp": ss.GroupMCP(lam, 5.0, "output"),
+        "mcp": ss.MCP(lam, 5.0),
+    }
+
+
+SCREENABLE = ("none", "gl_input", "gl_output", "gl_kernel", "gl_dims", "l1")
+ALL_REGS = SCREENABLE + ("sgl", "gmcp", "mcp")
+
+# Linear (out 5, in 3) and Conv2d (O 2, I 3, 3x3): every grouping of SPEC §1 applies to the conv.
+SHAPES = [(2, 3, 3, 3), (4, 3, 1, 1)]
+
+CASES = (
+    [("rmda", {}, r) for r in ALL_REGS]
+    + [("proxsgd", {}, r) for r in ALL_REGS]
+    + [("ramda", {"solver": "pg"}, r) for r in ALL_REGS]
+    + [("ramda", {"solver": "exact"}, r) for r in SCREENABLE]
+    + [("proxgen", {"solver": "pg"}, r) for r in ALL_REGS]
+    + [("proxgen", {"solver": "exact"}, r) for r in SCREENABLE]
+    + [("proxssi", {}, r) for r in SCREENABLE]
+)
+
+
+def _id(case):
+    alg, kw, reg = case
+    return "-".join([alg, *kw.values(), reg])
+
+
+@needs_interp
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+@pytest.mark.parametrize("path", ["onchip", "twophase"])
+def test_matches_reference(case, path, request, interpreter):
+    alg, kw, reg_name = case
+    if path == "twophase":
+        request.getfixturevalue("small_tiles")
+        shapes = [(2, 3, 3, 3), (5, 3, 2, 3)]  # groups of 18, 27, 30, 36 … elements > 16
+    else:
+        shapes = SHAPES
+    reg = _regs(alg)[reg_name]
+    ref = _compare(OPTS[alg](**kw), reg, shapes)
+    if reg is not None and reg_name not in ("mcp", "l1"):
+        # the scenario is meaningful: some groups are zero, some are not
+        total = sum(reg.view_shape(p.shape)[1] for p in ref[: len(shapes)])
+        zero = sum(_nzero_groups(p, reg) for p in ref[: len(shapes)])
+        assert 0 < zero < total, f"{zero} of {total} groups are zero: retune LAM"
