@@ -154,7 +154,18 @@ def launch(
 
 
 def rmda(
-    params, grads, anchors, grad_sums, views, *, t: int, alpha: float, lr: float, c: float, reg_code: int, **reg_scalars
+    params,
+    grads,
+    anchors,
+    grad_sums,
+    views,
+    *,
+    t: int,
+    alpha: float,
+    lr: float,
+    c: float,
+    reg_code: int,
+    **reg_scalars,
 ) -> None:
     """RMDA step of tensors sharing the counters ``t`` and ``alpha`` (SPEC §3)."""
     sqrt_t = math.sqrt(t)
@@ -202,7 +213,9 @@ def ramda(
     )
 
 
-def proxsgd(params, grads, momentum_buffers, views, *, lr: float, c: float, reg_code: int, **reg_scalars) -> None:
+def proxsgd(
+    params, grads, momentum_buffers, views, *, lr: float, c: float, reg_code: int, **reg_scalars
+) -> None:
     """ProxSGD step (SPEC §5)."""
     launch(
         ALG_PROXSGD,

@@ -369,7 +369,9 @@ def step_kernel(
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
                 off = (k // B) * GB + rows[:, None] * B + (k % B)
-                lin, p, center, w = _pre(ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                lin, p, center, w = _pre(
+                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
                 x = _prox_apply(center - lin / p, sq, tau0, wg, lam, lam1, omega, REG)
                 tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
         elif SOLVER == 1:
@@ -413,7 +415,9 @@ def step_kernel(
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
                 off = (k // B) * GB + rows[:, None] * B + (k % B)
-                lin, p, center, w = _pre(ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                lin, p, center, w = _pre(
+                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
                 pz = p * center - lin
                 xs = pz * r[:, None] / (p * r[:, None] + thr)
                 xs = tl.where(kept[:, None], xs, 0.0)
@@ -493,7 +497,9 @@ def step_kernel(
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
                 off = (k // B) * GB + rows[:, None] * B + (k % B)
-                lin, p, center, w = _pre(ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                lin, p, center, w = _pre(
+                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
                 x = tl.load(sx + off, mask=msk, other=0.0)
                 x = tl.where(zero[:, None], 0.0, x)
                 x = tl.where(worse[:, None], _warm(ALG, w, center), x)

@@ -199,7 +199,9 @@ def proxsgd_step(
     ra = _reg_args(reg)
     if ra is None:
         return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
-    kernels().proxsgd(list(params), list(grads), list(momentum_buffers), _views(reg, params), lr=lr, c=c, **ra)
+    kernels().proxsgd(
+        list(params), list(grads), list(momentum_buffers), _views(reg, params), lr=lr, c=c, **ra
+    )
 
 
 def proxgen_step(

@@ -8,6 +8,10 @@ and runs its ``__init__`` so ``import structsparse.triton_kernels`` works the sa
 
 import os as _os
 
-__path__ = [_os.path.join(_os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))), "triton_kernels")]
+__path__ = [
+    _os.path.join(
+        _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))), "triton_kernels"
+    )
+]
 with open(_os.path.join(__path__[0], "__init__.py")) as _f:
     exec(compile(_f.read(), _f.name, "exec"))
