@@ -145,6 +145,7 @@ def launch(
             NSEARCH=max(1, nt.bit_length()),
             PDT=_TL_DTYPE[p0.dtype],
             SDT=_TL_DTYPE[sdt],
+            num_warps=4 if r * bk <= 1024 else 8,
         )
         for t, ct in copies:
             t.copy_(ct)
