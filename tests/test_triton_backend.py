@@ -46,7 +46,7 @@ def _setup() -> tuple[bool, str]:
         ok = _interpreted_lang()
     except ImportError as e:
         return False, f"triton not importable: {e}"
-    return ok, "" if ok else "triton already loaded for a GPU in this process"
+    return ok, "" if ok else "triton was imported before this module without TRITON_INTERPRET=1"
 
 
 IN_PROCESS, WHY = _setup()
