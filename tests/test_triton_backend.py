@@ -360,6 +360,42 @@ def test_noncontiguous_param(interpreter):
 
 
 @needs_interp
+def test_empty_tensor_in_bucket(interpreter):
+    """An empty tensor next to a non-empty one: skipped by the kernel, the other one stepped."""
+    from structsparse.backends import reference
+    from structsparse.backends import triton as tb
+
+    reg = ss.GroupLasso(0.01, "input")
+    outs = []
+    for mod in (reference, tb):
+        torch.manual_seed(0)
+        ps = [torch.randn(0, 3), torch.randn(4, 3)]
+        gs = [torch.randn_like(p) for p in ps]
+        w0s = [p.clone() for p in ps]
+        vs = [torch.zeros_like(p) for p in ps]
+        us = [torch.zeros_like(p) for p in ps]
+        mod.ramda_step(
+            ps,
+            gs,
+            w0s,
+            vs,
+            us,
+            steps=[1, 1],
+            alphas=[0.1, 0.1],
+            lr=0.1,
+            c=1.0,
+            eps=1e-6,
+            reg=reg,
+            solver="exact",
+            max_iters=10,
+            rtol=1e-8,
+        )
+        outs.append(ps + vs + us)
+    for a, b in zip(*outs):
+        _close("tensor", b, a, 1e-5)
+
+
+@needs_interp
 def test_nuclear_delegates_to_reference(interpreter):
     out = []
     for b in ("reference", "triton"):
@@ -378,3 +414,17 @@ def test_available_in_interpreter(interpreter):
     from structsparse.backends import triton as tb
 
     assert tb.available() == (True, "")
+
+
+@needs_interp
+def test_unavailable_without_interpreter_or_cuda(interpreter, monkeypatch):
+    from structsparse.backends import resolve
+    from structsparse.backends import triton as tb
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the backend is available")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    ok, why = tb.available()
+    assert not ok and "TRITON_INTERPRET" in why
+    with pytest.raises(RuntimeError, match="backend='triton' is not available"):
+        resolve("triton", torch.device("cpu"))

@@ -130,7 +130,12 @@ def launch(
         for i in idx:
             row = list(tensors[i]) + [None] * (5 - len(tensors[i]))
             crow = [_contig(t) for t in row]
-            copies.extend((t, ct) for t, ct in zip(row, crow) if t is not None and ct is not t)
+            # write back what the kernel updated: the parameter and the state (not the gradient)
+            copies.extend(
+                (t, ct)
+                for j, (t, ct) in enumerate(zip(row, crow))
+                if j != 1 and t is not None and ct is not t
+            )
             scratch = None
             if not fit and solver_code == SOLVER_PG:
                 scratch = torch.empty(row[2].numel(), dtype=row[2].dtype, device=row[2].device)
