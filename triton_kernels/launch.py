@@ -1,0 +1,319 @@
+"""Launch wrappers: ``(tensor lists, scalars) -> None``, one launch per (tile config) of a bucket.
+
+Each wrapper takes the tensors of one bucket (same device, same parameter dtype, same
+per-tensor counters) and the scalars of their param group, groups the tensors by tile
+configuration and launches :func:`.step.step_kernel` once per configuration with pointer tables.
+Unregularized tensors (biases, norm weights, …) all share one configuration: one launch.
+
+``ONCHIP_LIMIT`` is the largest group (in elements) held on chip as one register tile; larger
+groups take the chunked two-phase path. ``TILE`` is the number of elements a program of the
+on-chip path handles (``TILE // group size`` groups at a time). Both are module constants read at
+call time, so tests can lower them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .step import (
+    ALG_PROXGEN,
+    ALG_PROXSGD,
+    ALG_PROXSSI,
+    ALG_RAMDA,
+    ALG_RMDA,
+    REG_NONE,
+    SOLVER_NEWTON,
+    SOLVER_PG,
+    SOLVER_PROX,
+    step_kernel,
+)
+
+ONCHIP_LIMIT = 2048
+TILE = 1024
+
+_TL_DTYPE = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+SOLVERS = {"prox": SOLVER_PROX, "exact": SOLVER_NEWTON, "pg": SOLVER_PG}
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(1, x).bit_length() - 1)
+
+
+def tile_config(view: tuple[int, int, int]) -> tuple[bool, int, int]:
+    """``(fit, R, BK)`` of a tensor viewed as ``[A, G, B]``."""
+    a, _, b = view
+    n = a * b
+    if n <= ONCHIP_LIMIT:
+        bk = triton.next_power_of_2(n)
+        return True, max(1, TILE // bk), bk
+    return False, 1, _pow2_floor(ONCHIP_LIMIT)
+
+
+_TABLES: dict[tuple, tuple[Tensor, Tensor, Tensor, int]] = {}
+
+
+def _tables(device, ptrs, views, fit: bool, r: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Pointer, ``[A, G, B]`` and program-offset tables of one launch, cached by their contents
+    (the same parameters step after step reuse the device copies: no host→device copy)."""
+    key = (device, ptrs, views, fit, r)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit
+    counts = [triton.cdiv(v[1], r) if fit else v[1] for v in views]
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    out = (
+        torch.tensor(ptrs, dtype=torch.int64, device=device),
+        torch.tensor([[v[d] for v in views] for d in range(3)], dtype=torch.int64, device=device),
+        torch.tensor(starts, dtype=torch.int64, device=device),
+        starts[-1],
+    )
+    if len(_TABLES) >= 256:
+        _TABLES.clear()
+    _TABLES[key] = out
+    return out
+
+
+def _contig(t: Tensor | None) -> Tensor | None:
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+def launch(
+    alg: int,
+    reg_code: int,
+    solver: str,
+    tensors: Sequence[Sequence[Tensor | None]],
+    views: Sequence[tuple[int, int, int]],
+    *,
+    k: Sequence[float] = (),
+    c_mix: float = 1.0,
+    a_reg: float = 0.0,
+    lam: float = 0.0,
+    lam1: float = 0.0,
+    omega: float = 1.0,
+    max_iters: int = 0,
+    rtol: float = 0.0,
+    newton_tol: float = 0.0,
+    newton_max: int = 0,
+) -> None:
+    """Run one step of algorithm ``alg`` on every tensor row ``(param, grad, s1, s2, s3)``.
+
+    ``views[i]`` is the ``[A, G, B]`` view of row ``i`` (``(1, numel, 1)`` when unregularized);
+    ``k`` the algorithm's scalars (see :func:`.step._pre`). Parameters are updated in place, and
+    so is the state. Non-contiguous tensors are stepped through a contiguous copy.
+    """
+    ks = [float(x) for x in k] + [0.0] * (6 - len(k))
+    if reg_code == REG_NONE:
+        solver = "prox"
+    solver_code = SOLVERS[solver]
+    configs: dict[tuple[bool, int, int], list[int]] = {}
+    for i, (row, view) in enumerate(zip(tensors, views)):
+        if row[0].numel() == 0:
+            continue
+        configs.setdefault(tile_config(view), []).append(i)
+    for (fit, r, bk), idx in configs.items():
+        rows = []
+        copies = []
+        for i in idx:
+            row = list(tensors[i]) + [None] * (5 - len(tensors[i]))
+            crow = [_contig(t) for t in row]
+            # write back what the kernel updated: the parameter and the state (not the gradient)
+            copies.extend(
+                (t, ct)
+                for j, (t, ct) in enumerate(zip(row, crow))
+                if j != 1 and t is not None and ct is not t
+            )
+            scratch = None
+            if not fit and solver_code == SOLVER_PG:
+                scratch = torch.empty(row[2].numel(), dtype=row[2].dtype, device=row[2].device)
+            rows.append(crow + [scratch])
+        p0 = rows[0][0]
+        sdt = rows[0][2].dtype
+        nt = len(rows)
+        ptrs = tuple(
+            tuple((row[j] if row[j] is not None else row[0]).data_ptr() for row in rows) for j in range(6)
+        )
+        ptab, dims, starts_t, nprog = _tables(p0.device, ptrs, tuple(views[i] for i in idx), fit, r)
+        step_kernel[(nprog,)](
+            ptab,
+            dims,
+            starts_t,
+            nt,
+            *ks,
+            float(c_mix),
+            float(a_reg),
+            float(lam),
+            float(lam1),
+            float(omega),
+            int(max_iters),
+            float(rtol),
+            float(newton_tol),
+            int(newton_max),
+            ALG=alg,
+            REG=reg_code,
+            SOLVER=solver_code,
+            FIT=fit,
+            R=r,
+            BK=bk,
+            NSEARCH=max(1, nt.bit_length()),
+            PDT=_TL_DTYPE[p0.dtype],
+            SDT=_TL_DTYPE[sdt],
+            num_warps=4 if r * bk <= 1024 else 8,
+        )
+        for t, ct in copies:
+            t.copy_(ct)
+
+
+# -- per-algorithm wrappers: (tensor lists, scalars) -> None --------------------------------------
+
+
+def rmda(
+    params,
+    grads,
+    anchors,
+    grad_sums,
+    views,
+    *,
+    t: int,
+    alpha: float,
+    lr: float,
+    c: float,
+    reg_code: int,
+    **reg_scalars,
+) -> None:
+    """RMDA step of tensors sharing the counters ``t`` and ``alpha`` (SPEC §3)."""
+    sqrt_t = math.sqrt(t)
+    launch(
+        ALG_RMDA,
+        reg_code,
+        "prox",
+        list(zip(params, grads, anchors, grad_sums)),
+        views,
+        k=(lr * sqrt_t, sqrt_t),
+        c_mix=c,
+        a_reg=alpha / sqrt_t,
+        **reg_scalars,
+    )
+
+
+def ramda(
+    params,
+    grads,
+    anchors,
+    grad_sums,
+    sq_grad_sums,
+    views,
+    *,
+    t: int,
+    alpha: float,
+    lr: float,
+    c: float,
+    eps: float,
+    reg_code: int,
+    solver: str,
+    **solver_scalars,
+) -> None:
+    """RAMDA step (SPEC §4): screening, then ``solver`` ("pg" or "exact") per group."""
+    launch(
+        ALG_RAMDA,
+        reg_code,
+        solver,
+        list(zip(params, grads, anchors, grad_sums, sq_grad_sums)),
+        views,
+        k=(lr * math.sqrt(t), eps),
+        c_mix=c,
+        a_reg=alpha,
+        **solver_scalars,
+    )
+
+
+def proxsgd(
+    params, grads, momentum_buffers, views, *, lr: float, c: float, reg_code: int, **reg_scalars
+) -> None:
+    """ProxSGD step (SPEC §5)."""
+    launch(
+        ALG_PROXSGD,
+        reg_code,
+        "prox",
+        list(zip(params, grads, momentum_buffers)),
+        views,
+        k=(c, lr),
+        a_reg=lr,
+        **reg_scalars,
+    )
+
+
+def proxgen(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    views,
+    *,
+    t: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    reg_code: int,
+    solver: str,
+    **solver_scalars,
+) -> None:
+    """ProxGen step (SPEC §5): AdamW moments, weighted subproblem with weights D."""
+    bc1 = 1 - beta1**t
+    bc2 = 1 - beta2**t
+    launch(
+        ALG_PROXGEN,
+        reg_code,
+        solver,
+        list(zip(params, grads, exp_avgs, exp_avg_sqs)),
+        views,
+        k=(1 - lr * weight_decay, beta1, beta2, lr / bc1, math.sqrt(bc2), eps),
+        a_reg=lr,
+        **solver_scalars,
+    )
+
+
+def proxssi(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    views,
+    *,
+    t: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    reg_code: int,
+    **solver_scalars,
+) -> None:
+    """ProxSSI step (SPEC §5): HF-style AdamW step, then the weighted group prox by Newton."""
+    bc1 = 1 - beta1**t
+    bc2 = 1 - beta2**t
+    launch(
+        ALG_PROXSSI,
+        reg_code,
+        "exact",
+        list(zip(params, grads, exp_avgs, exp_avg_sqs)),
+        views,
+        k=(-lr * weight_decay, beta1, beta2, -lr * math.sqrt(bc2) / bc1, 0.0, eps),
+        a_reg=lr,
+        **solver_scalars,
+    )

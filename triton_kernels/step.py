@@ -1,0 +1,506 @@
+"""One Triton kernel family for every structsparse step (SPEC §3–§5).
+
+Each algorithm is written as a *preamble* (update the state, then describe the per-group
+subproblem ``min_X ⟨lin, X − center⟩ + ½ Σ P (X − center)² + a·ψ(X)``) followed by a *solver*:
+
+- ``SOLVER_PROX``: closed form ``prox_{a·ψ}(center − lin/P)`` (RMDA and ProxSGD have P ≡ 1,
+  lin ≡ 0; every algorithm without a regularizer is elementwise ``center − lin/P``);
+- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, SPEC §4);
+- ``SOLVER_PG``: screened proximal gradient with the per-group stopping rule of the reference
+  backend and its "never worse than the warm start" guard.
+
+Every grouping is an ``[A, G, B]`` view: group ``j`` holds ``x[a, j, b]``. A program owns whole
+groups. When a group has at most ``BK`` elements (``FIT``), a program holds ``R`` groups as an
+``[R, BK]`` register tile through all iterations (one read and one write of every tensor). A larger
+group is owned by one program that walks it in ``BK`` chunks: phase 1 updates the state and
+accumulates the group's partial sums, later phases apply (Newton/PG iterations re-read the group;
+PG keeps its iterate in a scratch buffer).
+
+Many tensors go in one launch: ``ptab`` is a ``[6, T]`` table of base addresses (param, grad,
+state 1–3, scratch), ``dims`` a ``[3, T]`` table of ``A, G, B`` and ``starts`` the ``[T + 1]``
+cumulative program counts; a program finds its tensor by binary search. Offsets are int64.
+Scalars are runtime arguments (fp32); math runs in the state dtype ``SDT`` (fp32 for fp16/bf16
+parameters). Reductions are plain ``tl.sum``/``tl.max`` inside one program: deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+ALG_RMDA = 0
+ALG_RAMDA = 1
+ALG_PROXSGD = 2
+ALG_PROXGEN = 3
+ALG_PROXSSI = 4
+
+REG_NONE = 0
+REG_GROUP_LASSO = 1
+REG_SPARSE_GROUP_LASSO = 2
+REG_GROUP_MCP = 3
+
+SOLVER_PROX = 0
+SOLVER_NEWTON = 1
+SOLVER_PG = 2
+
+
+@triton.jit
+def _cbrt(u):
+    """Cube root of u >= 0: exp2/log2 guess, one Newton step (cbrt(0) = 0)."""
+    pos = u > 0
+    us = tl.where(pos, u, 1.0)
+    y = tl.exp2(tl.log2(us) * (1.0 / 3.0))
+    y = y - (y - us / (y * y)) * (1.0 / 3.0)
+    return tl.where(pos, y, 0.0)
+
+
+@triton.jit
+def _pre(
+    ALG: tl.constexpr,
+    UPDATE: tl.constexpr,
+    off,
+    msk,
+    pp,
+    gp,
+    s1,
+    s2,
+    s3,
+    k0,
+    k1,
+    k2,
+    k3,
+    k4,
+    k5,
+    SDT: tl.constexpr,
+):
+    """Load one tile, update the state (``UPDATE``: the first pass over it), return the
+    subproblem ``(lin, P, center, w)`` with ``w`` the current parameter in the state dtype."""
+    w = tl.load(pp + off, mask=msk, other=0.0).to(SDT)
+    if UPDATE:
+        g = tl.load(gp + off, mask=msk, other=0.0).to(SDT)
+    if ALG == 0:
+        # RMDA. k0 = s = lr·sqrt(t), k1 = sqrt(t). s1 = W0, s2 = V.
+        w0 = tl.load(s1 + off, mask=msk, other=0.0)
+        v = tl.load(s2 + off, mask=msk, other=0.0)
+        if UPDATE:
+            v = v + k0 * g
+            tl.store(s2 + off, v, mask=msk)
+        center = w0 - v / k1
+        lin = tl.zeros_like(w)
+        p = lin + 1.0
+    elif ALG == 1:
+        # RAMDA. k0 = s, k1 = ε. s1 = W0, s2 = V, s3 = U.
+        w0 = tl.load(s1 + off, mask=msk, other=0.0)
+        v = tl.load(s2 + off, mask=msk, other=0.0)
+        u = tl.load(s3 + off, mask=msk, other=0.0)
+        if UPDATE:
+            v = v + k0 * g
+            u = u + k0 * (g * g)
+            tl.store(s2 + off, v, mask=msk)
+            tl.store(s3 + off, u, mask=msk)
+        p = _cbrt(u) + k1
+        lin = v
+        center = w0
+    elif ALG == 2:
+        # ProxSGD. k0 = c, k1 = lr. s1 = momentum buffer b.
+        b = tl.load(s1 + off, mask=msk, other=0.0)
+        if UPDATE:
+            b = b * (1.0 - k0) + k0 * g
+            tl.store(s1 + off, b, mask=msk)
+        center = w - k1 * b
+        lin = tl.zeros_like(w)
+        p = lin + 1.0
+    elif ALG == 3:
+        # ProxGen. k0 = 1 − lr·wd, k1 = β1, k2 = β2, k3 = lr/bc1, k4 = sqrt(bc2), k5 = ε.
+        m = tl.load(s1 + off, mask=msk, other=0.0)
+        v = tl.load(s2 + off, mask=msk, other=0.0)
+        if UPDATE:
+            m = m * k1 + (1.0 - k1) * g
+            v = v * k2 + (1.0 - k2) * (g * g)
+            tl.store(s1 + off, m, mask=msk)
+            tl.store(s2 + off, v, mask=msk)
+        p = tl.sqrt(v) / k4 + k5
+        lin = m * k3
+        center = w * k0
+    else:
+        # ProxSSI. k0 = −lr·wd, k1 = β1, k2 = β2, k3 = −lr·sqrt(bc2)/bc1, k5 = ε.
+        m = tl.load(s1 + off, mask=msk, other=0.0)
+        v = tl.load(s2 + off, mask=msk, other=0.0)
+        if UPDATE:
+            m = m * k1 + (1.0 - k1) * g
+            v = v * k2 + (1.0 - k2) * (g * g)
+            tl.store(s1 + off, m, mask=msk)
+            tl.store(s2 + off, v, mask=msk)
+        p = tl.sqrt(v) + k5
+        w1 = w + k3 * (m / p)
+        center = w1 + k0 * w1
+        lin = tl.zeros_like(w)
+    p = tl.where(msk, p, 1.0)
+    return lin, p, center, w
+
+
+@triton.jit
+def _soft(z, t1):
+    """sign(z)·max(|z| − t1, 0) with t1 a [R] vector."""
+    mag = tl.maximum(tl.abs(z) - t1[:, None], 0.0)
+    return tl.where(z < 0, -mag, mag)
+
+
+@triton.jit
+def _prox_sq(z, tau, lam1, REG: tl.constexpr):
+    """Per-row Σ y² of the vector whose norm the prox needs (y = z, or soft(z) for sparse group LASSO)."""
+    if REG == 2:
+        y = _soft(z, tau * lam1)
+    else:
+        y = z
+    return tl.sum(y * y, axis=1)
+
+
+@triton.jit
+def _shrink_scale(nrm, thr):
+    n = tl.maximum(nrm - thr, 0.0)
+    den = n + thr
+    return tl.where(den > 0, n / tl.where(den > 0, den, 1.0), 0.0)
+
+
+@triton.jit
+def _firm_scale(rho, tau, lamg, omg):
+    """Scale ``prox_{τ·MCP_{λg,ωg}}(ρ)/ρ`` of a group norm (firm threshold; hard when ωg ≤ τ)."""
+    firm_ok = omg > tau
+    safe = tl.where(firm_ok, 1.0 - tau / omg, 1.0)
+    firm = tl.where(rho <= tau * lamg, 0.0, tl.where(rho <= omg * lamg, (rho - tau * lamg) / safe, rho))
+    hard = tl.where(rho > lamg * tl.sqrt(tau * omg), rho, 0.0)
+    new = tl.where(firm_ok, firm, hard)
+    return tl.where(rho > 0, new / tl.where(rho > 0, rho, 1.0), 0.0)
+
+
+@triton.jit
+def _prox_apply(z, sq, tau, wg, lam, lam1, omega, REG: tl.constexpr):
+    """prox_{τψ} of every row of z given the row's ``_prox_sq`` sum; τ is a [R] vector."""
+    nrm = tl.sqrt(sq)
+    if REG == 1:
+        out = z * _shrink_scale(nrm, tau * (lam * wg))[:, None]
+    elif REG == 2:
+        out = _soft(z, tau * lam1) * _shrink_scale(nrm, tau * (lam * wg))[:, None]
+    elif REG == 3:
+        out = z * _firm_scale(nrm, tau, lam * wg, omega * wg)[:, None]
+    else:
+        out = z
+    return out
+
+
+@triton.jit
+def _psi(sq, ab, wg, lam, lam1, omega, REG: tl.constexpr):
+    """ψ of a group from Σx² and Σ|x|."""
+    rho = tl.sqrt(sq)
+    if REG == 1:
+        val = (lam * wg) * rho
+    elif REG == 2:
+        val = lam1 * ab + (lam * wg) * rho
+    else:
+        lamg = lam * wg
+        omg = omega * wg
+        inner = lamg * rho - rho * rho / (2.0 * omg)
+        val = tl.where(rho <= omg * lamg, inner, omg * lamg * lamg * 0.5)
+    return val
+
+
+@triton.jit
+def _smooth(x, lin, p, center):
+    d = x - center
+    return tl.sum(lin * d + 0.5 * p * d * d, axis=1)
+
+
+@triton.jit
+def _finish(ALG: tl.constexpr, w, x, c_mix):
+    if ALG <= 1:
+        out = w * (1.0 - c_mix) + c_mix * x
+    else:
+        out = x
+    return out
+
+
+@triton.jit
+def _warm(ALG: tl.constexpr, w, center):
+    """PG warm start: the current parameter (RAMDA) or the decayed / stepped point (ProxGen, ProxSSI)."""
+    if ALG == 1:
+        out = w
+    else:
+        out = center
+    return out
+
+
+@triton.jit
+def step_kernel(
+    ptab,
+    dims,
+    starts,
+    T,
+    k0,
+    k1,
+    k2,
+    k3,
+    k4,
+    k5,
+    c_mix,
+    a_reg,
+    lam,
+    lam1,
+    omega,
+    max_iters,
+    rtol,
+    newton_tol,
+    newton_max,
+    ALG: tl.constexpr,
+    REG: tl.constexpr,
+    SOLVER: tl.constexpr,
+    FIT: tl.constexpr,
+    R: tl.constexpr,
+    BK: tl.constexpr,
+    NSEARCH: tl.constexpr,
+    PDT: tl.constexpr,
+    SDT: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    # -- which tensor: largest ti with starts[ti] <= pid -------------------------------------
+    lo = pid * 0
+    hi = lo + T
+    for _ in tl.static_range(NSEARCH):
+        mid = (lo + hi) // 2
+        right = tl.load(starts + mid) <= pid
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    ti = lo
+    lp = pid - tl.load(starts + ti)
+    pp = tl.load(ptab + ti).to(tl.pointer_type(PDT))
+    gp = tl.load(ptab + T + ti).to(tl.pointer_type(PDT))
+    s1 = tl.load(ptab + 2 * T + ti).to(tl.pointer_type(SDT))
+    s2 = tl.load(ptab + 3 * T + ti).to(tl.pointer_type(SDT))
+    s3 = tl.load(ptab + 4 * T + ti).to(tl.pointer_type(SDT))
+    sx = tl.load(ptab + 5 * T + ti).to(tl.pointer_type(SDT))
+    A = tl.load(dims + ti)
+    G = tl.load(dims + T + ti)
+    B = tl.load(dims + 2 * T + ti)
+    n = A * B
+    GB = G * B
+    wg = tl.sqrt(n.to(tl.float32))
+
+    rows = lp * R + tl.arange(0, R).to(tl.int64)  # group indices [R]
+    rvalid = rows < G
+    cols = tl.arange(0, BK).to(tl.int64)
+    tau0 = tl.zeros([R], dtype=tl.float32) + a_reg  # [R] threshold multiplier
+
+    if FIT:
+        k = cols[None, :]
+        msk = rvalid[:, None] & (k < n)
+        off = (k // B) * GB + rows[:, None] * B + (k % B)
+        lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+        if SOLVER == 0:
+            z = center - lin / p
+            x = _prox_apply(z, _prox_sq(z, tau0, lam1, REG), tau0, wg, lam, lam1, omega, REG)
+        elif SOLVER == 1:
+            thr = a_reg * lam * wg
+            pz = p * center - lin
+            pzn = tl.sqrt(tl.sum(pz * pz, axis=1))
+            kept = (pzn > thr) & rvalid
+            pmax = tl.where(rvalid, tl.max(tl.where(msk, p, 0.0), axis=1), 1.0)
+            r = tl.maximum((pzn - thr) / pmax, 0.0)
+            active = kept & ((pzn * 0.0 + thr) > 0)
+            it = tl.full([], 0, tl.int32)
+            while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
+                den = tl.where(msk, p * r[:, None] + thr, 1.0)
+                q = pz / den
+                phi = tl.sum(q * q, axis=1) - 1.0
+                dphi = -2.0 * tl.sum(q * q * p / den, axis=1)
+                delta = -phi / tl.where(active, dphi, -1.0)
+                ok = active & (delta > newton_tol * r)
+                r = tl.where(ok, r + delta, r)
+                active = ok
+                it += 1
+            xs = pz * r[:, None] / (p * r[:, None] + thr)
+            xs = tl.where(kept[:, None], xs, 0.0)
+            x = tl.where((xs * 0.0 + thr) == 0, center - lin / p, xs)
+        else:
+            pmax = tl.where(rvalid, tl.max(tl.where(msk, p, 0.0), axis=1), 1.0)
+            eta = 1.0 / pmax
+            if REG == 3:
+                eta = eta * 0.5
+            if REG == 1:
+                pz = p * center - lin
+                zero = tl.sqrt(tl.sum(pz * pz, axis=1)) <= a_reg * lam * wg
+            else:
+                zero = rows < 0
+            warm = _warm(ALG, w, center)
+            x = tl.where(zero[:, None], 0.0, warm)
+            q0 = _smooth(warm, lin, p, center) + a_reg * _psi(
+                tl.sum(warm * warm, axis=1), tl.sum(tl.abs(warm), axis=1), wg, lam, lam1, omega, REG
+            )
+            q_prev = _smooth(x, lin, p, center) + a_reg * _psi(
+                tl.sum(x * x, axis=1), tl.sum(tl.abs(x), axis=1), wg, lam, lam1, omega, REG
+            )
+            active = (~zero) & rvalid
+            tau = eta * a_reg
+            it = tl.full([], 0, tl.int32)
+            while (it < max_iters) & (tl.max(active.to(tl.int32), axis=0) > 0):
+                it += 1
+                y = x - eta[:, None] * (lin + p * (x - center))
+                xn = _prox_apply(y, _prox_sq(y, tau, lam1, REG), tau, wg, lam, lam1, omega, REG)
+                q = _smooth(xn, lin, p, center) + a_reg * _psi(
+                    tl.sum(xn * xn, axis=1), tl.sum(tl.abs(xn), axis=1), wg, lam, lam1, omega, REG
+                )
+                x = tl.where(active[:, None], xn, x)
+                done = (it >= 2) & ((q_prev - q) / (tl.abs(q) + 1.0) < rtol)
+                q_prev = tl.where(active, q, q_prev)
+                active = active & (~done)
+            worse = (~zero) & (q_prev > q0)
+            x = tl.where(worse[:, None], warm, x)
+        tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+    else:
+        # One program per group (R == 1), walked in BK chunks.
+        if SOLVER == 0:
+            sq = tl.zeros([R], dtype=SDT)
+            for c0 in range(0, n, BK):
+                k = c0 + cols[None, :]
+                msk = rvalid[:, None] & (k < n)
+                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                sq += _prox_sq(center - lin / p, tau0, lam1, REG)
+            for c0 in range(0, n, BK):
+                k = c0 + cols[None, :]
+                msk = rvalid[:, None] & (k < n)
+                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                lin, p, center, w = _pre(
+                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
+                x = _prox_apply(center - lin / p, sq, tau0, wg, lam, lam1, omega, REG)
+                tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+        elif SOLVER == 1:
+            thr = a_reg * lam * wg
+            pzsq = tl.zeros([R], dtype=SDT)
+            pmax = tl.zeros([R], dtype=SDT)
+            for c0 in range(0, n, BK):
+                k = c0 + cols[None, :]
+                msk = rvalid[:, None] & (k < n)
+                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                pz = p * center - lin
+                pzsq += tl.sum(pz * pz, axis=1)
+                pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
+            pzn = tl.sqrt(pzsq)
+            kept = (pzn > thr) & rvalid
+            r = tl.maximum((pzn - thr) / tl.where(rvalid, pmax, 1.0), 0.0)
+            active = kept & ((pzn * 0.0 + thr) > 0)
+            it = tl.full([], 0, tl.int32)
+            while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
+                phi = tl.zeros([R], dtype=SDT) - 1.0
+                dphi = tl.zeros([R], dtype=SDT)
+                for c0 in range(0, n, BK):
+                    k = c0 + cols[None, :]
+                    msk = rvalid[:, None] & (k < n)
+                    off = (k // B) * GB + rows[:, None] * B + (k % B)
+                    lin, p, center, w = _pre(
+                        ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    )
+                    pz = p * center - lin
+                    den = tl.where(msk, p * r[:, None] + thr, 1.0)
+                    q = pz / den
+                    phi += tl.sum(q * q, axis=1)
+                    dphi += -2.0 * tl.sum(q * q * p / den, axis=1)
+                delta = -phi / tl.where(active, dphi, -1.0)
+                ok = active & (delta > newton_tol * r)
+                r = tl.where(ok, r + delta, r)
+                active = ok
+                it += 1
+            for c0 in range(0, n, BK):
+                k = c0 + cols[None, :]
+                msk = rvalid[:, None] & (k < n)
+                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                lin, p, center, w = _pre(
+                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
+                pz = p * center - lin
+                xs = pz * r[:, None] / (p * r[:, None] + thr)
+                xs = tl.where(kept[:, None], xs, 0.0)
+                x = tl.where((xs * 0.0 + thr) == 0, center - lin / p, xs)
+                tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+        else:
+            # PG with the iterate in the scratch buffer sx.
+            pzsq = tl.zeros([R], dtype=SDT)
+            pmax = tl.zeros([R], dtype=SDT)
+            sm_warm = tl.zeros([R], dtype=SDT)
+            sq_warm = tl.zeros([R], dtype=SDT)
+            ab_warm = tl.zeros([R], dtype=SDT)
+            sm_zero = tl.zeros([R], dtype=SDT)
+            for c0 in range(0, n, BK):
+                k = c0 + cols[None, :]
+                msk = rvalid[:, None] & (k < n)
+                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                pz = p * center - lin
+                pzsq += tl.sum(pz * pz, axis=1)
+                pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
+                warm = _warm(ALG, w, center)
+                sm_warm += _smooth(warm, lin, p, center)
+                sq_warm += tl.sum(warm * warm, axis=1)
+                ab_warm += tl.sum(tl.abs(warm), axis=1)
+                sm_zero += _smooth(warm * 0.0, lin, p, center)
+                tl.store(sx + off, warm, mask=msk)
+            eta = 1.0 / tl.where(rvalid, pmax, 1.0)
+            if REG == 3:
+                eta = eta * 0.5
+            if REG == 1:
+                zero = tl.sqrt(pzsq) <= a_reg * lam * wg
+            else:
+                zero = rows < 0
+            q0 = sm_warm + a_reg * _psi(sq_warm, ab_warm, wg, lam, lam1, omega, REG)
+            zq = tl.zeros([R], dtype=SDT)
+            q_prev = tl.where(zero, sm_zero + a_reg * _psi(zq, zq, wg, lam, lam1, omega, REG), q0)
+            active = (~zero) & rvalid
+            tau = eta * a_reg
+            it = tl.full([], 0, tl.int32)
+            while (it < max_iters) & (tl.max(active.to(tl.int32), axis=0) > 0):
+                it += 1
+                ysq = tl.zeros([R], dtype=SDT)
+                for c0 in range(0, n, BK):
+                    k = c0 + cols[None, :]
+                    msk = rvalid[:, None] & (k < n)
+                    off = (k // B) * GB + rows[:, None] * B + (k % B)
+                    lin, p, center, w = _pre(
+                        ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    )
+                    x = tl.load(sx + off, mask=msk, other=0.0)
+                    y = x - eta[:, None] * (lin + p * (x - center))
+                    ysq += _prox_sq(y, tau, lam1, REG)
+                q = tl.zeros([R], dtype=SDT)
+                xsq = tl.zeros([R], dtype=SDT)
+                xab = tl.zeros([R], dtype=SDT)
+                for c0 in range(0, n, BK):
+                    k = c0 + cols[None, :]
+                    msk = rvalid[:, None] & (k < n)
+                    off = (k // B) * GB + rows[:, None] * B + (k % B)
+                    lin, p, center, w = _pre(
+                        ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    )
+                    x = tl.load(sx + off, mask=msk, other=0.0)
+                    y = x - eta[:, None] * (lin + p * (x - center))
+                    xn = _prox_apply(y, ysq, tau, wg, lam, lam1, omega, REG)
+                    tl.store(sx + off, xn, mask=msk)
+                    q += _smooth(xn, lin, p, center)
+                    xsq += tl.sum(xn * xn, axis=1)
+                    xab += tl.sum(tl.abs(xn), axis=1)
+                q = q + a_reg * _psi(xsq, xab, wg, lam, lam1, omega, REG)
+                done = (it >= 2) & ((q_prev - q) / (tl.abs(q) + 1.0) < rtol)
+                q_prev = tl.where(active, q, q_prev)
+                active = active & (~done)
+            worse = (~zero) & (q_prev > q0)
+            for c0 in range(0, n, BK):
+                k = c0 + cols[None, :]
+                msk = rvalid[:, None] & (k < n)
+                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                lin, p, center, w = _pre(
+                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
+                x = tl.load(sx + off, mask=msk, other=0.0)
+                x = tl.where(zero[:, None], 0.0, x)
+                x = tl.where(worse[:, None], _warm(ALG, w, center), x)
+                tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
