@@ -174,7 +174,8 @@ class StructuredOptimizer(torch.optim.Optimizer):
     def _all_finite(self, grads: list[Tensor]) -> bool:
         by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
         for g in grads:
-            by_device[g.device].append(g)
+            if g.numel():  # the inf-norm of an empty tensor raises
+                by_device[g.device].append(g)
         for gs in by_device.values():
             norms = torch._foreach_norm(gs, float("inf"))
             if not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):

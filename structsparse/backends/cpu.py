@@ -138,7 +138,14 @@ def proxsgd_step(params, grads, momentum_buffers, *, lr, c, reg) -> None:
     if ra is None:
         return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
     torch.ops.structsparse.proxsgd_step(
-        list(params), list(grads), list(momentum_buffers), _views(params, reg), float(lr), float(c), ra[0], ra[1]
+        list(params),
+        list(grads),
+        list(momentum_buffers),
+        _views(params, reg),
+        float(lr),
+        float(c),
+        ra[0],
+        ra[1],
     )
 
 
