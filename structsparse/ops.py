@@ -24,6 +24,7 @@ Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tenso
                  float beta2, float eps, float weight_decay, str reg, float[] reg_params,
                  str solver, int max_iters, float rtol) -> ()
     proxssi_step(<as proxgen_step without solver, max_iters, rtol>) -> ()
+    all_finite(Tensor[] tensors) -> bool
     cpu_isa() -> str
 """
 

@@ -25,54 +25,79 @@ inline Reg<T> make_reg(const TileArgs& t) {
 //   upd(a, k) -> z   first pass: updates the state of element (a, k) and returns z
 //   rez(a, k) -> z   second pass: recomputes z from the updated state (no state writes)
 //   fin(a, k, x)     stores the prox value x of element (a, k)
-template <typename T, typename Upd, typename Rez, typename Fin>
-inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* gs, Upd upd, Rez rez, Fin fin) {
+// Rows are processed in chunks of whole groups through a small buffer so that every loop is a
+// plain vectorizable loop. scratch: ng group sums + 2·chunk elements.
+template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
+inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
   const int64_t A = t.A, ng = t.ng, B = t.B, row = ng * B;
-  if (reg.kind == REG_NONE) {
+  if constexpr (KIND == REG_NONE) {
     for (int64_t a = 0; a < A; ++a)
       for (int64_t k = 0; k < row; ++k) fin(a, k, upd(a, k));
     return;
-  }
-  const T t1 = tau * reg.lam;  // SGL soft threshold
-  const bool sgl = reg.kind == REG_SPARSE_GROUP_LASSO;
-  if (A * B == 1) {  // one element per group: elementwise
-    for (int64_t k = 0; k < row; ++k) {
-      T z = upd(0, k);
-      T y = sgl ? soft_threshold(z, t1) : z;
-      fin(0, k, y * group_prox_scale(reg, tau, T(std::sqrt(y * y))));
-    }
-    return;
-  }
-  for (int64_t j = 0; j < ng; ++j) gs[j] = T(0);
-  for (int64_t a = 0; a < A; ++a) {
-    if (B == 1) {
+  } else {
+    constexpr bool sgl = KIND == REG_SPARSE_GROUP_LASSO;
+    const T t1 = tau * reg.lam;  // SGL soft threshold
+    if (A * B == 1) {  // one element per group: elementwise
       for (int64_t k = 0; k < row; ++k) {
-        T z = upd(a, k);
+        T z = upd(0, k);
         T y = sgl ? soft_threshold(z, t1) : z;
-        gs[k] += y * y;
+        fin(0, k, y * group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(y * y))));
       }
-    } else {
-      for (int64_t j = 0; j < ng; ++j) {
-        const int64_t k0 = j * B;
-        gs[j] += lane_sum<T>(B, [&](int64_t b) {
-          T z = upd(a, k0 + b);
+      return;
+    }
+    const int64_t CH = B >= 1024 ? B : B * (1024 / B);  // whole groups per chunk
+    T* __restrict gs = scr;
+    T* __restrict zb = scr + ng;
+    T* __restrict sb = zb + CH;
+    for (int64_t j = 0; j < ng; ++j) gs[j] = T(0);
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t c0 = 0; c0 < row; c0 += CH) {
+        const int64_t cnt = row - c0 < CH ? row - c0 : CH;
+        for (int64_t k = 0; k < cnt; ++k) {
+          T z = upd(a, c0 + k);
           T y = sgl ? soft_threshold(z, t1) : z;
-          return y * y;
-        });
+          zb[k] = y * y;
+        }
+        T* __restrict g = gs + c0 / B;
+        if (B == 1) {
+          for (int64_t k = 0; k < cnt; ++k) g[k] += zb[k];
+        } else {
+          for (int64_t jj = 0; jj < cnt / B; ++jj) g[jj] += lane_sum<T>(B, [&](int64_t b) { return zb[jj * B + b]; });
+        }
       }
-    }
+    for (int64_t j = 0; j < ng; ++j) gs[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t c0 = 0; c0 < row; c0 += CH) {
+        const int64_t cnt = row - c0 < CH ? row - c0 : CH;
+        const T* __restrict sc;
+        if (B == 1) {
+          sc = gs + c0;
+        } else {
+          for (int64_t jj = 0; jj < cnt / B; ++jj)
+            for (int64_t b = 0; b < B; ++b) sb[jj * B + b] = gs[c0 / B + jj];
+          sc = sb;
+        }
+        for (int64_t k = 0; k < cnt; ++k) {
+          T z = rez(a, c0 + k);
+          T y = sgl ? soft_threshold(z, t1) : z;
+          fin(a, c0 + k, y * sc[k]);
+        }
+      }
   }
-  for (int64_t j = 0; j < ng; ++j) gs[j] = group_prox_scale(reg, tau, T(std::sqrt(gs[j])));
-  for (int64_t a = 0; a < A; ++a)
-    for (int64_t j = 0; j < ng; ++j) {
-      const T sc = gs[j];
-      const int64_t k0 = j * B;
-      for (int64_t b = 0; b < B; ++b) {
-        T z = rez(a, k0 + b);
-        T y = sgl ? soft_threshold(z, t1) : z;
-        fin(a, k0 + b, y * sc);
-      }
-    }
+}
+
+template <typename T, typename Upd, typename Rez, typename Fin>
+inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
+  switch (reg.kind) {
+    case REG_GROUP_LASSO:
+      return prox_tile_k<REG_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin);
+    case REG_SPARSE_GROUP_LASSO:
+      return prox_tile_k<REG_SPARSE_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin);
+    case REG_GROUP_MCP:
+      return prox_tile_k<REG_GROUP_MCP>(t, reg, tau, scr, upd, rez, fin);
+    default:
+      return prox_tile_k<REG_NONE>(t, reg, tau, scr, upd, rez, fin);
+  }
 }
 
 // Per-group subproblem over a tile. Group-major arrays (n = A·B per group): lin, P, w0, x0;
@@ -113,13 +138,13 @@ void rmda_tile(const TileArgs& t) {
   const T s = T(t.sc[0]), sqt = T(t.sc[1]), c = T(t.sc[2]), one_c = T(1.0 - t.sc[2]), tau = T(t.sc[3]);
   prox_tile<T>(
       t, make_reg<T>(t), tau, static_cast<T*>(t.scratch),
-      [&](int64_t a, int64_t k) {
+      [=](int64_t a, int64_t k) {
         T v = V[a * srs + k] + s * Gr[a * grs + k];
         V[a * srs + k] = v;
         return W0[a * srs + k] - v / sqt;
       },
-      [&](int64_t a, int64_t k) { return W0[a * srs + k] - V[a * srs + k] / sqt; },
-      [&](int64_t a, int64_t k, T x) { W[a * wrs + k] = W[a * wrs + k] * one_c + c * x; });
+      [=](int64_t a, int64_t k) { return W0[a * srs + k] - V[a * srs + k] / sqt; },
+      [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = W[a * wrs + k] * one_c + c * x; });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,13 +159,13 @@ void proxsgd_tile(const TileArgs& t) {
   const T lr = T(t.sc[0]), c = T(t.sc[1]), one_c = T(1.0 - t.sc[1]);
   prox_tile<T>(
       t, make_reg<T>(t), lr, static_cast<T*>(t.scratch),
-      [&](int64_t a, int64_t k) {
+      [=](int64_t a, int64_t k) {
         T b = Bf[a * srs + k] * one_c + c * Gr[a * grs + k];
         Bf[a * srs + k] = b;
         return W[a * wrs + k] - lr * b;
       },
-      [&](int64_t a, int64_t k) { return W[a * wrs + k] - lr * Bf[a * srs + k]; },
-      [&](int64_t a, int64_t k, T x) { W[a * wrs + k] = x; });
+      [=](int64_t a, int64_t k) { return W[a * wrs + k] - lr * Bf[a * srs + k]; },
+      [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = x; });
 }
 
 // ---------------------------------------------------------------------------------------------

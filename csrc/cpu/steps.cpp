@@ -17,6 +17,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -144,9 +146,9 @@ struct TileRef {
 
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B) {
   const int64_t n = A * B;
-  const int64_t target = 8192, cap = 262144;
+  const int64_t target = 8192, cap = 98304;
   int64_t tg = std::max<int64_t>(1, target / n);
-  if (A > 1) tg = std::max<int64_t>(tg, (16 + B - 1) / B);  // whole cache lines per row
+  if (A > 1) tg = std::max<int64_t>(tg, (64 + B - 1) / B);  // rows of >= 64 elements (4 lines)
   if (tg * n > cap) tg = std::max<int64_t>(1, cap / n);
   return std::min(tg, G);
 }
@@ -408,7 +410,48 @@ void proxssi_step(at::TensorList params, at::TensorList grads, at::TensorList ex
             eps, weight_decay, cm);
 }
 
+// True when every element of every tensor is finite. One vectorized read pass (x·0 is NaN exactly
+// for NaN/±Inf x); replaces torch._foreach_norm(inf), which is several times slower on CPU.
+template <typename S>
+static bool chunk_finite(const S* x, int64_t n) {
+  using A = std::conditional_t<std::is_same_v<S, double>, double, float>;
+  constexpr int L = 16;  // independent lanes: the loop vectorizes
+  A acc[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int k = 0; k < L; ++k) acc[k] += static_cast<A>(x[i + k]) * A(0);
+  for (; i < n; ++i) acc[0] += static_cast<A>(x[i]) * A(0);
+  A s = 0;
+  for (int k = 0; k < L; ++k) s += acc[k];
+  return s == A(0);
+}
+
+bool all_finite(at::TensorList tensors) {
+  std::vector<at::Tensor> ts;
+  for (const auto& t : tensors) {
+    TORCH_CHECK(t.device().is_cpu(), "all_finite: expected CPU tensors");
+    if (t.numel()) ts.push_back(t.is_contiguous() ? t : t.contiguous());
+  }
+  constexpr int64_t CH = 1 << 16;
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  for (size_t i = 0; i < ts.size(); ++i)
+    for (int64_t o = 0; o < ts[i].numel(); o += CH) chunks.emplace_back(static_cast<int64_t>(i), o);
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e && ok.load(std::memory_order_relaxed); ++c) {
+      const at::Tensor& t = ts[chunks[c].first];
+      const int64_t o = chunks[c].second, n = std::min(CH, t.numel() - o);
+      bool f = true;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "all_finite",
+                                      [&] { f = chunk_finite(t.const_data_ptr<scalar_t>() + o, n); });
+      if (!f) ok.store(false, std::memory_order_relaxed);
+    }
+  });
+  return ok.load();
+}
+
 TORCH_LIBRARY_IMPL(structsparse, CPU, m) {
+  m.impl("all_finite", &all_finite);
   m.impl("rmda_step", &rmda_step);
   m.impl("ramda_step", &ramda_step);
   m.impl("proxsgd_step", &proxsgd_step);

@@ -33,7 +33,7 @@ struct TileArgs {
 };
 
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
-  return 6 * A * ng * B + ng + 64;
+  return 6 * A * ng * B + ng + 2 * (B + 1024) + 64;  // solvers: 6 tiles; prox: ng + 2 chunks
 }
 
 using TileFn = void (*)(const TileArgs&);

@@ -104,18 +104,30 @@ SS_FN T mcp_value(T rho, T lam, T omega) {
 }
 
 // Multiplier of a group under prox_{tau·ψ}, given the norm of its (soft-thresholded for SGL)
-// values. MCP: new norm / rho.
+// values. MCP: new norm / rho. KIND known at compile time (vectorizable loops).
+template <int KIND, typename T>
+SS_FN T group_prox_scale_k(const Reg<T>& reg, T tau, T norm) {
+  if constexpr (KIND == REG_GROUP_LASSO) {
+    return shrink_scale(norm, tau * (reg.lam * reg.wg));
+  } else if constexpr (KIND == REG_SPARSE_GROUP_LASSO) {
+    return shrink_scale(norm, tau * (reg.lam2 * reg.wg));
+  } else if constexpr (KIND == REG_GROUP_MCP) {
+    T nn = mcp_prox_norm(norm, tau, reg.lam * reg.wg, reg.omega * reg.wg);
+    return norm > T(0) ? nn / norm : T(0);
+  } else {
+    return T(1);
+  }
+}
+
 template <typename T>
 SS_FN T group_prox_scale(const Reg<T>& reg, T tau, T norm) {
   switch (reg.kind) {
     case REG_GROUP_LASSO:
-      return shrink_scale(norm, tau * (reg.lam * reg.wg));
+      return group_prox_scale_k<REG_GROUP_LASSO>(reg, tau, norm);
     case REG_SPARSE_GROUP_LASSO:
-      return shrink_scale(norm, tau * (reg.lam2 * reg.wg));
-    case REG_GROUP_MCP: {
-      T nn = mcp_prox_norm(norm, tau, reg.lam * reg.wg, reg.omega * reg.wg);
-      return norm > T(0) ? nn / norm : T(0);
-    }
+      return group_prox_scale_k<REG_SPARSE_GROUP_LASSO>(reg, tau, norm);
+    case REG_GROUP_MCP:
+      return group_prox_scale_k<REG_GROUP_MCP>(reg, tau, norm);
     default:
       return T(1);
   }
@@ -152,9 +164,9 @@ SS_FN T newton_start(T pz_norm, T thr, T pmax) {
 // ulp or two of cbrtf); double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
   float uu = u > 0.0f ? u : 1.0f;
-  uint32_t i;
+  int32_t i;
   std::memcpy(&i, &uu, 4);
-  i = i / 3u + 709921077u;
+  i = (int32_t)((float)i * 0.333333333f) + 709921077;  // bit-trick start, ~5% off
   float y;
   std::memcpy(&y, &i, 4);
   for (int k = 0; k < 3; ++k) y = y - (y * y * y - uu) / (3.0f * y * y);
@@ -284,11 +296,11 @@ SS_FN void group_newton(T thr, const T* lin, const T* P, const T* w0, T* x, int6
     lane_sum3<T>(
         n,
         [&](int64_t i, T& s1, T& s2, T&) {
-          T den = P[i] * r + thr;
-          T q = x[i] / den;
+          T inv = T(1) / (P[i] * r + thr);
+          T q = x[i] * inv;
           T q2 = q * q;
           s1 += q2;
-          s2 += q2 * P[i] / den;
+          s2 += q2 * P[i] * inv;
         },
         phi_s, dphi_s, unused);
     T phi = phi_s - T(1);
