@@ -316,3 +316,20 @@ def test_torch_compile_step():
             fn(torch.randn(w.shape, generator=gen))
         res.append(w.detach().clone())
     assert torch.equal(res[0], res[1])
+
+
+def test_all_finite_op_and_skip_nonfinite():
+    f = torch.ops.structsparse.all_finite
+    assert f([torch.randn(1000), torch.zeros(0), torch.randn(3, 4).t()])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for dt in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            x = torch.randn(70_001).to(dt)
+            x[69_999] = bad
+            assert not f([torch.ones(5, dtype=dt), x])
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = ss.RMDA([w], lr=0.1, regularizer=ss.GroupLasso(0.1), backend="cpu")
+    w.grad = torch.full_like(w, float("nan"))
+    before = w.detach().clone()
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step()
+    assert torch.equal(w.detach(), before) and opt.skipped_steps == 1
