@@ -1,10 +1,73 @@
-"""Build script: the structsparse package (and, once present, its C++/CUDA extension)."""
+"""Build script: the structsparse package and its C++ extension ``structsparse._C``.
+
+The extension holds the fused CPU kernels (csrc/cpu, csrc/bindings.cpp). The tile kernels are
+compiled three times (baseline, AVX2+FMA, AVX-512) and the best one for the running CPU is chosen
+at import (no -march=native). When no compiler is available the build of the extension is
+skipped with a warning and the pure-Python package (reference backend) still installs; set
+``STRUCTSPARSE_REQUIRE_EXT=1`` to make that an error, ``STRUCTSPARSE_NO_EXT=1`` to skip it.
+"""
+
+import os
+import sys
 
 from setuptools import setup
 
+PACKAGES = ["structsparse", "structsparse.backends", "structsparse.optim", "structsparse.triton_kernels"]
+
+
+def _ext_modules():
+    if os.environ.get("STRUCTSPARSE_NO_EXT") == "1":
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except Exception as e:  # torch missing at build time
+        print(f"structsparse: not building the C++ extension ({e})", file=sys.stderr)
+        return [], {}
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = [
+        "csrc/bindings.cpp",
+        "csrc/cpu/steps.cpp",
+        "csrc/cpu/kernels_default.cpp",
+        "csrc/cpu/kernels_avx2.cpp",
+        "csrc/cpu/kernels_avx512.cpp",
+    ]
+    if sys.platform == "win32":
+        cxx = ["/O2", "/std:c++20"]
+    else:
+        # -fno-math-errno lets sqrt vectorize (no result changes); no FMA contraction, so every
+        # ISA variant rounds the same way as the others.
+        cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c++20"]
+    ext = CppExtension(
+        "structsparse._C",
+        sources,
+        include_dirs=[os.path.join(here, "csrc", "include"), os.path.join(here, "csrc", "cpu")],
+        extra_compile_args={"cxx": cxx},
+    )
+
+    class OptionalBuild(BuildExtension):
+        def run(self):
+            try:
+                super().run()
+            except Exception as e:
+                if os.environ.get("STRUCTSPARSE_REQUIRE_EXT") == "1":
+                    raise
+                print(
+                    f"structsparse: building the C++ extension failed ({e}); installing the "
+                    "pure-Python package (backend='reference')",
+                    file=sys.stderr,
+                )
+
+    return [ext], {"build_ext": OptionalBuild.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _ext_modules()
+
 setup(
-    packages=["structsparse", "structsparse.backends", "structsparse.optim", "structsparse.triton_kernels"],
+    packages=PACKAGES,
     # triton_kernels/ at the repo root is installed inside the package (a top-level module named
     # triton_kernels would collide with the triton project's own package)
     package_dir={"structsparse.triton_kernels": "triton_kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

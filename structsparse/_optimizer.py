@@ -22,6 +22,17 @@ from .regularizers import Regularizer, regularizer_from_dict
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _load_fast_all_finite():
+    """The C++ extension's one-pass finiteness check (torch._foreach_norm(inf) costs more than a
+    fused step on CPU); None when the extension is not built."""
+    from . import ops
+
+    return torch.ops.structsparse.all_finite if ops.loaded()[0] else None
+
+
+_fast_all_finite = _load_fast_all_finite()
+
+
 def state_dtype(p: Tensor) -> torch.dtype:
     """fp32 state for fp16/bf16 parameters, the parameter's dtype otherwise."""
     return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
@@ -179,9 +190,13 @@ class StructuredOptimizer(torch.optim.Optimizer):
     def _all_finite(self, grads: list[Tensor]) -> bool:
         by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
         for g in grads:
-            if g.numel():  # the inf-norm of an empty tensor is undefined
+            if g.numel():  # the inf-norm of an empty tensor raises
                 by_device[g.device].append(g)
-        for gs in by_device.values():
+        for device, gs in by_device.items():
+            if device.type == "cpu" and _fast_all_finite is not None:
+                if not _fast_all_finite(gs):
+                    return False
+                continue
             norms = torch._foreach_norm(gs, float("inf"))
             if not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
                 return False

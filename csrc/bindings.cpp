@@ -1,0 +1,53 @@
+// The torch glue: op schemas of structsparse (torch.library), registered once here. Kernels are
+// registered per device elsewhere (csrc/cpu/steps.cpp: CPU; later CUDA files: CUDA) under these
+// names; structsparse/ops.py registers the fake (meta) implementations for torch.compile.
+//
+// Every step op takes one bucket: parallel lists of tensors, per-tensor scalars as lists, the
+// [A, G, B] view of every tensor flattened into `views` (3 ints per tensor, SPEC §1), and the
+// param group's scalars. `reg` is "none", "group_lasso" (also L1), "sparse_group_lasso" or
+// "group_mcp"; reg_params = [lam (λ, or λ1 for SGL), lam2 (λ2 for SGL), omega (MCP)].
+// The ops mutate the parameters and state in place and return nothing.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace structsparse {
+namespace cpu {
+std::string cpu_isa();
+}
+}  // namespace structsparse
+
+TORCH_LIBRARY(structsparse, m) {
+  m.def(
+      "rmda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums, "
+      "int[] steps, float[] alphas, int[] views, float lr, float c, str reg, float[] reg_params) -> ()");
+  m.def(
+      "ramda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums, "
+      "Tensor(c!)[] sq_grad_sums, int[] steps, float[] alphas, int[] views, float lr, float c, float eps, "
+      "str reg, float[] reg_params, str solver, int max_iters, float rtol) -> ()");
+  m.def(
+      "proxsgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] views, "
+      "float lr, float c, str reg, float[] reg_params) -> ()");
+  m.def(
+      "proxgen_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "int[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "str reg, float[] reg_params, str solver, int max_iters, float rtol) -> ()");
+  m.def(
+      "proxssi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "int[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "str reg, float[] reg_params) -> ()");
+  // True when every element of every tensor is finite (the optimizers' skip_nonfinite check).
+  m.def("all_finite(Tensor[] tensors) -> bool");
+  // The instruction set the CPU tile kernels were selected for ("default", "avx2", "avx512").
+  m.def("cpu_isa() -> str", &structsparse::cpu::cpu_isa);
+}
+
+// A Python module with no functions: importing structsparse._C loads the library, which
+// registers the ops above (torch.ops.structsparse.*).
+static struct PyModuleDef structsparse_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+                                                    nullptr, nullptr, nullptr, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  return PyModule_Create(&structsparse_c_module);
+}

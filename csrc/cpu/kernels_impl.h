@@ -1,0 +1,357 @@
+// Tile kernels of the fused CPU steps. Included once per instruction set by kernels_<isa>.cpp,
+// which defines SS_ISA (the namespace) and sets the target flags before including this file.
+// No torch or std templates here: only raw pointers and the static inline math of
+// csrc/include/structsparse/math.h, so copies compiled for different ISAs never mix at link time.
+//
+// Every kernel processes one tile (see tile.h) in one pass over memory for the elementwise part;
+// groups that need a norm take a second, cache-resident pass over the tile; solver groups are
+// copied to a group-major scratch (kept in cache) through all PG / Newton iterations.
+
+#include "structsparse/math.h"
+#include "tile.h"
+
+namespace structsparse {
+namespace cpu {
+namespace SS_ISA {
+
+namespace {
+
+template <typename T>
+inline Reg<T> make_reg(const TileArgs& t) {
+  return Reg<T>{t.reg_kind, T(t.lam), T(t.lam2), T(t.omega), T(t.wg)};
+}
+
+// Proximal map of tau·ψ applied to z(a, k) over a tile, in up to two passes.
+//   upd(a, k) -> z   first pass: updates the state of element (a, k) and returns z
+//   rez(a, k) -> z   second pass: recomputes z from the updated state (no state writes)
+//   fin(a, k, x)     stores the prox value x of element (a, k)
+// Rows are processed in chunks of whole groups through a small buffer so that every loop is a
+// plain vectorizable loop. scratch: ng group sums + 2·chunk elements.
+template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
+inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
+  const int64_t A = t.A, ng = t.ng, B = t.B, row = ng * B;
+  if constexpr (KIND == REG_NONE) {
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t k = 0; k < row; ++k) fin(a, k, upd(a, k));
+    return;
+  } else {
+    constexpr bool sgl = KIND == REG_SPARSE_GROUP_LASSO;
+    const T t1 = tau * reg.lam;  // SGL soft threshold
+    if (A * B == 1) {  // one element per group: elementwise
+      for (int64_t k = 0; k < row; ++k) {
+        T z = upd(0, k);
+        T y = sgl ? soft_threshold(z, t1) : z;
+        fin(0, k, y * group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(y * y))));
+      }
+      return;
+    }
+    const int64_t CH = B >= 1024 ? B : B * (1024 / B);  // whole groups per chunk
+    T* __restrict gs = scr;
+    T* __restrict zb = scr + ng;
+    T* __restrict sb = zb + CH;
+    for (int64_t j = 0; j < ng; ++j) gs[j] = T(0);
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t c0 = 0; c0 < row; c0 += CH) {
+        const int64_t cnt = row - c0 < CH ? row - c0 : CH;
+        for (int64_t k = 0; k < cnt; ++k) {
+          T z = upd(a, c0 + k);
+          T y = sgl ? soft_threshold(z, t1) : z;
+          zb[k] = y * y;
+        }
+        T* __restrict g = gs + c0 / B;
+        if (B == 1) {
+          for (int64_t k = 0; k < cnt; ++k) g[k] += zb[k];
+        } else {
+          for (int64_t jj = 0; jj < cnt / B; ++jj) g[jj] += lane_sum<T>(B, [&](int64_t b) { return zb[jj * B + b]; });
+        }
+      }
+    for (int64_t j = 0; j < ng; ++j) gs[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t c0 = 0; c0 < row; c0 += CH) {
+        const int64_t cnt = row - c0 < CH ? row - c0 : CH;
+        const T* __restrict sc;
+        if (B == 1) {
+          sc = gs + c0;
+        } else {
+          for (int64_t jj = 0; jj < cnt / B; ++jj)
+            for (int64_t b = 0; b < B; ++b) sb[jj * B + b] = gs[c0 / B + jj];
+          sc = sb;
+        }
+        for (int64_t k = 0; k < cnt; ++k) {
+          T z = rez(a, c0 + k);
+          T y = sgl ? soft_threshold(z, t1) : z;
+          fin(a, c0 + k, y * sc[k]);
+        }
+      }
+  }
+}
+
+template <typename T, typename Upd, typename Rez, typename Fin>
+inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
+  switch (reg.kind) {
+    case REG_GROUP_LASSO:
+      return prox_tile_k<REG_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin);
+    case REG_SPARSE_GROUP_LASSO:
+      return prox_tile_k<REG_SPARSE_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin);
+    case REG_GROUP_MCP:
+      return prox_tile_k<REG_GROUP_MCP>(t, reg, tau, scr, upd, rez, fin);
+    default:
+      return prox_tile_k<REG_NONE>(t, reg, tau, scr, upd, rez, fin);
+  }
+}
+
+// Per-group subproblem over a tile. Group-major arrays (n = A·B per group): lin, P, w0, x0;
+// result into x. y: scratch of n.
+template <typename T>
+inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0,
+                       const T* x0, T* x, T* y) {
+  const int64_t n = t.A * t.B;
+  const T thr = T(double(a) * t.lam * t.wg);
+  for (int64_t j = 0; j < t.ng; ++j) {
+    const int64_t o = j * n;
+    if (t.exact)
+      group_newton<T>(thr, lin + o, P + o, w0 + o, x + o, n);
+    else
+      group_pg<T>(reg, a, lin + o, P + o, w0 + o, x0 + o, x + o, y, n, t.max_iters, T(t.rtol));
+  }
+}
+
+// Copy a tile array (row stride rs) to group-major order dst[j·n + a·B + b].
+template <typename T>
+inline void to_group_major(const TileArgs& t, const T* src, int64_t rs, T* dst) {
+  const int64_t A = t.A, ng = t.ng, B = t.B, n = A * B;
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t j = 0; j < ng; ++j)
+      for (int64_t b = 0; b < B; ++b) dst[j * n + a * B + b] = src[a * rs + j * B + b];
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMDA (SPEC §3). sc: [s, sqrt(t), c, tau = α/sqrt(t)]. s0 = anchor W0, s1 = grad_sum V.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void rmda_tile(const TileArgs& t) {
+  T* __restrict W = static_cast<T*>(t.w);
+  const T* __restrict Gr = static_cast<const T*>(t.g);
+  const T* __restrict W0 = static_cast<const T*>(t.s0);
+  T* __restrict V = static_cast<T*>(t.s1);
+  const int64_t wrs = t.w_rs, grs = t.g_rs, srs = t.s_rs;
+  const T s = T(t.sc[0]), sqt = T(t.sc[1]), c = T(t.sc[2]), one_c = T(1.0 - t.sc[2]), tau = T(t.sc[3]);
+  prox_tile<T>(
+      t, make_reg<T>(t), tau, static_cast<T*>(t.scratch),
+      [=](int64_t a, int64_t k) {
+        T v = V[a * srs + k] + s * Gr[a * grs + k];
+        V[a * srs + k] = v;
+        return W0[a * srs + k] - v / sqt;
+      },
+      [=](int64_t a, int64_t k) { return W0[a * srs + k] - V[a * srs + k] / sqt; },
+      [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = W[a * wrs + k] * one_c + c * x; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProxSGD (SPEC §5). sc: [lr, c]. s0 = momentum buffer b.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void proxsgd_tile(const TileArgs& t) {
+  T* __restrict W = static_cast<T*>(t.w);
+  const T* __restrict Gr = static_cast<const T*>(t.g);
+  T* __restrict Bf = static_cast<T*>(t.s0);
+  const int64_t wrs = t.w_rs, grs = t.g_rs, srs = t.s_rs;
+  const T lr = T(t.sc[0]), c = T(t.sc[1]), one_c = T(1.0 - t.sc[1]);
+  prox_tile<T>(
+      t, make_reg<T>(t), lr, static_cast<T*>(t.scratch),
+      [=](int64_t a, int64_t k) {
+        T b = Bf[a * srs + k] * one_c + c * Gr[a * grs + k];
+        Bf[a * srs + k] = b;
+        return W[a * wrs + k] - lr * b;
+      },
+      [=](int64_t a, int64_t k) { return W[a * wrs + k] - lr * Bf[a * srs + k]; },
+      [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = x; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// RAMDA (SPEC §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void ramda_tile(const TileArgs& t) {
+  T* __restrict W = static_cast<T*>(t.w);
+  const T* __restrict Gr = static_cast<const T*>(t.g);
+  const T* __restrict W0 = static_cast<const T*>(t.s0);
+  T* __restrict V = static_cast<T*>(t.s1);
+  T* __restrict U = static_cast<T*>(t.s2);
+  const int64_t A = t.A, row = t.ng * t.B, wrs = t.w_rs, grs = t.g_rs, srs = t.s_rs;
+  const T s = T(t.sc[0]), c = T(t.sc[1]), one_c = T(1.0 - t.sc[1]), eps = T(t.sc[2]);
+  const Reg<T> reg = make_reg<T>(t);
+  if (reg.kind == REG_NONE) {
+    for (int64_t a = 0; a < A; ++a) {
+      T* __restrict w = W + a * wrs;
+      const T* __restrict g = Gr + a * grs;
+      const T* __restrict w0 = W0 + a * srs;
+      T* __restrict v = V + a * srs;
+      T* __restrict u = U + a * srs;
+      for (int64_t k = 0; k < row; ++k) {
+        T gg = g[k];
+        T vv = v[k] + s * gg;
+        T uu = u[k] + s * gg * gg;
+        v[k] = vv;
+        u[k] = uu;
+        T p = cbrt_nonneg(uu) + eps;
+        w[k] = w[k] * one_c + c * (w0[k] - vv / p);
+      }
+    }
+    return;
+  }
+  const int64_t tot = A * row;
+  T* P = static_cast<T*>(t.scratch);
+  T* X = P + tot;
+  T* Y = X + tot;
+  for (int64_t a = 0; a < A; ++a) {
+    const T* __restrict g = Gr + a * grs;
+    T* __restrict v = V + a * srs;
+    T* __restrict u = U + a * srs;
+    T* __restrict p = P + a * row;  // row layout for now
+    for (int64_t k = 0; k < row; ++k) {
+      T gg = g[k];
+      T vv = v[k] + s * gg;
+      T uu = u[k] + s * gg * gg;
+      v[k] = vv;
+      u[k] = uu;
+      p[k] = cbrt_nonneg(uu) + eps;
+    }
+  }
+  const T alpha = T(t.sc[3]);
+  if (A == 1) {  // the tile is group-major already
+    solve_tile<T>(t, reg, alpha, V, P, W0, W, X, Y);
+  } else {
+    // scratch: [P rows | X | Y (n) | Pg | L | Z0]; the warm start X0 reuses P once copied to Pg
+    T* Pg = Y + A * t.B;
+    T* L = Pg + tot;
+    T* Z0 = L + tot;
+    to_group_major<T>(t, P, row, Pg);
+    to_group_major<T>(t, V, srs, L);
+    to_group_major<T>(t, W0, srs, Z0);
+    T* X0 = P;
+    to_group_major<T>(t, W, wrs, X0);
+    solve_tile<T>(t, reg, alpha, L, Pg, Z0, X0, X, Y);
+    // X is group-major: mix back into W
+    const int64_t n = A * t.B;
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t j = 0; j < t.ng; ++j)
+        for (int64_t b = 0; b < t.B; ++b) {
+          T* w = W + a * wrs + j * t.B + b;
+          *w = *w * one_c + c * X[j * n + a * t.B + b];
+        }
+    return;
+  }
+  for (int64_t k = 0; k < row; ++k) W[k] = W[k] * one_c + c * X[k];
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProxGen and ProxSSI (SPEC §5). sc: [lr, β1, β2, ε, wd, bc1, bc2]. s0 = m, s1 = v.
+// ---------------------------------------------------------------------------------------------
+template <typename T, bool SSI>
+void adam_prox_tile(const TileArgs& t) {
+  T* __restrict W = static_cast<T*>(t.w);
+  const T* __restrict Gr = static_cast<const T*>(t.g);
+  T* __restrict M = static_cast<T*>(t.s0);
+  T* __restrict Vs = static_cast<T*>(t.s1);
+  const int64_t A = t.A, row = t.ng * t.B, wrs = t.w_rs, grs = t.g_rs, srs = t.s_rs;
+  const double lr_d = t.sc[0], b1_d = t.sc[1], b2_d = t.sc[2], bc1_d = t.sc[5], bc2_d = t.sc[6];
+  const T b1 = T(b1_d), b2 = T(b2_d), omb1 = T(1.0 - b1_d), omb2 = T(1.0 - b2_d), eps = T(t.sc[3]);
+  const T decay = T(1.0 - lr_d * t.sc[4]);          // ProxGen: W·(1 − lr·wd)
+  const T sq_bc2 = T(std::sqrt(bc2_d));              // ProxGen: sqrt(v)/sqrt(bc2)
+  const T lin_scale = T(lr_d / bc1_d);               // ProxGen: (lr/bc1)·m
+  const T ssi_step = T(-lr_d * std::sqrt(bc2_d) / bc1_d);  // ProxSSI: HF Adam step
+  const T ssi_decay = T(-lr_d * t.sc[4]);                  // ProxSSI: W + (−lr·wd)·W
+  const Reg<T> reg = make_reg<T>(t);
+  const bool solve = reg.kind != REG_NONE;
+  const int64_t tot = A * row;
+  T* P = static_cast<T*>(t.scratch);  // D (ProxGen) or denom (ProxSSI), row layout
+  T* L = P + tot;                     // linear term, row layout
+  T* X = L + tot;
+  T* Y = X + tot;
+  for (int64_t a = 0; a < A; ++a) {
+    T* __restrict w = W + a * wrs;
+    const T* __restrict g = Gr + a * grs;
+    T* __restrict m = M + a * srs;
+    T* __restrict v = Vs + a * srs;
+    T* __restrict p = P + a * row;
+    T* __restrict l = L + a * row;
+    for (int64_t k = 0; k < row; ++k) {
+      T gg = g[k];
+      T mm = m[k] * b1 + omb1 * gg;
+      T vv = v[k] * b2 + omb2 * gg * gg;
+      m[k] = mm;
+      v[k] = vv;
+      if (SSI) {
+        T den = std::sqrt(vv) + eps;
+        T ww = w[k] + ssi_step * (mm / den);
+        ww = ww + ssi_decay * ww;
+        w[k] = ww;
+        if (solve) {
+          p[k] = den;
+          l[k] = T(0);
+        }
+      } else {
+        T ww = w[k] * decay;
+        T d = std::sqrt(vv) / sq_bc2 + eps;
+        T li = mm * lin_scale;
+        if (solve) {
+          w[k] = ww;
+          p[k] = d;
+          l[k] = li;
+        } else {
+          w[k] = ww - li / d;
+        }
+      }
+    }
+  }
+  if (!solve) return;
+  const T a_thr = T(lr_d);
+  if (A == 1) {
+    solve_tile<T>(t, reg, a_thr, L, P, W, W, X, Y);
+    for (int64_t k = 0; k < row; ++k) W[k] = X[k];
+    return;
+  }
+  T* Pg = Y + A * t.B;
+  T* Lg = Pg + tot;
+  T* Wg = P;  // P (row layout) is copied to Pg first
+  to_group_major<T>(t, P, row, Pg);
+  to_group_major<T>(t, L, row, Lg);
+  to_group_major<T>(t, W, wrs, Wg);
+  solve_tile<T>(t, reg, a_thr, Lg, Pg, Wg, Wg, X, Y);
+  const int64_t n = A * t.B;
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t j = 0; j < t.ng; ++j)
+      for (int64_t b = 0; b < t.B; ++b) W[a * wrs + j * t.B + b] = X[j * n + a * t.B + b];
+}
+
+template <typename T>
+void proxgen_tile(const TileArgs& t) {
+  adam_prox_tile<T, false>(t);
+}
+template <typename T>
+void proxssi_tile(const TileArgs& t) {
+  adam_prox_tile<T, true>(t);
+}
+
+}  // namespace
+}  // namespace SS_ISA
+
+KernelTable SS_TABLE_FN() {
+  KernelTable k;
+  k.isa = SS_ISA_NAME;
+  k.rmda[0] = &SS_ISA::rmda_tile<float>;
+  k.rmda[1] = &SS_ISA::rmda_tile<double>;
+  k.ramda[0] = &SS_ISA::ramda_tile<float>;
+  k.ramda[1] = &SS_ISA::ramda_tile<double>;
+  k.proxsgd[0] = &SS_ISA::proxsgd_tile<float>;
+  k.proxsgd[1] = &SS_ISA::proxsgd_tile<double>;
+  k.proxgen[0] = &SS_ISA::proxgen_tile<float>;
+  k.proxgen[1] = &SS_ISA::proxgen_tile<double>;
+  k.proxssi[0] = &SS_ISA::proxssi_tile<float>;
+  k.proxssi[1] = &SS_ISA::proxssi_tile<double>;
+  return k;
+}
+
+}  // namespace cpu
+}  // namespace structsparse

@@ -1,0 +1,56 @@
+// Interface between the CPU dispatcher (bindings.cpp side, compiled with default flags) and the
+// per-ISA tile kernels (kernels_impl.h compiled several times with different target flags).
+//
+// A tensor viewed as [A, G, B] (SPEC §1) is cut into tiles of `ng` consecutive groups. A tile is
+// A rows; row a holds the ng·B contiguous elements (a, j0..j0+ng, 0..B). Each array of a tile is a
+// pointer to row 0 plus a row stride (rs): element (a, j, b) of the tile is p[a·rs + j·B + b].
+// The dispatcher points state arrays into the (contiguous) state tensors and the parameter and
+// gradient at either the tensors themselves (contiguous, same dtype) or a gathered copy.
+#pragma once
+
+#include <cstdint>
+
+namespace structsparse {
+namespace cpu {
+
+struct TileArgs {
+  int64_t A, ng, B;
+  void* w;
+  int64_t w_rs;  // parameter (math dtype), read-write
+  const void* g;
+  int64_t g_rs;  // gradient (math dtype)
+  void* s0;
+  void* s1;
+  void* s2;
+  int64_t s_rs;     // state tensors (anchor, grad_sum, sq_grad_sum | exp_avg, exp_avg_sq | buf)
+  double sc[8];     // per-tensor scalars of the algorithm (see each kernel)
+  int reg_kind;     // structsparse::RegKind
+  double lam, lam2, omega, wg;
+  int exact;  // 1: solver "exact", 0: "pg"
+  int max_iters;
+  double rtol;
+  void* scratch;  // at least scratch_elems(A, ng, B) elements of the math dtype
+};
+
+inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
+  return 6 * A * ng * B + ng + 2 * (B + 1024) + 64;  // solvers: 6 tiles; prox: ng + 2 chunks
+}
+
+using TileFn = void (*)(const TileArgs&);
+
+// [0]: float math, [1]: double math
+struct KernelTable {
+  const char* isa;
+  TileFn rmda[2];
+  TileFn ramda[2];
+  TileFn proxsgd[2];
+  TileFn proxgen[2];
+  TileFn proxssi[2];
+};
+
+KernelTable kernels_default();
+KernelTable kernels_avx2();
+KernelTable kernels_avx512();
+
+}  // namespace cpu
+}  // namespace structsparse

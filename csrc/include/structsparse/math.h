@@ -1,0 +1,351 @@
+// Device-agnostic math of structsparse (SPEC.md §2-§5), shared by the CPU and CUDA kernels.
+//
+// Everything here is plain C++ on scalars and raw pointers: no torch headers, so the CUDA
+// kernels can include it with nvcc alone. Functions are `static inline` (internal linkage): the
+// CPU build compiles them into several translation units with different instruction-set flags,
+// and internal linkage keeps the linker from mixing those copies.
+//
+// The formulas follow structsparse/backends/reference.py exactly (the oracle); where the order
+// of floating-point operations matters it is the reference's order.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define STRUCTSPARSE_HD __host__ __device__
+#else
+#define STRUCTSPARSE_HD
+#endif
+
+#define SS_FN static inline STRUCTSPARSE_HD
+
+namespace structsparse {
+
+// Regularizer kinds (the per-group prox maps of SPEC §2).
+enum RegKind : int {
+  REG_NONE = 0,
+  REG_GROUP_LASSO = 1,         // GroupLasso and L1 (L1 = group LASSO with one element per group)
+  REG_SPARSE_GROUP_LASSO = 2,  // λ1‖·‖₁ + λ2 Σ w_g ‖·‖₂
+  REG_GROUP_MCP = 3,           // GroupMCP and MCP
+};
+
+// Newton on φ(r) stops when a step is below NEWTON_ULPS ulps of r, or after NEWTON_MAX_ITERS.
+constexpr int NEWTON_MAX_ITERS = 50;
+constexpr double NEWTON_ULPS = 4.0;
+
+template <typename T>
+struct Eps;
+template <>
+struct Eps<float> {
+  static constexpr float value = 1.1920928955078125e-07f;
+};
+template <>
+struct Eps<double> {
+  static constexpr double value = 2.220446049250313e-16;
+};
+
+// A regularizer applied to one tensor: kind, weights and the group weight w_g = sqrt(|g|).
+template <typename T>
+struct Reg {
+  int kind;
+  T lam;    // λ (group LASSO, MCP) or λ1 (sparse group LASSO)
+  T lam2;   // λ2 (sparse group LASSO)
+  T omega;  // ω (MCP)
+  T wg;     // group weight sqrt(A·B)
+};
+
+template <typename T>
+SS_FN T ss_max(T a, T b) {
+  return a > b ? a : b;
+}
+template <typename T>
+SS_FN T ss_min(T a, T b) {
+  return a < b ? a : b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar maps
+// ---------------------------------------------------------------------------------------------
+
+// Group shrink factor: x_g = z_g · n/(n + thr), n = max(‖z_g‖ − thr, 0); 0 when n + thr = 0.
+template <typename T>
+SS_FN T shrink_scale(T norm, T thr) {
+  T n = ss_max(norm - thr, T(0));
+  T den = n + thr;
+  return den > T(0) ? n / den : T(0);
+}
+
+// Soft threshold sign(x)·max(|x| − t, 0) (sign(0) = 0).
+template <typename T>
+SS_FN T soft_threshold(T x, T t) {
+  T m = ss_max(std::fabs(x) - t, T(0));
+  return x > T(0) ? m : (x < T(0) ? -m : T(0));
+}
+
+// Prox of tau·MCP_{lam,omega} on a norm rho ≥ 0: the firm threshold while omega > tau, else the
+// hard threshold at lam·sqrt(tau·omega) (regularizers._firm_threshold).
+template <typename T>
+SS_FN T mcp_prox_norm(T rho, T tau, T lam, T omega) {
+  if (omega > tau) {
+    T safe = T(1) - tau / omega;
+    if (rho <= tau * lam) return T(0);
+    if (rho <= omega * lam) return (rho - tau * lam) / safe;
+    return rho;
+  }
+  return rho > lam * std::sqrt(tau * omega) ? rho : T(0);
+}
+
+// MCP_{lam,omega}(rho) for rho ≥ 0.
+template <typename T>
+SS_FN T mcp_value(T rho, T lam, T omega) {
+  return rho <= omega * lam ? lam * rho - rho * rho / (T(2) * omega) : omega * lam * lam / T(2);
+}
+
+// Multiplier of a group under prox_{tau·ψ}, given the norm of its (soft-thresholded for SGL)
+// values. MCP: new norm / rho. KIND known at compile time (vectorizable loops).
+template <int KIND, typename T>
+SS_FN T group_prox_scale_k(const Reg<T>& reg, T tau, T norm) {
+  if constexpr (KIND == REG_GROUP_LASSO) {
+    return shrink_scale(norm, tau * (reg.lam * reg.wg));
+  } else if constexpr (KIND == REG_SPARSE_GROUP_LASSO) {
+    return shrink_scale(norm, tau * (reg.lam2 * reg.wg));
+  } else if constexpr (KIND == REG_GROUP_MCP) {
+    T nn = mcp_prox_norm(norm, tau, reg.lam * reg.wg, reg.omega * reg.wg);
+    return norm > T(0) ? nn / norm : T(0);
+  } else {
+    return T(1);
+  }
+}
+
+template <typename T>
+SS_FN T group_prox_scale(const Reg<T>& reg, T tau, T norm) {
+  switch (reg.kind) {
+    case REG_GROUP_LASSO:
+      return group_prox_scale_k<REG_GROUP_LASSO>(reg, tau, norm);
+    case REG_SPARSE_GROUP_LASSO:
+      return group_prox_scale_k<REG_SPARSE_GROUP_LASSO>(reg, tau, norm);
+    case REG_GROUP_MCP:
+      return group_prox_scale_k<REG_GROUP_MCP>(reg, tau, norm);
+    default:
+      return T(1);
+  }
+}
+
+// ψ restricted to one group from its norm (and its L1 norm for SGL).
+template <typename T>
+SS_FN T group_value(const Reg<T>& reg, T norm, T l1) {
+  switch (reg.kind) {
+    case REG_GROUP_LASSO:
+      return reg.lam * reg.wg * norm;
+    case REG_SPARSE_GROUP_LASSO:
+      return reg.lam * l1 + reg.lam2 * reg.wg * norm;
+    case REG_GROUP_MCP:
+      return mcp_value(norm, reg.lam * reg.wg, reg.omega * reg.wg);
+    default:
+      return T(0);
+  }
+}
+
+// Exact screening (SPEC §4): W̃_g = 0 iff ‖P⊙W0 − V‖_g ≤ T_g.
+template <typename T>
+SS_FN bool screened(T pz_norm, T thr) {
+  return pz_norm <= thr;
+}
+
+// Newton start r₀ = max(0, (‖P⊙Z‖ − T)/max P), φ(r₀) ≥ 0.
+template <typename T>
+SS_FN T newton_start(T pz_norm, T thr, T pmax) {
+  return ss_max((pz_norm - thr) / pmax, T(0));
+}
+
+// Cube root, P = cbrt(U) + ε. float: bit-trick start and Newton steps (vectorizable, within an
+// ulp or two of cbrtf); double: the library cbrt.
+SS_FN float cbrt_nonneg(float u) {
+  float uu = u > 0.0f ? u : 1.0f;
+  int32_t i;
+  std::memcpy(&i, &uu, 4);
+  i = (int32_t)((float)i * 0.333333333f) + 709921077;  // bit-trick start, ~5% off
+  float y;
+  std::memcpy(&y, &i, 4);
+  for (int k = 0; k < 3; ++k) y = y - (y * y * y - uu) / (3.0f * y * y);
+  // final Newton step in double for correct rounding in nearly all cases
+  double yd = y;
+  yd = yd - (yd * yd * yd - (double)uu) / (3.0 * yd * yd);
+  return u > 0.0f ? (float)yd : 0.0f;
+}
+SS_FN double cbrt_nonneg(double u) {
+  return std::cbrt(u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic sums over arrays: 16 lanes (i mod 16) combined by a fixed tree, so the result
+// depends only on the data, never on threads; the fixed-width inner loop vectorizes.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int LANES = 16;
+
+template <typename T>
+SS_FN T lanes_combine(T* acc) {
+  for (int w = LANES / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  return acc[0];
+}
+
+// Σ_i f(i) for i in [0, n); f may write (e.g. store y[i]).
+template <typename T, typename F>
+SS_FN T lane_sum(int64_t n, F f) {
+  T acc[LANES];
+  for (int k = 0; k < LANES; ++k) acc[k] = T(0);
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int k = 0; k < LANES; ++k) acc[k] += f(i + k);
+  for (int k = 0; i + k < n; ++k) acc[k] += f(i + k);
+  return lanes_combine(acc);
+}
+
+// Three sums at once: f(i, a, b, c) adds its terms to a, b, c.
+template <typename T, typename F>
+SS_FN void lane_sum3(int64_t n, F f, T& s1, T& s2, T& s3) {
+  T a[LANES], b[LANES], c[LANES];
+  for (int k = 0; k < LANES; ++k) a[k] = b[k] = c[k] = T(0);
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int k = 0; k < LANES; ++k) f(i + k, a[k], b[k], c[k]);
+  for (int k = 0; i + k < n; ++k) f(i + k, a[k], b[k], c[k]);
+  s1 = lanes_combine(a);
+  s2 = lanes_combine(b);
+  s3 = lanes_combine(c);
+}
+
+template <typename T>
+SS_FN T array_max(const T* x, int64_t n) {
+  T m = n > 0 ? x[0] : T(1);
+  for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subproblem of one group (SPEC §4):  min_X ⟨L, X − W0⟩ + ½ Σ P (X − W0)² + a·ψ(X)
+// Arrays of n contiguous elements. `pz` and `y` are scratch of n elements.
+// ---------------------------------------------------------------------------------------------
+
+// Prox of the regularizer (weight tau) of one group: y (input, overwritten for SGL) → x.
+template <typename T>
+SS_FN void group_prox(const Reg<T>& reg, T tau, T* y, T* x, int64_t n) {
+  if (reg.kind == REG_NONE) {
+    for (int64_t i = 0; i < n; ++i) x[i] = y[i];
+    return;
+  }
+  T norm2;
+  if (reg.kind == REG_SPARSE_GROUP_LASSO) {
+    T t1 = tau * reg.lam;
+    norm2 = lane_sum<T>(n, [&](int64_t i) {
+      T v = soft_threshold(y[i], t1);
+      y[i] = v;
+      return v * v;
+    });
+  } else {
+    norm2 = lane_sum<T>(n, [&](int64_t i) { return y[i] * y[i]; });
+  }
+  T scale = group_prox_scale(reg, tau, std::sqrt(norm2));
+  for (int64_t i = 0; i < n; ++i) x[i] = y[i] * scale;
+}
+
+// Subproblem objective Q(X) of one group.
+template <typename T>
+SS_FN T group_objective(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x,
+                        int64_t n) {
+  T smooth, n2, l1;
+  lane_sum3<T>(
+      n,
+      [&](int64_t i, T& s, T& q, T& l) {
+        T d = x[i] - w0[i];
+        s += lin[i] * d + T(0.5) * P[i] * d * d;
+        q += x[i] * x[i];
+        l += std::fabs(x[i]);
+      },
+      smooth, n2, l1);
+  return smooth + a * group_value(reg, std::sqrt(n2), l1);
+}
+
+// Exact solve for group LASSO (solver="exact"): screening, then Newton on φ(r).
+// thr = a·λ·w_g. Writes x; uses x as scratch for P⊙Z.
+template <typename T>
+SS_FN void group_newton(T thr, const T* lin, const T* P, const T* w0, T* x, int64_t n) {
+  if (thr == T(0)) {
+    for (int64_t i = 0; i < n; ++i) x[i] = w0[i] - lin[i] / P[i];
+    return;
+  }
+  T pz2 = lane_sum<T>(n, [&](int64_t i) {
+    T v = P[i] * w0[i] - lin[i];
+    x[i] = v;
+    return v * v;
+  });
+  T pz_norm = std::sqrt(pz2);
+  if (screened(pz_norm, thr)) {
+    for (int64_t i = 0; i < n; ++i) x[i] = T(0);
+    return;
+  }
+  T pmax = array_max(P, n);
+  T r = newton_start(pz_norm, thr, pmax);
+  const T tol = T(NEWTON_ULPS) * Eps<T>::value;
+  for (int it = 0; it < NEWTON_MAX_ITERS; ++it) {
+    T phi_s, dphi_s, unused;
+    lane_sum3<T>(
+        n,
+        [&](int64_t i, T& s1, T& s2, T&) {
+          T inv = T(1) / (P[i] * r + thr);
+          T q = x[i] * inv;
+          T q2 = q * q;
+          s1 += q2;
+          s2 += q2 * P[i] * inv;
+        },
+        phi_s, dphi_s, unused);
+    T phi = phi_s - T(1);
+    T dphi = T(-2) * dphi_s;
+    T delta = -phi / dphi;
+    if (!(delta > tol * r)) break;
+    r = r + delta;
+  }
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * r / (P[i] * r + thr);
+}
+
+// Screened proximal gradient of one group (solver="pg", RAMDA Algorithm 2), per-group stopping
+// rule: stop when (Q_prev − Q)/(|Q| + 1) < rtol after ≥ 2 iterations or after max_iters; a
+// result worse than the warm start x0 is replaced by x0. y is scratch.
+template <typename T>
+SS_FN void group_pg(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x0, T* x,
+                    T* y, int64_t n, int max_iters, T rtol) {
+  if (n == 0) return;
+  T pmax = array_max(P, n);
+  T eta = T(1) / pmax;
+  if (reg.kind == REG_GROUP_MCP) eta = eta / T(2);
+  if (reg.kind == REG_GROUP_LASSO) {
+    T pz2 = lane_sum<T>(n, [&](int64_t i) {
+      T v = P[i] * w0[i] - lin[i];
+      return v * v;
+    });
+    if (screened(std::sqrt(pz2), a * (reg.lam * reg.wg))) {
+      for (int64_t i = 0; i < n; ++i) x[i] = T(0);
+      return;
+    }
+  }
+  T q0 = group_objective(reg, a, lin, P, w0, x0, n);
+  for (int64_t i = 0; i < n; ++i) x[i] = x0[i];
+  T q_prev = q0;
+  T tau = eta * a;
+  for (int j = 1; j <= max_iters; ++j) {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] - eta * (lin[i] + P[i] * (x[i] - w0[i]));
+    group_prox(reg, tau, y, x, n);
+    T q = group_objective(reg, a, lin, P, w0, x, n);
+    bool done = j >= 2 && (q_prev - q) / (std::fabs(q) + T(1)) < rtol;
+    q_prev = q;
+    if (done) break;
+  }
+  if (q_prev > q0)
+    for (int64_t i = 0; i < n; ++i) x[i] = x0[i];
+}
+
+}  // namespace structsparse

@@ -1,0 +1,239 @@
+"""CPU backend: the fused C++ kernels of ``structsparse._C`` (csrc/cpu), one op call per bucket.
+
+Same signatures as :mod:`.reference`. What the kernels do:
+
+- every algorithm (RMDA, RAMDA ``"pg"``/``"exact"``, ProxSGD, ProxGen ``"pg"``/``"exact"``,
+  ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP;
+- **NuclearNorm delegates to the reference backend** for its bucket (its prox needs an SVD);
+- the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after
+  ≥ 2 iterations, or ``max_iters``; a group worse than its warm start gets the warm start back);
+  Newton stops per group after a step below ``NEWTON_ULPS`` ulps of r (``NEWTON_MAX_ITERS`` max);
+- float32/float64 parameters, and fp16/bf16 parameters with fp32 state (math in fp32, one
+  rounding into the parameter per step); non-contiguous (e.g. channels_last) parameters and
+  gradients are gathered per tile, not copied whole;
+- multi-threaded with ``at::parallel_for`` over tiles of whole groups whose size does not depend
+  on the thread count: results are bit-identical for any ``torch.set_num_threads``;
+- tile kernels compiled for baseline x86-64, AVX2+FMA and AVX-512; the best one the CPU supports is
+  chosen at load (``torch.ops.structsparse.cpu_isa()``; override with
+  ``STRUCTSPARSE_CPU_ISA=default|avx2|avx512``). No FMA contraction: all variants round alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..regularizers import GroupLasso, GroupMCP, Regularizer, SparseGroupLasso
+from . import reference
+
+
+def available() -> tuple[bool, str]:
+    return ops.loaded()
+
+
+def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
+    """(kind, [lam, lam2, omega]) for the op, or None when the bucket goes to the reference."""
+    if reg is None:
+        return "none", [0.0, 0.0, 1.0]
+    if isinstance(reg, GroupLasso):  # also L1
+        return "group_lasso", [reg.lam, 0.0, 1.0]
+    if isinstance(reg, SparseGroupLasso):
+        return "sparse_group_lasso", [reg.lam_l1, reg.lam_group, 1.0]
+    if isinstance(reg, GroupMCP):  # also MCP
+        return "group_mcp", [reg.lam, 0.0, reg.omega]
+    return None  # NuclearNorm (SVD) and unknown regularizers
+
+
+def _views(params: Sequence[Tensor], reg: Regularizer | None) -> list[int]:
+    out: list[int] = []
+    for p in params:
+        if reg is None:
+            out += [1, p.numel(), 1]
+        else:
+            out += list(reg.view_shape(p.shape))
+    return out
+
+
+def rmda_step(params, grads, anchors, grad_sums, *, steps, alphas, lr, c, reg) -> None:
+    ra = _reg_args(reg)
+    if ra is None:
+        return reference.rmda_step(
+            params, grads, anchors, grad_sums, steps=steps, alphas=alphas, lr=lr, c=c, reg=reg
+        )
+    torch.ops.structsparse.rmda_step(
+        list(params),
+        list(grads),
+        list(anchors),
+        list(grad_sums),
+        [int(t) for t in steps],
+        [float(a) for a in alphas],
+        _views(params, reg),
+        float(lr),
+        float(c),
+        ra[0],
+        ra[1],
+    )
+
+
+def ramda_step(
+    params,
+    grads,
+    anchors,
+    grad_sums,
+    sq_grad_sums,
+    *,
+    steps,
+    alphas,
+    lr,
+    c,
+    eps,
+    reg,
+    solver,
+    max_iters,
+    rtol,
+) -> None:
+    ra = _reg_args(reg)
+    if ra is None:
+        return reference.ramda_step(
+            params,
+            grads,
+            anchors,
+            grad_sums,
+            sq_grad_sums,
+            steps=steps,
+            alphas=alphas,
+            lr=lr,
+            c=c,
+            eps=eps,
+            reg=reg,
+            solver=solver,
+            max_iters=max_iters,
+            rtol=rtol,
+        )
+    torch.ops.structsparse.ramda_step(
+        list(params),
+        list(grads),
+        list(anchors),
+        list(grad_sums),
+        list(sq_grad_sums),
+        [int(t) for t in steps],
+        [float(a) for a in alphas],
+        _views(params, reg),
+        float(lr),
+        float(c),
+        float(eps),
+        ra[0],
+        ra[1],
+        str(solver),
+        int(max_iters),
+        float(rtol),
+    )
+
+
+def proxsgd_step(params, grads, momentum_buffers, *, lr, c, reg) -> None:
+    ra = _reg_args(reg)
+    if ra is None:
+        return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
+    torch.ops.structsparse.proxsgd_step(
+        list(params),
+        list(grads),
+        list(momentum_buffers),
+        _views(params, reg),
+        float(lr),
+        float(c),
+        ra[0],
+        ra[1],
+    )
+
+
+def proxgen_step(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    steps,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    reg,
+    solver,
+    max_iters,
+    rtol,
+) -> None:
+    ra = _reg_args(reg)
+    if ra is None:
+        return reference.proxgen_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps=steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            reg=reg,
+            solver=solver,
+            max_iters=max_iters,
+            rtol=rtol,
+        )
+    torch.ops.structsparse.proxgen_step(
+        list(params),
+        list(grads),
+        list(exp_avgs),
+        list(exp_avg_sqs),
+        [int(t) for t in steps],
+        _views(params, reg),
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        ra[0],
+        ra[1],
+        str(solver),
+        int(max_iters),
+        float(rtol),
+    )
+
+
+def proxssi_step(
+    params, grads, exp_avgs, exp_avg_sqs, *, steps, lr, beta1, beta2, eps, weight_decay, reg
+) -> None:
+    ra = _reg_args(reg)
+    if ra is None or ra[0] not in ("none", "group_lasso"):
+        return reference.proxssi_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps=steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            reg=reg,
+        )
+    torch.ops.structsparse.proxssi_step(
+        list(params),
+        list(grads),
+        list(exp_avgs),
+        list(exp_avg_sqs),
+        [int(t) for t in steps],
+        _views(params, reg),
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        ra[0],
+        ra[1],
+    )

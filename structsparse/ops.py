@@ -1,0 +1,59 @@
+"""The structsparse custom ops (``torch.ops.structsparse.*``) and their fake implementations.
+
+The schemas are defined in C++ (``csrc/bindings.cpp``) and loaded with the extension
+``structsparse._C``; device kernels register under the same names (CPU: ``csrc/cpu``). The fake
+(meta) implementations below let ``torch.compile`` trace a step that calls them: every step op
+mutates its parameter and state lists in place (``Tensor(a!)[]`` in the schema) and returns
+nothing.
+
+Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tensor, SPEC §1;
+``reg`` is ``"none"``, ``"group_lasso"``, ``"sparse_group_lasso"`` or ``"group_mcp"`` and
+``reg_params`` is ``[lam, lam2, omega]``)::
+
+    rmda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums,
+              int[] steps, float[] alphas, int[] views, float lr, float c, str reg,
+              float[] reg_params) -> ()
+    ramda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums,
+               Tensor(c!)[] sq_grad_sums, int[] steps, float[] alphas, int[] views, float lr,
+               float c, float eps, str reg, float[] reg_params, str solver, int max_iters,
+               float rtol) -> ()
+    proxsgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] views,
+                 float lr, float c, str reg, float[] reg_params) -> ()
+    proxgen_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs,
+                 Tensor(c!)[] exp_avg_sqs, int[] steps, int[] views, float lr, float beta1,
+                 float beta2, float eps, float weight_decay, str reg, float[] reg_params,
+                 str solver, int max_iters, float rtol) -> ()
+    proxssi_step(<as proxgen_step without solver, max_iters, rtol>) -> ()
+    all_finite(Tensor[] tensors) -> bool
+    cpu_isa() -> str
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the ops)
+
+    _LOAD_ERROR: str | None = None
+except ImportError as e:  # built without a compiler, or an ABI mismatch
+    _LOAD_ERROR = f"structsparse._C could not be imported ({e})"
+
+STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step")
+
+
+def loaded() -> tuple[bool, str]:
+    """(True, "") when the extension and its ops are available, else (False, reason)."""
+    if _LOAD_ERROR is not None:
+        return False, _LOAD_ERROR
+    return True, ""
+
+
+def _fake_step(*args, **kwargs) -> None:
+    """Fake kernel of every step op: in-place on its inputs, nothing to allocate."""
+    return None
+
+
+if _LOAD_ERROR is None:
+    for _name in STEP_OPS:
+        torch.library.register_fake(f"structsparse::{_name}")(_fake_step)
