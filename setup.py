@@ -13,7 +13,6 @@ architectures as for any torch extension.
 """
 
 import glob
-
 import os
 import sys
 
