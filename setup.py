@@ -5,8 +5,14 @@ compiled three times (baseline, AVX2+FMA, AVX-512) and the best one for the runn
 at import (no -march=native). When no compiler is available the build of the extension is
 skipped with a warning and the pure-Python package (reference backend) still installs; set
 ``STRUCTSPARSE_REQUIRE_EXT=1`` to make that an error, ``STRUCTSPARSE_NO_EXT=1`` to skip it.
+
+With a CUDA build of torch and a CUDA toolkit (``CUDA_HOME``/nvcc found), the same extension also
+holds the CUDA kernels (csrc/cuda/*.cu, csrc/cuda_bindings.cpp); otherwise it is CPU-only.
+``STRUCTSPARSE_NO_CUDA=1`` forces a CPU-only build; ``TORCH_CUDA_ARCH_LIST`` picks the GPU
+architectures as for any torch extension.
 """
 
+import glob
 import os
 import sys
 
@@ -38,12 +44,26 @@ def _ext_modules():
         # -fno-math-errno lets sqrt vectorize (no result changes); no FMA contraction, so every
         # ISA variant rounds the same way as the others.
         cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c++20"]
-    ext = CppExtension(
-        "structsparse._C",
-        sources,
-        include_dirs=[os.path.join(here, "csrc", "include"), os.path.join(here, "csrc", "cpu")],
-        extra_compile_args={"cxx": cxx},
-    )
+    include_dirs = [os.path.join(here, "csrc", "include"), os.path.join(here, "csrc", "cpu")]
+    if _with_cuda():
+        from torch.utils.cpp_extension import CUDAExtension
+
+        cuda_sources = ["csrc/cuda_bindings.cpp"] + sorted(
+            os.path.relpath(f, here) for f in glob.glob(os.path.join(here, "csrc", "cuda", "*.cu"))
+        )
+        ext = CUDAExtension(
+            "structsparse._C",
+            sources + cuda_sources,
+            include_dirs=include_dirs + [os.path.join(here, "csrc")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+        )
+    else:
+        ext = CppExtension(
+            "structsparse._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+        )
 
     class OptionalBuild(BuildExtension):
         def run(self):
@@ -59,6 +79,18 @@ def _ext_modules():
                 )
 
     return [ext], {"build_ext": OptionalBuild.with_options(use_ninja=True)}
+
+
+def _with_cuda() -> bool:
+    """CUDA kernels are built when torch is a CUDA build and a CUDA toolkit is found."""
+    if os.environ.get("STRUCTSPARSE_NO_CUDA") == "1":
+        return False
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:
+        return False
+    return torch.version.cuda is not None and CUDA_HOME is not None
 
 
 ext_modules, cmdclass = _ext_modules()
