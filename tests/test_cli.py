@@ -435,3 +435,43 @@ def test_ticket_and_dessilbi_bad_input(tmp_path, capsys, argv, needle):
     assert code == 2
     lines = [ln for ln in err.splitlines() if "error" in ln]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_compare_lambda_sweep_selects_sparsest_at_matched_accuracy(tmp_path, capsys):
+    argv = [
+        "compare",
+        "--optimizers",
+        "ramda,proxsgd",
+        "--model",
+        "logreg",
+        "--epochs",
+        "3",
+        "--milestones",
+        "1",
+    ]
+    argv += [
+        "--subset",
+        "300",
+        "--lams",
+        "ramda=1e-4,3e-3,1",
+        "--set",
+        "ramda.momentum=0",
+        "--out",
+        str(tmp_path),
+    ]
+    code, out, err = run([*argv, "--run-name", "sw", "--no-progress", "--no-plot"], capsys)
+    assert code == 0, err
+    d = tmp_path / "sw"
+    runs = {
+        lam: json.loads((d / "ramda" / f"lam{lam}" / "summary.json").read_text())
+        for lam in ("0.0001", "0.003", "1")
+    }
+    s = json.loads((d / "summary.json").read_text())
+    target = min(max(r["val_acc"] for r in runs.values()), s["proxsgd"]["val_acc"]) - 0.01
+    ok = [r for r in runs.values() if r["val_acc"] >= target]
+    best = max(ok, key=lambda r: r["group_sparsity"])
+    assert s["ramda"]["hparams"]["lam"] == best["hparams"]["lam"] and s["ramda"]["val_acc"] >= target
+    assert runs["1"]["group_sparsity"] == 1.0  # λ = 1 removes every pixel: too sparse to be chosen
+    assert s["ramda"]["hparams"]["lam"] != 1.0
+    table = (d / "table.md").read_text()
+    assert "λ sweep" in table and f"{100 * target:.2f} %" in table
