@@ -78,6 +78,12 @@ class OptimizerSpec:
     defaults: dict[str, Any]
     structure: Callable[[torch.optim.Optimizer, nn.Module], list[tuple[str, Tensor, Any]]] | None = None
     help: str = ""
+    #: optional ``epoch_metrics(optimizer, model, evaluate)`` → extra per-epoch log columns, where
+    #: ``evaluate(model)`` returns the validation accuracy of a model (DessiLBI: sparsity of Γ and
+    #: the accuracy of the sparse network ``W ⊙ 1[Γ ≠ 0]``).
+    epoch_metrics: (
+        Callable[[torch.optim.Optimizer, nn.Module, Callable[[nn.Module], float]], dict[str, Any]] | None
+    ) = None
 
 
 def _build_rmda(groups, hp):
@@ -109,6 +115,48 @@ def _build_proxssi(groups, hp):
     return ss.ProxSSI(groups, lr=hp["lr"], weight_decay=hp["weight_decay"], backend=hp["backend"])
 
 
+def _build_dessilbi(groups, hp):
+    return ss.DessiLBI(
+        groups,
+        lr=hp["lr"],
+        kappa=hp["kappa"],
+        nu=hp["nu"],
+        momentum=hp["momentum"],
+        weight_decay=hp["weight_decay"],
+        backend=hp["backend"],
+        magnitude_scaling=bool(hp.get("magnitude_scaling", False)),
+    )
+
+
+def _dessilbi_structure(opt: torch.optim.Optimizer, model: nn.Module) -> list[tuple[str, Tensor, Any]]:
+    """DessiLBI's selected structure is the support of Γ (not of W, which stays dense). Before the
+    first step Γ does not exist yet: an all-zero stand-in (the support starts empty)."""
+    out = []
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        reg = g.get("regularizer")
+        if reg is None:
+            continue
+        for p in g["params"]:
+            gm = opt.state.get(p, {}).get("gamma")
+            out.append((names.get(id(p), "?"), gm if gm is not None else torch.zeros_like(p), reg.grouping))
+    return out
+
+
+def _dessilbi_metrics(opt, model, evaluate) -> dict[str, Any]:
+    import copy
+
+    from . import lbi
+
+    mask = lbi.masks(model, opt, "weight")
+    sparse = copy.deepcopy(model)
+    lbi.apply_masks(sparse, mask)
+    return {
+        "gamma_sparsity": lbi.gamma_sparsity(model, opt),
+        "sparse_val_acc": evaluate(sparse),
+    }
+
+
 def _build_sgd(groups, hp):
     return torch.optim.SGD(groups, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
 
@@ -117,12 +165,11 @@ def _build_adamw(groups, hp):
     return torch.optim.AdamW(groups, lr=hp["lr"], weight_decay=hp["weight_decay"])
 
 
-_COMMON = dict(eps=None, solver="pg", weight_decay=0.0)
+_COMMON = dict(eps=None, solver="pg", weight_decay=0.0, kappa=None, nu=None)
 
-#: The optimizer table. To add one (e.g. ``dessilbi`` once ``ss.DessiLBI`` lands, issue 6), add a
-#: row ``"dessilbi": OptimizerSpec("dessilbi", _build_dessilbi, regularized=True,
-#: dual_averaging=False, defaults={...}, structure=<Γ tensors>)``; ``train`` and ``compare`` pick
-#: it up (their ``--optimizer`` choices come from this table).
+#: The optimizer table. To add one, add a row (see ``dessilbi``: its structure is read from the Γ
+#: tensors and it logs extra per-epoch columns); ``train`` and ``compare`` pick it up (their
+#: ``--optimizer`` choices come from this table).
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "rmda": OptimizerSpec(
         "rmda",
@@ -163,6 +210,16 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         False,
         dict(_COMMON, lr=1e-3, momentum=None, lam=3e-5),
         help="ProxSSI (ss.ProxSSI)",
+    ),
+    "dessilbi": OptimizerSpec(
+        "dessilbi",
+        _build_dessilbi,
+        True,
+        False,
+        dict(_COMMON, lr=0.1, momentum=0.9, lam=0.05, kappa=1.0, nu=10.0),
+        structure=_dessilbi_structure,
+        epoch_metrics=_dessilbi_metrics,
+        help="DessiLBI (ss.DessiLBI); structure = support of Γ; λ is the threshold of Ω_λ",
     ),
     "sgd": OptimizerSpec(
         "sgd",
@@ -286,6 +343,10 @@ def _plt():
     return plt
 
 
+def _fmt(x: Any) -> str:
+    return f"{100 * x:5.1f}%" if isinstance(x, float) else str(x)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
@@ -367,6 +428,8 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     eps=None,
     solver=None,
     weight_decay=None,
+    kappa=None,
+    nu=None,
     epochs=30,
     milestones=[10, 20],
     gamma=0.1,
@@ -409,7 +472,7 @@ def resolve_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     """Merge the optimizer's defaults with the values given in ``cfg`` (``None`` = default)."""
     spec = OPTIMIZERS[cfg["optimizer"]]
     hp = dict(spec.defaults)
-    for k in ("lr", "momentum", "eps", "solver", "weight_decay", "lam"):
+    for k in ("lr", "momentum", "eps", "solver", "weight_decay", "lam", "kappa", "nu"):
         if cfg.get(k) is not None:
             hp[k] = cfg[k]
     hp["backend"] = cfg["backend"]
@@ -579,12 +642,17 @@ def run_train(
             correct += int((out.argmax(1) == y).sum())
         sched.step()
         val_loss, val_acc = _evaluate(model, xv, yv, 1024)
+        if spec.structure is not None:  # e.g. Γ tensors, created at the first step
+            struct = _structure(spec, opt, model, cfg["grouping"])
         pattern = _pattern(struct)
         changed = any(not torch.equal(a, b) for a, b in zip(pattern, prev_pattern))
         if changed:
             last_change = epoch
         prev_pattern = pattern
         sp = _sparsities(struct, model)
+        extra = {}
+        if spec.epoch_metrics is not None:
+            extra = spec.epoch_metrics(opt, model, lambda m: _evaluate(m, xv, yv, 1024)[1])
         step_total += step_time
         steps_total += nb
         g0 = opt.param_groups[0]
@@ -597,6 +665,7 @@ def run_train(
             "val_loss": val_loss,
             "val_acc": val_acc,
             **sp,
+            **extra,
             "pattern_changed": changed,
             "epoch_time": time.perf_counter() - t0,
             "step_time_ms": 1e3 * step_time / nb,
@@ -607,7 +676,9 @@ def run_train(
             echo(
                 f"epoch {epoch:3d}/{cfg['epochs']}  loss {row['train_loss']:.4f}  train {100 * row['train_acc']:5.1f}%  "
                 f"val {100 * val_acc:5.1f}%  group sparsity {100 * sp['group_sparsity']:5.1f}%  "
-                f"weighted {100 * sp['weighted_group_sparsity']:5.1f}%  {row['epoch_time']:.1f}s"
+                f"weighted {100 * sp['weighted_group_sparsity']:5.1f}%  "
+                + "".join(f"{k.replace('_', ' ')} {_fmt(v)}  " for k, v in extra.items())
+                + f"{row['epoch_time']:.1f}s"
             )
     log.close()
     total_time = time.perf_counter() - t_start
@@ -642,6 +713,7 @@ def run_train(
         "mean_step_ms": 1e3 * step_total / max(steps_total, 1),
         "total_time_s": total_time,
         "layers": layers,
+        **{k: last[k] for k in extra},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = _train_table(summary)
@@ -663,6 +735,13 @@ def _train_table(s: dict[str, Any]) -> str:
         rows.append(("kernel sparsity", _pct(s["kernel_sparsity"])))
     rows += [
         ("unstructured sparsity", _pct(s["unstructured_sparsity"])),
+    ]
+    if s.get("gamma_sparsity") is not None:  # DessiLBI: the sparsities above are Γ's
+        rows += [
+            ("sparsity of Γ (zero entries)", _pct(s["gamma_sparsity"])),
+            ("validation accuracy of W ⊙ 1[Γ ≠ 0]", _pct(s["sparse_val_acc"])),
+        ]
+    rows += [
         ("last epoch the zero pattern changed", s["last_pattern_change"]),
         ("mean optimizer step", f"{s['mean_step_ms']:.2f} ms"),
         ("total time", f"{s['total_time_s']:.1f} s"),
@@ -709,7 +788,13 @@ def run_compare(
     overrides: dict[str, dict[str, Any]],
     out_dir: Path,
     echo=print,
+    sweeps: dict[str, list[float]] | None = None,
+    target_acc: float | None = None,
 ):
+    """Run every optimizer on one task with the same budget. ``sweeps[o]``: λ values to try for
+    ``o``; then each optimizer is represented by its sweep run with the highest group sparsity among
+    those reaching ``target_acc`` (default: the lowest of the optimizers' best accuracies − 1 point),
+    i.e. the table compares sparsity at matched accuracy."""
     for o in optimizers:
         if o not in OPTIMIZERS:
             raise CLIError(
@@ -727,21 +812,61 @@ def run_compare(
         seed=cfg["seed"],
         subset=cfg["subset"],
     )
-    results = {}
+    sweeps = sweeps or {}
+    for o in sweeps:
+        if o not in optimizers:
+            raise CLIError(f"--lams: optimizer {o!r} is not in --optimizers")
+        if not OPTIMIZERS[o].regularized:
+            raise CLIError(f"--lams: {o!r} is a dense baseline without λ")
+    runs: dict[str, list[dict[str, Any]]] = {}
     for o in optimizers:
-        sub = {**cfg, "optimizer": o, **overrides.get(o, {})}
-        if not cfg["quiet"]:
-            echo(f"== {o}")
-        results[o] = run_train(
-            {**sub, "quiet": True, "progress": cfg["progress"] and not cfg["quiet"]}, data, out_dir / o
-        )
-        r = results[o]
-        if not cfg["quiet"]:
-            echo(
-                f"   val {_pct(r['val_acc'])}  group sparsity {_pct(r['group_sparsity'])}  "
-                f"weighted {_pct(r['weighted_group_sparsity'])}  last change epoch {r['last_pattern_change']}  "
-                f"{r['total_time_s']:.1f}s"
+        lams = sweeps.get(o) or [None]
+        runs[o] = []
+        for lam in lams:
+            sub = {**cfg, "optimizer": o, **overrides.get(o, {})}
+            if lam is not None:
+                sub["lam"] = lam
+            if not cfg["quiet"]:
+                echo(f"== {o}" + ("" if lam is None else f" λ={lam:g}"))
+            r = run_train(
+                {**sub, "quiet": True, "progress": cfg["progress"] and not cfg["quiet"]},
+                data,
+                out_dir / o if lam is None else out_dir / o / f"lam{lam:g}",
             )
+            runs[o].append(r)
+            if not cfg["quiet"]:
+                echo(
+                    f"   val {_pct(r['val_acc'])}  group sparsity {_pct(r['group_sparsity'])}  "
+                    f"weighted {_pct(r['weighted_group_sparsity'])}  last change epoch {r['last_pattern_change']}  "
+                    f"{r['total_time_s']:.1f}s"
+                )
+    # matched accuracy: per optimizer, the sweep run with the highest group sparsity whose accuracy
+    # reaches the target (default: the lowest of the optimizers' best accuracies, minus 1 point)
+    target = target_acc
+    if target is None and any(len(v) > 1 for v in runs.values()):
+        target = min(max(r["val_acc"] for r in v) for v in runs.values()) - 0.01
+    results = {}
+    for o, v in runs.items():
+        ok = [r for r in v if target is None or r["val_acc"] >= target]
+        results[o] = max(ok, key=lambda r: r["group_sparsity"]) if ok else max(v, key=lambda r: r["val_acc"])
+    sweep_table = None
+    if any(len(v) > 1 for v in runs.values()):
+        srows = [
+            [
+                o,
+                f"{r['hparams']['lam']:g}",
+                _pct(r["val_acc"]),
+                _pct(r["group_sparsity"]),
+                _pct(r["weighted_group_sparsity"]),
+                r["last_pattern_change"],
+                "←" if r is results[o] else "",
+            ]
+            for o, v in runs.items()
+            for r in v
+        ]
+        sweep_table = _md_table(
+            ["optimizer", "λ", "val acc", "group sparsity", "weighted", "last change", "selected"], srows
+        )
     header = ["optimizer", "lr", "λ", "validation accuracy", "group sparsity", "weighted group sparsity"]
     has_kernel = any(r.get("kernel_sparsity") is not None for r in results.values())
     if has_kernel:
@@ -761,13 +886,16 @@ def run_compare(
         rows.append(row)
     table = _md_table(header, rows)
     title = f"{cfg['dataset']} / {cfg['model']}, {cfg['epochs']} epochs, milestones {cfg['milestones']}"
-    (out_dir / "table.md").write_text(f"{title}\n\n{table}\n")
+    if target is not None:
+        title += f"; per-optimizer λ: the sparsest run with validation accuracy ≥ {100 * target:.2f} %"
+    extra_md = "" if sweep_table is None else f"\n\nλ sweep:\n\n{sweep_table}\n"
+    (out_dir / "table.md").write_text(f"{title}\n\n{table}\n{extra_md}")
     summary = {o: {k: v for k, v in r.items() if k != "history"} for o, r in results.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if cfg["plot"]:
         _plot_compare(results, out_dir, title, cfg["epochs"])
     if not cfg["quiet"]:
-        echo(f"\n{title}\n\n{table}")
+        echo(f"\n{title}\n\n{table}{extra_md}")
     return results
 
 
@@ -1120,8 +1248,13 @@ def _add_common(p: argparse.ArgumentParser, *, with_optimizer: bool) -> None:
         "--solver", choices=("pg", "exact"), default=None, help="RAMDA/ProxGen subproblem solver (default pg)"
     )
     g.add_argument(
-        "--weight-decay", type=float, default=None, help="ProxGen/ProxSSI/dense baselines (default 0)"
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="ProxGen/ProxSSI/DessiLBI/dense baselines (default 0)",
     )
+    g.add_argument("--kappa", type=float, default=None, help="DessiLBI damping κ (default 1)")
+    g.add_argument("--nu", type=float, default=None, help="DessiLBI coupling ν (default 10)")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="default: %(default)s")
     g.add_argument(
         "--milestones",
@@ -1180,13 +1313,29 @@ def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
             opt, key = lhs.split(".", 1)
         except ValueError as e:
             raise CLIError(f"--set: expected OPTIMIZER.KEY=VALUE, got {it!r}") from e
-        if key not in ("lr", "lam", "momentum", "eps", "weight_decay", "solver"):
-            raise CLIError(f"--set: unknown key {key!r} (lr, lam, momentum, eps, weight_decay, solver)")
+        if key not in ("lr", "lam", "momentum", "eps", "weight_decay", "solver", "kappa", "nu"):
+            raise CLIError(
+                f"--set: unknown key {key!r} (lr, lam, momentum, eps, weight_decay, solver, kappa, nu)"
+            )
         try:
             v: Any = val if key == "solver" else float(val)
         except ValueError as e:
             raise CLIError(f"--set: {it!r}: value is not a number") from e
         out.setdefault(opt, {})[key] = v
+    return out
+
+
+def _parse_lams(items: Sequence[str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for it in items:
+        try:
+            opt, vals = it.split("=", 1)
+            lams = [float(v) for v in vals.split(",") if v.strip()]
+        except ValueError as e:
+            raise CLIError(f"--lams: expected OPTIMIZER=λ1,λ2,..., got {it!r}") from e
+        if not lams or any(not (math.isfinite(v) and v >= 0) for v in lams):
+            raise CLIError(f"--lams: expected nonnegative λ values, got {it!r}")
+        out[opt.strip()] = lams
     return out
 
 
@@ -1198,7 +1347,15 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     name = ns.run_name or f"compare-{ns.dataset}-{ns.model}-s{ns.seed}"
     out_dir = _run_dir(ns.out, name, unique=ns.run_name is None)
     with _threads(ns.threads, ns.dataset):
-        run_compare(cfg, opts, _parse_sets(ns.set or []), out_dir)
+        target = None if ns.target_acc is None else ns.target_acc / (100 if ns.target_acc > 1 else 1)
+        run_compare(
+            cfg,
+            opts,
+            _parse_sets(ns.set or []),
+            out_dir,
+            sweeps=_parse_lams(ns.lams or []),
+            target_acc=target,
+        )
     return 0
 
 
@@ -1243,6 +1400,19 @@ def _add_compare(sub) -> None:
         metavar="OPT.KEY=VALUE",
         help="per-optimizer setting, e.g. rmda.lam=2e-3 (repeatable)",
     )
+    p.add_argument(
+        "--lams",
+        action="append",
+        metavar="OPT=L1,L2,...",
+        help="λ sweep for one optimizer (repeatable); each optimizer is then reported at its sparsest λ "
+        "reaching the target accuracy",
+    )
+    p.add_argument(
+        "--target-acc",
+        type=float,
+        default=None,
+        help="accuracy (%% or fraction) for the λ selection (default: lowest per-optimizer best − 1 point)",
+    )
     p.set_defaults(func=cmd_compare)
 
 
@@ -1282,9 +1452,217 @@ def _add_identify(sub) -> None:
     p.set_defaults(func=cmd_identify)
 
 
+# ---------------------------------------------------------------------------------------------
+# ticket (DessiLBI early "winning tickets", issue 6)
+# ---------------------------------------------------------------------------------------------
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.replace(",", " ").split()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+
+
+def _rewind(s: str) -> str | int:
+    if s == "init":
+        return s
+    try:
+        return int(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected 'init' or an epoch number, got {s!r}") from e
+
+
+def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any]:
+    """DessiLBI tickets (:func:`structsparse.lbi.winning_tickets`): masks ``1[Γ ≠ 0]`` at early
+    epochs, rewind, retrain with SGD; versus random masks of the same per-layer sparsity."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from . import lbi
+
+    te = args["ticket_epochs"]
+    if not te or min(te) < 1 or te != sorted(set(te)):
+        raise CLIError(f"--ticket-epochs: expected increasing epochs >= 1, got {te}")
+    lbi_epochs = args["lbi_epochs"] or max(te)
+    if lbi_epochs < max(te):
+        raise CLIError(f"--lbi-epochs: {lbi_epochs} is before the last ticket epoch {max(te)}")
+    rw = args["rewind"]
+    if rw != "init" and not 0 <= rw <= te[0]:
+        raise CLIError(f"--rewind: expected 'init' or an epoch in [0, {te[0]}], got {rw}")
+    for k in ("retrain_epochs", "batch_size"):
+        if args[k] < 1:
+            raise CLIError(f"--{k.replace('_', '-')}: expected a positive value, got {args[k]}")
+    if args["model"] not in MODELS:
+        raise CLIError(f"--model: unknown model {args['model']!r}; expected one of {', '.join(MODELS)}")
+    dev = _pick_device(args["device"])
+    data = load_dataset(
+        args["dataset"],
+        args["data_dir"],
+        download_missing=args["download"],
+        seed=args["seed"],
+        subset=args["subset"],
+    )
+    torch.manual_seed(args["seed"])
+    model = build_model(args["model"], data.input_shape, data.num_classes)
+    gen = torch.Generator().manual_seed(args["seed"])
+    train = DataLoader(
+        TensorDataset(data.x_train, data.y_train), batch_size=args["batch_size"], shuffle=True, generator=gen
+    )
+    val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=1024)
+    if not args["quiet"]:
+        echo(
+            f"{data!r}; model {args['model']}; DessiLBI lam={args['lam']} lr={args['lr']} kappa={args['kappa']} "
+            f"nu={args['nu']} level={args['level']}; tickets at epochs {te}; output {out_dir}"
+        )
+    t0 = time.perf_counter()
+    res = lbi.winning_tickets(
+        model,
+        train,
+        val,
+        ticket_epochs=te,
+        lbi_epochs=lbi_epochs,
+        retrain_epochs=args["retrain_epochs"],
+        level=args["level"],
+        rewind_to=rw,
+        random_seeds=args["random_seeds"],
+        retrain_lr=args["retrain_lr"],
+        retrain_weight_decay=args["retrain_weight_decay"],
+        device=dev,
+        lam=args["lam"],
+        lr=args["lr"],
+        kappa=args["kappa"],
+        nu=args["nu"],
+        momentum=args["momentum"],
+        magnitude_scaling=args["magnitude_scaling"],
+        conv_grouping="output",
+        backend=args["backend"],
+    )
+    elapsed = time.perf_counter() - t0
+    res.pop("init_state", None)
+    rows_lbi = [
+        [h["epoch"], f"{h['loss']:.4f}", _pct(h["accuracy"]), _pct(h["gamma_sparsity"]), _pct(h["density"])]
+        for h in res["lbi"]
+    ]
+    t_lbi = _md_table(
+        ["epoch", "loss", "val acc (dense W)", "sparsity of Γ", f"mask density ({args['level']})"], rows_lbi
+    )
+    rows = [
+        [
+            t["epoch"],
+            _pct(t["sparsity"]),
+            _pct(t["density"]),
+            _pct(t["accuracy"]),
+            _pct(t["random_mean"]),
+            " ".join(f"{100 * a:.1f}" for a in t["random_accuracy"]),
+            " ".join(f"{100 * v:.1f}" for v in t["layers"].values()),
+        ]
+        for t in res["tickets"]
+    ]
+    layer_names = list(res["tickets"][0]["layers"]) if res["tickets"] else []
+    t_tk = _md_table(
+        [
+            "ticket epoch",
+            "sparsity",
+            "density",
+            "ticket acc (retrained)",
+            "random mask acc (mean)",
+            "random per seed",
+            "kept % per layer (" + ", ".join(layer_names) + ")",
+        ],
+        rows,
+    )
+    dense = res["dense_accuracy"]
+    text = (
+        f"DessiLBI run ({lbi_epochs} epochs):\n\n{t_lbi}\n\n"
+        f"Tickets: rewind to {rw}, retrained {args['retrain_epochs']} epochs with SGD (lr {args['retrain_lr']}); "
+        f"dense network retrained the same way: {_pct(dense)}\n\n{t_tk}\n"
+    )
+    (out_dir / "table.md").write_text(text)
+    (out_dir / "ticket.json").write_text(
+        json.dumps({"config": args, "time_s": elapsed, **res}, indent=2, default=str) + "\n"
+    )
+    if args["plot"]:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        sp = [100 * t["sparsity"] for t in res["tickets"]]
+        ax.plot(sp, [100 * t["accuracy"] for t in res["tickets"]], "o-", label="DessiLBI ticket")
+        ax.plot(
+            sp, [100 * t["random_mean"] for t in res["tickets"]], "s--", label="random mask, same sparsity"
+        )
+        for t in res["tickets"]:
+            ax.annotate(f"ep {t['epoch']}", (100 * t["sparsity"], 100 * t["accuracy"]), fontsize=7)
+        if dense is not None:
+            ax.axhline(100 * dense, color="gray", ls=":", label="dense")
+        ax.set(xlabel="sparsity (% of masked weights removed)", ylabel="validation accuracy (%)")
+        ax.set_title(f"{data.name} / {args['model']}: early tickets", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "tickets.png", dpi=80)
+        plt.close(fig)
+    if not args["quiet"]:
+        echo(f"\n{text}\n({elapsed:.1f} s)")
+    return res
+
+
+def cmd_ticket(ns: argparse.Namespace) -> int:
+    args = {k: v for k, v in vars(ns).items() if k != "func"}
+    name = ns.run_name or f"ticket-{ns.dataset}-{ns.model}-s{ns.seed}"
+    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None)
+    with _threads(ns.threads, ns.dataset):
+        run_ticket(args, out_dir)
+    return 0
+
+
+def _add_ticket(sub) -> None:
+    p = sub.add_parser(
+        "ticket",
+        help="DessiLBI early winning tickets: masks of Γ at early epochs, rewind, retrain, vs random masks",
+    )
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--subset", type=int, default=None, metavar="N")
+    p.add_argument("--model", default="lenet5", choices=MODELS, help="default: %(default)s")
+    p.add_argument("--lam", type=float, default=0.05, help="threshold λ of Ω_λ (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1, help="DessiLBI lr (default: %(default)s)")
+    p.add_argument("--kappa", type=float, default=1.0, help="default: %(default)s")
+    p.add_argument("--nu", type=float, default=10.0, help="default: %(default)s")
+    p.add_argument("--momentum", type=float, default=0.9, help="default: %(default)s")
+    p.add_argument("--magnitude-scaling", action="store_true", help="the paper's eq. 14-15 variant")
+    p.add_argument(
+        "--level", default="weight", choices=("weight", "filter", "group", "layer"), help="mask units"
+    )
+    p.add_argument(
+        "--ticket-epochs",
+        type=_ints,
+        default=[2, 3, 4, 6],
+        help="epochs whose masks are tickets (default 2,3,4,6)",
+    )
+    p.add_argument(
+        "--lbi-epochs", type=int, default=None, help="DessiLBI epochs (default: last ticket epoch)"
+    )
+    p.add_argument("--retrain-epochs", type=int, default=8, help="default: %(default)s")
+    p.add_argument(
+        "--retrain-lr", type=float, default=0.05, help="SGD lr of the retraining (default: %(default)s)"
+    )
+    p.add_argument("--retrain-weight-decay", type=float, default=5e-4, help="default: %(default)s")
+    p.add_argument("--rewind", type=_rewind, default="init", help="'init' or an early epoch (default: init)")
+    p.add_argument("--random-seeds", type=_ints, default=[0, 1], help="random-mask seeds (default 0,1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on digits)")
+    p.add_argument("--out", default=None, metavar="DIR")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--no-plot", dest="plot", action="store_false")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_ticket)
+
+
 #: The subcommand table: ``(add_parser(subparsers))`` per command. A new subcommand (e.g. ``ticket``
 #: for DessiLBI's early-stopped winning tickets, issue 6) is one more function here.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_train, _add_identify, _add_compare]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_train, _add_identify, _add_compare, _add_ticket]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1292,7 +1670,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="structsparse", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     p.add_argument("--version", action="version", version=f"structsparse {ss.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,identify,compare}")
+    sub = p.add_subparsers(dest="command", metavar="{train,identify,compare,ticket}")
     sub.required = True
     for add in SUBCOMMANDS:
         add(sub)

@@ -429,7 +429,7 @@ def winning_tickets(
 
     Returns ``{"lbi": per-epoch history of the DessiLBI run, "dense_accuracy": float or None,
     "tickets": [{"epoch", "density", "sparsity", "accuracy", "random_accuracy": [per seed],
-    "random_mean"}]}`` — accuracy versus sparsity (``sparsity = 1 − density`` of the masked
+    "random_mean", "layers": name → kept fraction of that tensor}]}`` — accuracy versus sparsity (``sparsity = 1 − density`` of the masked
     tensors).
     """
     ticket_epochs = sorted(int(e) for e in ticket_epochs)
@@ -485,6 +485,7 @@ def winning_tickets(
                 "accuracy": run(m),
                 "random_accuracy": rand,
                 "random_mean": sum(rand) / len(rand) if rand else float("nan"),
+                "layers": {name: float(t.float().mean()) for name, t in m.items()},
             }
         )
     return {

@@ -118,7 +118,7 @@ def test_python_dash_m_and_help():
         cwd=ROOT,
         timeout=120,
     )
-    assert r.returncode == 0 and "train" in r.stdout and "identify" in r.stdout and "compare" in r.stdout
+    assert r.returncode == 0 and all(c in r.stdout for c in ("train", "identify", "compare", "ticket"))
 
 
 @pytest.mark.parametrize(
@@ -366,3 +366,112 @@ def test_synthetic_dataset_is_labeled_by_a_group_sparse_model():
 def test_models_adapt_to_inputs(model, shape):
     m = build_model(model, shape, 7)
     assert m(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+# ------------------------------------------------------------------------------- DessiLBI, ticket
+
+
+def test_train_dessilbi_reports_gamma_sparsity(tmp_path, capsys):
+    argv = ["train", "--optimizer", "dessilbi", "--model", "logreg", "--regularizer", "l1", "--lam", "0.02"]
+    argv += ["--epochs", "4", "--milestones", "none", "--subset", "400", "--out", str(tmp_path)]
+    code, out, err = run([*argv, "--run-name", "d", "--no-progress", "--backend", "reference"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "d" / "log.jsonl").read_text().splitlines()]
+    g = [r["gamma_sparsity"] for r in rows]
+    # inverse scale space: Γ's support starts empty and grows
+    assert g[0] > g[-1] and 0 < g[-1] < 1 and all(a >= b for a, b in zip(g, g[1:]))
+    for r in rows:  # L1 (element groups): the structure's group sparsity is Γ's zero fraction
+        assert r["group_sparsity"] == pytest.approx(r["gamma_sparsity"])
+        assert 0 <= r["sparse_val_acc"] <= 1 and r["unstructured_sparsity"] == 0.0  # W itself is dense
+    s = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert s["gamma_sparsity"] == g[-1] and s["sparse_val_acc"] == rows[-1]["sparse_val_acc"]
+    layer = s["layers"][0]
+    assert layer["groups"] == 640 and layer["kept"] == round(640 * (1 - g[-1]))
+    assert "sparsity of Γ" in out and "gamma sparsity" in out
+
+
+def test_ticket_command_small(tmp_path, capsys):
+    argv = [
+        "ticket",
+        "--model",
+        "logreg",
+        "--subset",
+        "300",
+        "--ticket-epochs",
+        "1,3",
+        "--retrain-epochs",
+        "2",
+    ]
+    argv += ["--random-seeds", "0,1", "--lam", "0.02", "--out", str(tmp_path), "--run-name", "t"]
+    code, out, err = run([*argv, "--backend", "reference"], capsys)
+    assert code == 0, err
+    d = tmp_path / "t"
+    assert {"table.md", "ticket.json", "tickets.png"} <= {p.name for p in d.iterdir()}
+    res = json.loads((d / "ticket.json").read_text())
+    assert [h["epoch"] for h in res["lbi"]] == [1, 2, 3]
+    tk = res["tickets"]
+    assert [t["epoch"] for t in tk] == [1, 3]
+    for t in tk:
+        assert t["sparsity"] == pytest.approx(1 - t["density"]) and len(t["random_accuracy"]) == 2
+        assert t["random_mean"] == pytest.approx(sum(t["random_accuracy"]) / 2)
+        assert list(t["layers"]) == ["1.weight"] and t["layers"]["1.weight"] == pytest.approx(t["density"])
+        # a ticket's density is the density of Γ's support at that epoch of the DessiLBI run
+        assert t["density"] == pytest.approx(res["lbi"][t["epoch"] - 1]["density"])
+    assert tk[0]["density"] <= tk[1]["density"]  # the support grows
+    assert 0 <= res["dense_accuracy"] <= 1 and "random mask acc" in (d / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["ticket", "--ticket-epochs", "3,2"], "--ticket-epochs"),
+        (["ticket", "--ticket-epochs", "2", "--lbi-epochs", "1"], "--lbi-epochs"),
+        (["ticket", "--ticket-epochs", "2", "--rewind", "5"], "--rewind"),
+        (["train", "--optimizer", "dessilbi", "--regularizer", "nuclear", "--epochs", "1"], "regularizer"),
+    ],
+)
+def test_ticket_and_dessilbi_bad_input(tmp_path, capsys, argv, needle):
+    code, out, err = run([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if "error" in ln]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_compare_lambda_sweep_selects_sparsest_at_matched_accuracy(tmp_path, capsys):
+    argv = [
+        "compare",
+        "--optimizers",
+        "ramda,proxsgd",
+        "--model",
+        "logreg",
+        "--epochs",
+        "3",
+        "--milestones",
+        "1",
+    ]
+    argv += [
+        "--subset",
+        "300",
+        "--lams",
+        "ramda=1e-4,3e-3,1",
+        "--set",
+        "ramda.momentum=0",
+        "--out",
+        str(tmp_path),
+    ]
+    code, out, err = run([*argv, "--run-name", "sw", "--no-progress", "--no-plot"], capsys)
+    assert code == 0, err
+    d = tmp_path / "sw"
+    runs = {
+        lam: json.loads((d / "ramda" / f"lam{lam}" / "summary.json").read_text())
+        for lam in ("0.0001", "0.003", "1")
+    }
+    s = json.loads((d / "summary.json").read_text())
+    target = min(max(r["val_acc"] for r in runs.values()), s["proxsgd"]["val_acc"]) - 0.01
+    ok = [r for r in runs.values() if r["val_acc"] >= target]
+    best = max(ok, key=lambda r: r["group_sparsity"])
+    assert s["ramda"]["hparams"]["lam"] == best["hparams"]["lam"] and s["ramda"]["val_acc"] >= target
+    assert runs["1"]["group_sparsity"] == 1.0  # λ = 1 removes every pixel: too sparse to be chosen
+    assert s["ramda"]["hparams"]["lam"] != 1.0
+    table = (d / "table.md").read_text()
+    assert "λ sweep" in table and f"{100 * target:.2f} %" in table
