@@ -271,3 +271,68 @@ def test_registration_under_cuda_key_and_no_double_registration():
         tb.unregister_cuda_ops()
         compiled._destroy()
     assert not any(_has_cuda_kernel(n) for n in STEP_OPS)
+
+
+# -- no per-step allocations proportional to the model (DESIGN.md) ----------------------------
+
+
+def _recording_contiguous(calls):
+    orig = torch.Tensor.contiguous
+
+    def contiguous(t, *a, **k):
+        if orig(t) is not t:
+            calls.append(t)
+        return orig(t, *a, **k)
+
+    return contiguous
+
+
+@needs_interp
+@pytest.mark.parametrize("solver", ["pg", "exact"])
+def test_strided_params_no_copy_and_cached_scratch(solver, interpreter, monkeypatch):
+    """channels_last parameters and gradients (and a gradient that is a strided slice) are stepped
+    in place through their strides, on chip and two-phase, with no contiguous copy; the two-phase
+    PG scratch is one cached buffer reused step after step."""
+    tl_launch = interpreter.launch
+    monkeypatch.setattr(tl_launch, "ONCHIP_LIMIT", 16)  # 'input' groups of 4·3·3 = 36 > 16
+    monkeypatch.setattr(tl_launch, "TILE", 64)
+    monkeypatch.setattr(tl_launch, "_SCRATCH", {})
+    reg = ss.GroupLasso(0.005, "input")
+    out = []
+    for b in ("reference", "triton"):
+        torch.manual_seed(0)
+        sc = torch.tensor([1.0, 1e-3, 1.0]).view(1, 3, 1, 1)  # input channel 1 goes to zero
+        w = (torch.randn(4, 3, 3, 3) * sc).to(memory_format=torch.channels_last).requires_grad_(True)
+        v = torch.randn(5, 3).requires_grad_(True)  # groups of 5 elements: on chip
+        opt = ss.RAMDA([w, v], lr=0.1, momentum=0.0, solver=solver, max_iters=5, regularizer=reg, backend=b)
+        ptrs = []
+        for _ in range(3):
+            w.grad = (torch.randn(4, 3, 3, 3) * sc).to(memory_format=torch.channels_last)
+            v.grad = torch.randn(3, 5).t()  # a transposed (non-contiguous) gradient
+            if b == "triton":
+                calls = []
+                orig = torch.Tensor.contiguous
+                torch.Tensor.contiguous = _recording_contiguous(calls)
+                try:
+                    opt.step()
+                finally:
+                    torch.Tensor.contiguous = orig
+                assert calls == [], "a tensor was copied to contiguous memory"
+                if solver == "pg":
+                    (buf,) = tl_launch._SCRATCH.values()
+                    ptrs.append(buf.data_ptr())
+            else:
+                opt.step()
+        assert w.is_contiguous(memory_format=torch.channels_last)
+        out.append(
+            [
+                w.detach().clone(),
+                v.detach().clone(),
+                *(t.clone() for t in opt.state[w].values() if torch.is_tensor(t)),
+            ]
+        )
+        if b == "triton" and solver == "pg":
+            assert len(set(ptrs)) == 1
+    for i, (x, y) in enumerate(zip(out[1], out[0])):
+        _close(f"tensor {i}", x, y, 1e-5)
+    assert torch.equal(out[1][0] == 0, out[0][0] == 0) and bool((out[0][0] == 0).any())

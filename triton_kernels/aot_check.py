@@ -22,9 +22,9 @@ from triton.compiler import ASTSource
 
 from . import step
 
-_PTRS = ("ptab", "dims", "starts")
+_PTRS = ("ptab", "dims", "starts", "strd")
 _INTS = ("T", "max_iters", "newton_max")
-_CONSTS = ("ALG", "REG", "SOLVER", "FIT", "R", "BK", "NSEARCH", "PDT", "SDT")
+_CONSTS = ("ALG", "REG", "SOLVER", "FIT", "R", "BK", "NSEARCH", "PDT", "SDT", "ND")
 
 
 def variants(quick: bool = False) -> list[dict]:
@@ -60,8 +60,13 @@ def variants(quick: bool = False) -> list[dict]:
             dts += [(tl.bfloat16, tl.float32), (tl.float16, tl.float32), (tl.float64, tl.float64)]
         for pdt, sdt in dts:
             full.append(
-                dict(v, R=64 if v["FIT"] else 1, BK=16 if v["FIT"] else 1024, NSEARCH=3, PDT=pdt, SDT=sdt)
+                dict(
+                    v, R=64 if v["FIT"] else 1, BK=16 if v["FIT"] else 1024, NSEARCH=3, PDT=pdt, SDT=sdt, ND=0
+                )
             )
+        if v["ALG"] == step.ALG_RAMDA and v["REG"] == step.REG_GROUP_LASSO and v["SOLVER"] == step.SOLVER_PG:
+            # strided (e.g. channels_last 4-D) parameters and gradients
+            full.append(dict(full[-len(dts)], ND=4))
     return full
 
 

@@ -14,6 +14,12 @@ match the reference to ~1e-7 relative, not to float64 precision.
 
 Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD)
 and any regularizer class this module does not know.
+
+``dessilbi_step`` (SPEC §6) runs L1 and GroupLasso (any grouping), with and without the
+magnitude-scaling option, in the kernels of ``triton_kernels/lbi_step.py``.
+
+The same kernels are registered as the CUDA kernels of the ``structsparse::*_step`` ops when no
+compiled CUDA kernel is (see :func:`register_cuda_ops` at the end of this module).
 """
 
 from __future__ import annotations
@@ -301,6 +307,66 @@ def _proxssi(params, grads, exp_avgs, exp_avg_sqs, views, steps, kw, ra) -> None
             **ra,
             **_newton_args(exp_avgs),
         )
+
+
+def dessilbi_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    zs: Sequence[Tensor],
+    gammas: Sequence[Tensor],
+    *,
+    lr: float,
+    kappa: float,
+    nu: float,
+    momentum: float,
+    weight_decay: float,
+    reg: Regularizer | None,
+    magnitude_scaling: bool = False,
+    scaling_floor: float = 0.0,
+) -> None:
+    """DessiLBI (SPEC §6): one pass per tensor, Γ's group norm on chip or two-phase; L1 and
+    GroupLasso on any grouping, with or without magnitude scaling (which adds one counting
+    launch for the tensors' support sizes). Other regularizers go to :mod:`.reference`."""
+    paired = reg is not None
+    if paired and not (len(zs) == len(gammas) == len(params)):
+        raise ValueError("dessilbi_step: zs and gammas must match params when reg is given")
+    if not paired and (len(zs) or len(gammas)):
+        raise ValueError("dessilbi_step: zs and gammas must be empty when reg is None")
+    if paired and not isinstance(reg, GroupLasso):
+        return reference.dessilbi_step(
+            params,
+            grads,
+            momentum_buffers,
+            zs,
+            gammas,
+            lr=lr,
+            kappa=kappa,
+            nu=nu,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            reg=reg,
+            magnitude_scaling=magnitude_scaling,
+            scaling_floor=scaling_floor,
+        )
+    if not len(params):
+        return
+    kernels().dessilbi(
+        list(params),
+        list(grads),
+        list(momentum_buffers),
+        list(zs),
+        list(gammas),
+        _views(reg, params),
+        lr=lr,
+        kappa=kappa,
+        nu=nu,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        lam=reg.lam if paired else 0.0,
+        magnitude_scaling=magnitude_scaling,
+        scaling_floor=scaling_floor,
+    )
 
 
 # -- torch.library: the Triton kernels as CUDA implementations of the structsparse ops ---------
