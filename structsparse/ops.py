@@ -1,7 +1,9 @@
 """The structsparse custom ops (``torch.ops.structsparse.*``) and their fake implementations.
 
 The schemas are defined in C++ (``csrc/bindings.cpp``) and loaded with the extension
-``structsparse._C``; device kernels register under the same names (CPU: ``csrc/cpu``). The fake
+``structsparse._C``; device kernels register under the same names (CPU: ``csrc/cpu``; CUDA: the
+compiled ``csrc/cuda`` kernels when the extension was built with CUDA, else the Triton kernels,
+registered from Python at import when CUDA and triton are available). The fake
 (meta) implementations below let ``torch.compile`` trace a step that calls them: every step op
 mutates its parameter and state lists in place (``Tensor(a!)[]`` in the schema) and returns
 nothing.
@@ -41,6 +43,14 @@ except ImportError as e:  # built without a compiler, or an ABI mismatch
 
 STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step")
 
+#: Step ops whose CUDA kernel is the Triton backend's (registered at import when CUDA and triton
+#: are available and the extension has no compiled CUDA kernel for them; see
+#: :func:`structsparse.backends.triton.register_cuda_ops`). A check for *compiled* CUDA kernels
+#: (``torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")``) must exclude these names.
+TRITON_CUDA_OPS: tuple[str, ...] = ()
+#: Why no Triton CUDA kernel was registered ("" when some were).
+TRITON_CUDA_SKIPPED: str = ""
+
 
 def loaded() -> tuple[bool, str]:
     """(True, "") when the extension and its ops are available, else (False, reason)."""
@@ -57,3 +67,8 @@ def _fake_step(*args, **kwargs) -> None:
 if _LOAD_ERROR is None:
     for _name in STEP_OPS:
         torch.library.register_fake(f"structsparse::{_name}")(_fake_step)
+    from .backends.triton import register_cuda_ops as _register_triton
+
+    TRITON_CUDA_OPS, TRITON_CUDA_SKIPPED = _register_triton()
+else:
+    TRITON_CUDA_SKIPPED = _LOAD_ERROR

@@ -4,8 +4,19 @@
 Importing this package imports triton; :mod:`structsparse.backends.triton` does so lazily.
 """
 
-from . import launch, step
+from . import launch, lbi_step, step
+from .launch import dessilbi, proxgen, proxsgd, proxssi, ramda, rmda
 from .launch import launch as launch_step
-from .launch import proxgen, proxsgd, proxssi, ramda, rmda
 
-__all__ = ["launch", "step", "launch_step", "rmda", "ramda", "proxsgd", "proxgen", "proxssi"]
+__all__ = [
+    "launch",
+    "step",
+    "launch_step",
+    "rmda",
+    "ramda",
+    "proxsgd",
+    "proxgen",
+    "proxssi",
+    "dessilbi",
+    "lbi_step",
+]

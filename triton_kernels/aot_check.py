@@ -20,11 +20,11 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import step
+from . import lbi_step, step
 
-_PTRS = ("ptab", "dims", "starts")
+_PTRS = ("ptab", "dims", "starts", "strd", "cnt")
 _INTS = ("T", "max_iters", "newton_max")
-_CONSTS = ("ALG", "REG", "SOLVER", "FIT", "R", "BK", "NSEARCH", "PDT", "SDT")
+_CONSTS = ("ALG", "REG", "SOLVER", "FIT", "R", "BK", "NSEARCH", "PDT", "SDT", "ND", "PAIRED", "MS")
 
 
 def variants(quick: bool = False) -> list[dict]:
@@ -60,13 +60,33 @@ def variants(quick: bool = False) -> list[dict]:
             dts += [(tl.bfloat16, tl.float32), (tl.float16, tl.float32), (tl.float64, tl.float64)]
         for pdt, sdt in dts:
             full.append(
-                dict(v, R=64 if v["FIT"] else 1, BK=16 if v["FIT"] else 1024, NSEARCH=3, PDT=pdt, SDT=sdt)
+                dict(
+                    v, R=64 if v["FIT"] else 1, BK=16 if v["FIT"] else 1024, NSEARCH=3, PDT=pdt, SDT=sdt, ND=0
+                )
             )
+        if v["ALG"] == step.ALG_RAMDA and v["REG"] == step.REG_GROUP_LASSO and v["SOLVER"] == step.SOLVER_PG:
+            # strided (e.g. channels_last 4-D) parameters and gradients
+            full.append(dict(full[-len(dts)], ND=4))
     return full
 
 
-def compile_variant(consts: dict, arch: int, num_warps: int = 4):
-    fn = step.step_kernel
+def lbi_variants(quick: bool = False) -> list[tuple[object, dict]]:
+    """DessiLBI kernels: (kernel, constexprs) for paired/unpaired × magnitude scaling × on chip."""
+    base = dict(NSEARCH=3, PDT=tl.float32, SDT=tl.float32, ND=0)
+    out = []
+    for fit in (True, False):
+        tile = dict(base, FIT=fit, R=64 if fit else 1, BK=16 if fit else 1024)
+        out.append((lbi_step.count_kernel, tile))
+        for paired, ms in ((False, False), (True, False), (True, True)):
+            out.append((lbi_step.dessilbi_kernel, dict(tile, PAIRED=paired, MS=ms)))
+    out.append((lbi_step.dessilbi_kernel, dict(out[-1][1], ND=4, PDT=tl.bfloat16)))
+    if quick:
+        out = [out[0], out[3], out[7], out[8]]
+    return out
+
+
+def compile_variant(consts: dict, arch: int, num_warps: int = 4, fn=None):
+    fn = fn or step.step_kernel
     names = fn.arg_names
     sig = {
         n: "*i64" if n in _PTRS else "i32" if n in _INTS else "constexpr" if n in _CONSTS else "fp32"
@@ -93,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
             tag = " ".join(f"{a}={consts[a]}" for a in ("ALG", "REG", "SOLVER", "FIT", "PDT"))
             print(f"sm_{arch} {tag}: ok ({time.time() - t0:.1f}s)")
+        for fn, consts in lbi_variants(args.quick):
+            t0 = time.time()
+            k = compile_variant(consts, arch, fn=fn)
+            assert "cubin" in k.asm, consts
+            n += 1
+            tag = " ".join(f"{a}={v}" for a, v in consts.items() if a in ("FIT", "PAIRED", "MS", "ND", "PDT"))
+            print(f"sm_{arch} {fn.__name__} {tag}: ok ({time.time() - t0:.1f}s)")
     print(f"compiled {n} variants")
     return 0
 

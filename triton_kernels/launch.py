@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .lbi_step import count_kernel, dessilbi_kernel
 from .step import (
     ALG_PROXGEN,
     ALG_PROXSGD,
@@ -61,13 +62,14 @@ def tile_config(view: tuple[int, int, int]) -> tuple[bool, int, int]:
     return False, 1, _pow2_floor(ONCHIP_LIMIT)
 
 
-_TABLES: dict[tuple, tuple[Tensor, Tensor, Tensor, int]] = {}
+_TABLES: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor, int]] = {}
 
 
-def _tables(device, ptrs, views, fit: bool, r: int) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Pointer, ``[A, G, B]`` and program-offset tables of one launch, cached by their contents
-    (the same parameters step after step reuse the device copies: no host→device copy)."""
-    key = (device, ptrs, views, fit, r)
+def _tables(device, ptrs, views, fit: bool, r: int, strides) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Pointer, ``[A, G, B]``, program-offset and stride tables of one launch, cached by their
+    contents (the same parameters step after step reuse the device copies: no host→device copy).
+    ``strides`` is ``()`` when every tensor is contiguous, else the ``[3·ND, T]`` table rows."""
+    key = (device, ptrs, views, fit, r, strides)
     hit = _TABLES.get(key)
     if hit is not None:
         return hit
@@ -75,16 +77,49 @@ def _tables(device, ptrs, views, fit: bool, r: int) -> tuple[Tensor, Tensor, Ten
     starts = [0]
     for c in counts:
         starts.append(starts[-1] + c)
+    dims = torch.tensor([[v[d] for v in views] for d in range(3)], dtype=torch.int64, device=device)
     out = (
         torch.tensor(ptrs, dtype=torch.int64, device=device),
-        torch.tensor([[v[d] for v in views] for d in range(3)], dtype=torch.int64, device=device),
+        dims,
         torch.tensor(starts, dtype=torch.int64, device=device),
+        torch.tensor(strides, dtype=torch.int64, device=device) if strides else dims,
         starts[-1],
     )
     if len(_TABLES) >= 256:
         _TABLES.clear()
     _TABLES[key] = out
     return out
+
+
+_SCRATCH: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def scratch(device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
+    """A cached buffer of at least ``numel`` elements per (device, dtype), grown when too small
+    (the two-phase PG iterate). Launches on one device are stream-ordered, so consecutive launches
+    share it; it is reallocated only when a larger bucket appears."""
+    key = (torch.device(device), dtype)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
+        _SCRATCH[key] = buf
+    return buf
+
+
+def _stride_rows(rows: list[list[Tensor | None]]) -> tuple:
+    """``()`` when every parameter and gradient is contiguous, else the rows of the ``[3·ND, T]``
+    table: sizes, parameter strides, gradient strides (each tensor's dims right-aligned, padded
+    with size 1, stride 0)."""
+    if all(row[0].is_contiguous() and row[1].is_contiguous() for row in rows):
+        return ()
+    nd = max(max(1, row[0].dim()) for row in rows)
+    sizes, pstr, gstr = [], [], []
+    for row in rows:
+        sz = [1] * (nd - row[0].dim()) + list(row[0].shape)
+        sizes.append(sz)
+        pstr.append([0] * (nd - row[0].dim()) + list(row[0].stride()))
+        gstr.append([0] * (nd - row[1].dim()) + list(row[1].stride()))
+    return tuple(tuple(t[i][d] for i in range(len(rows))) for t in (sizes, pstr, gstr) for d in range(nd))
 
 
 def _contig(t: Tensor | None) -> Tensor | None:
@@ -113,7 +148,10 @@ def launch(
 
     ``views[i]`` is the ``[A, G, B]`` view of row ``i`` (``(1, numel, 1)`` when unregularized);
     ``k`` the algorithm's scalars (see :func:`.step._pre`). Parameters are updated in place, and
-    so is the state. Non-contiguous tensors are stepped through a contiguous copy.
+    so is the state. Strided (e.g. channels_last) parameters and gradients are addressed through
+    their strides, with no copy; state tensors are expected contiguous (the optimizers create them
+    so) and a non-contiguous one is stepped through a contiguous copy. The two-phase PG path keeps
+    its iterate in a cached scratch buffer (:func:`scratch`), not a per-step allocation.
     """
     ks = [float(x) for x in k] + [0.0] * (6 - len(k))
     if reg_code == REG_NONE:
@@ -129,28 +167,38 @@ def launch(
         copies = []
         for i in idx:
             row = list(tensors[i]) + [None] * (5 - len(tensors[i]))
-            crow = [_contig(t) for t in row]
-            # write back what the kernel updated: the parameter and the state (not the gradient)
-            copies.extend(
-                (t, ct)
-                for j, (t, ct) in enumerate(zip(row, crow))
-                if j != 1 and t is not None and ct is not t
-            )
-            scratch = None
-            if not fit and solver_code == SOLVER_PG:
-                scratch = torch.empty(row[2].numel(), dtype=row[2].dtype, device=row[2].device)
-            rows.append(crow + [scratch])
+            crow = row[:2] + [_contig(t) for t in row[2:]]
+            copies.extend((t, ct) for t, ct in zip(row[2:], crow[2:]) if t is not None and ct is not t)
+            rows.append(crow)
         p0 = rows[0][0]
         sdt = rows[0][2].dtype
         nt = len(rows)
+        if not fit and solver_code == SOLVER_PG:
+            sizes = [row[2].numel() for row in rows]
+            buf = scratch(p0.device, sdt, sum(sizes))
+            base, esz, acc = buf.data_ptr(), buf.element_size(), 0
+            for row, n in zip(rows, sizes):
+                row.append(base + acc * esz)
+                acc += n
+        else:
+            for row in rows:
+                row.append(None)
         ptrs = tuple(
-            tuple((row[j] if row[j] is not None else row[0]).data_ptr() for row in rows) for j in range(6)
+            tuple(
+                row[j] if isinstance(row[j], int) else (row[j] if row[j] is not None else row[0]).data_ptr()
+                for row in rows
+            )
+            for j in range(6)
         )
-        ptab, dims, starts_t, nprog = _tables(p0.device, ptrs, tuple(views[i] for i in idx), fit, r)
+        strides = _stride_rows(rows)
+        ptab, dims, starts_t, strd, nprog = _tables(
+            p0.device, ptrs, tuple(views[i] for i in idx), fit, r, strides
+        )
         step_kernel[(nprog,)](
             ptab,
             dims,
             starts_t,
+            strd,
             nt,
             *ks,
             float(c_mix),
@@ -171,6 +219,7 @@ def launch(
             NSEARCH=max(1, nt.bit_length()),
             PDT=_TL_DTYPE[p0.dtype],
             SDT=_TL_DTYPE[sdt],
+            ND=len(strides) // 3,
             num_warps=4 if r * bk <= 1024 else 8,
         )
         for t, ct in copies:
@@ -317,3 +366,97 @@ def proxssi(
         a_reg=lr,
         **solver_scalars,
     )
+
+
+def dessilbi(
+    params,
+    grads,
+    momentum_buffers,
+    zs,
+    gammas,
+    views,
+    *,
+    lr: float,
+    kappa: float,
+    nu: float,
+    momentum: float,
+    weight_decay: float,
+    lam: float,
+    magnitude_scaling: bool,
+    scaling_floor: float,
+) -> None:
+    """DessiLBI step (SPEC §6, :mod:`.lbi_step`). ``zs``/``gammas`` empty: unpaired tensors
+    (heavy-ball SGD scaled by κ); else each tensor's Z and Γ with its ``[A, G, B]`` group view of
+    Ω_λ (L1: ``(1, numel, 1)``). ``magnitude_scaling`` runs a support-count launch first."""
+    paired = len(zs) > 0
+    lrk = lr * kappa
+    configs: dict[tuple[bool, int, int], list[int]] = {}
+    for i, (p, view) in enumerate(zip(params, views)):
+        if p.numel():
+            configs.setdefault(tile_config(view), []).append(i)
+    for (fit, r, bk), idx in configs.items():
+        rows, copies = [], []
+        for i in idx:
+            row = [params[i], grads[i], momentum_buffers[i]]
+            row += [zs[i], gammas[i]] if paired else [None, None]
+            crow = row[:2] + [_contig(t) for t in row[2:]]
+            copies.extend((t, ct) for t, ct in zip(row[2:], crow[2:]) if t is not None and ct is not t)
+            rows.append(crow)
+        p0, sdt, nt = rows[0][0], rows[0][2].dtype, len(rows)
+        ptrs = tuple(
+            tuple((row[j] if row[j] is not None else row[0]).data_ptr() for row in rows) for j in range(5)
+        )
+        strides = _stride_rows(rows)
+        ptab, dims, starts_t, strd, nprog = _tables(
+            p0.device, ptrs, tuple(views[i] for i in idx), fit, r, strides
+        )
+        meta = dict(
+            FIT=fit,
+            R=r,
+            BK=bk,
+            NSEARCH=max(1, nt.bit_length()),
+            PDT=_TL_DTYPE[p0.dtype],
+            SDT=_TL_DTYPE[sdt],
+            ND=len(strides) // 3,
+            num_warps=4 if r * bk <= 1024 else 8,
+        )
+        ms = paired and magnitude_scaling
+        cnt = counts(p0.device, 2 * nt) if ms else dims
+        if ms:
+            count_kernel[(nprog,)](ptab, dims, starts_t, strd, nt, cnt, **meta)
+        dessilbi_kernel[(nprog,)](
+            ptab,
+            dims,
+            starts_t,
+            strd,
+            nt,
+            cnt,
+            float(momentum),
+            float(lrk),
+            float(lrk * weight_decay),
+            float(lrk / nu),
+            float(lr / nu),
+            float(kappa),
+            float(lam),
+            float(scaling_floor),
+            PAIRED=paired,
+            MS=ms,
+            **meta,
+        )
+        for t, ct in copies:
+            t.copy_(ct)
+
+
+_COUNTS: dict[torch.device, Tensor] = {}
+
+
+def counts(device: torch.device, numel: int) -> Tensor:
+    """A zeroed int64 buffer of ``numel`` support counters, cached per device (grown on demand)."""
+    key = torch.device(device)
+    buf = _COUNTS.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=torch.int64, device=device)
+        _COUNTS[key] = buf
+    out = buf[:numel]
+    out.zero_()
+    return out

@@ -19,6 +19,9 @@ PG keeps its iterate in a scratch buffer).
 Many tensors go in one launch: ``ptab`` is a ``[6, T]`` table of base addresses (param, grad,
 state 1–3, scratch), ``dims`` a ``[3, T]`` table of ``A, G, B`` and ``starts`` the ``[T + 1]``
 cumulative program counts; a program finds its tensor by binary search. Offsets are int64.
+Parameters and gradients may be strided (e.g. channels_last): then ``ND > 0`` and ``strd`` is a
+``[3·ND, T]`` table of sizes, parameter strides and gradient strides, and their offsets are
+computed from the row-major ones (:func:`_remap`); state tensors are contiguous.
 Scalars are runtime arguments (fp32); math runs in the state dtype ``SDT`` (fp32 for fp16/bf16
 parameters). Reductions are plain ``tl.sum``/``tl.max`` inside one program: deterministic.
 """
@@ -59,6 +62,8 @@ def _pre(
     ALG: tl.constexpr,
     UPDATE: tl.constexpr,
     off,
+    poff,
+    goff,
     msk,
     pp,
     gp,
@@ -74,10 +79,12 @@ def _pre(
     SDT: tl.constexpr,
 ):
     """Load one tile, update the state (``UPDATE``: the first pass over it), return the
-    subproblem ``(lin, P, center, w)`` with ``w`` the current parameter in the state dtype."""
-    w = tl.load(pp + off, mask=msk, other=0.0).to(SDT)
+    subproblem ``(lin, P, center, w)`` with ``w`` the current parameter in the state dtype.
+    ``off``: element offsets in the (contiguous) state; ``poff``/``goff``: in the parameter and
+    the gradient (equal to ``off`` unless they are strided)."""
+    w = tl.load(pp + poff, mask=msk, other=0.0).to(SDT)
     if UPDATE:
-        g = tl.load(gp + off, mask=msk, other=0.0).to(SDT)
+        g = tl.load(gp + goff, mask=msk, other=0.0).to(SDT)
     if ALG == 0:
         # RMDA. k0 = s = lr·sqrt(t), k1 = sqrt(t). s1 = W0, s2 = V.
         w0 = tl.load(s1 + off, mask=msk, other=0.0)
@@ -137,6 +144,35 @@ def _pre(
         lin = tl.zeros_like(w)
     p = tl.where(msk, p, 1.0)
     return lin, p, center, w
+
+
+@triton.jit
+def _remap(off, strd, ti, T, ND: tl.constexpr, WHICH: tl.constexpr):
+    """Memory offsets of a strided tensor from its row-major (contiguous) offsets ``off``:
+    unravel over the ``ND`` sizes of table ``strd`` (rows ``0..ND-1``) and dot with the strides in
+    rows ``WHICH·ND .. WHICH·ND + ND − 1`` (1: parameter, 2: gradient)."""
+    rem = off
+    mem = off * 0
+    for d in tl.static_range(ND):
+        size = tl.load(strd + (ND - 1 - d) * T + ti)
+        stride = tl.load(strd + (WHICH * ND + ND - 1 - d) * T + ti)
+        mem += (rem % size) * stride
+        rem = rem // size
+    return mem
+
+
+@triton.jit
+def _offs(k, rows, B, GB, strd, ti, T, ND: tl.constexpr):
+    """Offsets of elements ``k`` (index within the group) of groups ``rows`` in the ``[A, G, B]``
+    view: ``(state, parameter, gradient)``. ``ND == 0``: every tensor of the launch is contiguous."""
+    off = (k // B) * GB + rows[:, None] * B + (k % B)
+    if ND == 0:
+        poff = off
+        goff = off
+    else:
+        poff = _remap(off, strd, ti, T, ND, 1)
+        goff = _remap(off, strd, ti, T, ND, 2)
+    return off, poff, goff
 
 
 @triton.jit
@@ -235,6 +271,7 @@ def step_kernel(
     ptab,
     dims,
     starts,
+    strd,
     T,
     k0,
     k1,
@@ -260,6 +297,7 @@ def step_kernel(
     NSEARCH: tl.constexpr,
     PDT: tl.constexpr,
     SDT: tl.constexpr,
+    ND: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     # -- which tensor: largest ti with starts[ti] <= pid -------------------------------------
@@ -293,8 +331,10 @@ def step_kernel(
     if FIT:
         k = cols[None, :]
         msk = rvalid[:, None] & (k < n)
-        off = (k // B) * GB + rows[:, None] * B + (k % B)
-        lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+        off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
+        lin, p, center, w = _pre(
+            ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+        )
         if SOLVER == 0:
             z = center - lin / p
             x = _prox_apply(z, _prox_sq(z, tau0, lam1, REG), tau0, wg, lam, lam1, omega, REG)
@@ -354,7 +394,7 @@ def step_kernel(
                 active = active & (~done)
             worse = (~zero) & (q_prev > q0)
             x = tl.where(worse[:, None], warm, x)
-        tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+        tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
     else:
         # One program per group (R == 1), walked in BK chunks.
         if SOLVER == 0:
@@ -362,18 +402,20 @@ def step_kernel(
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
-                off = (k // B) * GB + rows[:, None] * B + (k % B)
-                lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
+                lin, p, center, w = _pre(
+                    ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
                 sq += _prox_sq(center - lin / p, tau0, lam1, REG)
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
-                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
                 lin, p, center, w = _pre(
-                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                 )
                 x = _prox_apply(center - lin / p, sq, tau0, wg, lam, lam1, omega, REG)
-                tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+                tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
         elif SOLVER == 1:
             thr = a_reg * lam * wg
             pzsq = tl.zeros([R], dtype=SDT)
@@ -381,8 +423,10 @@ def step_kernel(
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
-                off = (k // B) * GB + rows[:, None] * B + (k % B)
-                lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
+                lin, p, center, w = _pre(
+                    ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
                 pz = p * center - lin
                 pzsq += tl.sum(pz * pz, axis=1)
                 pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
@@ -397,9 +441,9 @@ def step_kernel(
                 for c0 in range(0, n, BK):
                     k = c0 + cols[None, :]
                     msk = rvalid[:, None] & (k < n)
-                    off = (k // B) * GB + rows[:, None] * B + (k % B)
+                    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
                     lin, p, center, w = _pre(
-                        ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                        ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                     )
                     pz = p * center - lin
                     den = tl.where(msk, p * r[:, None] + thr, 1.0)
@@ -414,15 +458,15 @@ def step_kernel(
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
-                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
                 lin, p, center, w = _pre(
-                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                 )
                 pz = p * center - lin
                 xs = pz * r[:, None] / (p * r[:, None] + thr)
                 xs = tl.where(kept[:, None], xs, 0.0)
                 x = tl.where((xs * 0.0 + thr) == 0, center - lin / p, xs)
-                tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+                tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
         else:
             # PG with the iterate in the scratch buffer sx.
             pzsq = tl.zeros([R], dtype=SDT)
@@ -434,8 +478,10 @@ def step_kernel(
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
-                off = (k // B) * GB + rows[:, None] * B + (k % B)
-                lin, p, center, w = _pre(ALG, True, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT)
+                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
+                lin, p, center, w = _pre(
+                    ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                )
                 pz = p * center - lin
                 pzsq += tl.sum(pz * pz, axis=1)
                 pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
@@ -464,9 +510,9 @@ def step_kernel(
                 for c0 in range(0, n, BK):
                     k = c0 + cols[None, :]
                     msk = rvalid[:, None] & (k < n)
-                    off = (k // B) * GB + rows[:, None] * B + (k % B)
+                    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
                     lin, p, center, w = _pre(
-                        ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                        ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                     )
                     x = tl.load(sx + off, mask=msk, other=0.0)
                     y = x - eta[:, None] * (lin + p * (x - center))
@@ -477,9 +523,9 @@ def step_kernel(
                 for c0 in range(0, n, BK):
                     k = c0 + cols[None, :]
                     msk = rvalid[:, None] & (k < n)
-                    off = (k // B) * GB + rows[:, None] * B + (k % B)
+                    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
                     lin, p, center, w = _pre(
-                        ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                        ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                     )
                     x = tl.load(sx + off, mask=msk, other=0.0)
                     y = x - eta[:, None] * (lin + p * (x - center))
@@ -496,11 +542,11 @@ def step_kernel(
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
-                off = (k // B) * GB + rows[:, None] * B + (k % B)
+                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
                 lin, p, center, w = _pre(
-                    ALG, False, off, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                 )
                 x = tl.load(sx + off, mask=msk, other=0.0)
                 x = tl.where(zero[:, None], 0.0, x)
                 x = tl.where(worse[:, None], _warm(ALG, w, center), x)
-                tl.store(pp + off, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+                tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
