@@ -28,11 +28,14 @@ __all__ = ["available", "rmda_step", "ramda_step", "proxsgd_step", "proxgen_step
 
 
 def has_cuda_kernels() -> bool:
-    """True when the loaded extension registered CUDA kernels for the step ops."""
+    """True when the loaded extension registered compiled CUDA kernels for the step ops (the
+    Triton kernels that :mod:`structsparse.ops` registers under the CUDA key when no compiled
+    kernel exists do not count: those are ``backend="triton"``)."""
     if not ops.loaded()[0]:
         return False
     return all(
-        torch._C._dispatch_has_kernel_for_dispatch_key(f"structsparse::{name}", "CUDA")
+        name not in ops.TRITON_CUDA_OPS
+        and torch._C._dispatch_has_kernel_for_dispatch_key(f"structsparse::{name}", "CUDA")
         for name in ops.STEP_OPS
     )
 
