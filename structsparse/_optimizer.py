@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .backends import check_backend, resolve
+from . import distributed
+from .backends import check_backend, reference, resolve
 from .regularizers import Regularizer, regularizer_from_dict
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -121,6 +122,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 )
             if reg is not None:
                 reg.check(p, where)
+            distributed.check_param(p, reg, where)
         if reg is not None and self.needs_screenable_for(group) and not reg.screenable:
             raise ValueError(
                 f"regularizer: {type(reg).__name__} has no exact group solve; "
@@ -172,9 +174,14 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return out
 
     def _all_finite(self, grads: list[Tensor]) -> bool:
+        return distributed.all_finite(grads, self._all_finite_local)
+
+    @staticmethod
+    def _all_finite_local(grads: list[Tensor]) -> bool:
         by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
         for g in grads:
-            by_device[g.device].append(g)
+            if g.numel():  # an empty shard (uneven FSDP2 sharding) has nothing to check
+                by_device[g.device].append(g)
         for gs in by_device.values():
             norms = torch._foreach_norm(gs, float("inf"))
             if not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
@@ -211,7 +218,12 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 backend = resolve(group["backend"], device)
                 params = [p for p, _ in bucket]
                 grads = [g for _, g in bucket]
-                self.step_bucket(backend, group, params, grads, [self.state[p] for p in params])
+                states = [self.state[p] for p in params]
+                # FSDP2 shards: local views + global group reductions (structsparse.distributed)
+                with distributed.sharded_bucket(group["regularizer"], params, grads, states) as local:
+                    if local[0] is not params and not getattr(backend, "supports_shards", False):
+                        backend = reference
+                    self.step_bucket(backend, group, *local)
         return loss
 
     def step_bucket(
