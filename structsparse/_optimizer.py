@@ -244,10 +244,18 @@ class StructuredOptimizer(torch.optim.Optimizer):
             g["regularizer"] = None if reg is None else reg.to_dict()
         sd["algorithm"] = self.algorithm
         sd["skipped_steps"] = self.skipped_steps
+        # torch.distributed.checkpoint keeps only "state" and "param_groups": repeat both there
+        for g in sd["param_groups"]:
+            g["algorithm"] = self.algorithm
+            g["skipped_steps"] = self.skipped_steps
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         sd = dict(state_dict)
+        sd["param_groups"] = [dict(g) for g in sd["param_groups"]]
+        in_groups = [(g.pop("algorithm", None), g.pop("skipped_steps", 0)) for g in sd["param_groups"]]
+        if "algorithm" not in sd and in_groups:  # saved through torch.distributed.checkpoint
+            sd["algorithm"], sd["skipped_steps"] = in_groups[0]
         algo = sd.pop("algorithm", None)
         if algo != self.algorithm:
             raise ValueError(

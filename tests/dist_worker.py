@@ -223,6 +223,28 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
 TASKS = {"trajectory": task_trajectory}
 
 
+def task_suite(rank: int, world: int, outdir: str, tasks: list) -> None:
+    """Run several tasks in one launch; record per task 'ok' or the traceback (rank{r}.json)."""
+    import json
+    import time
+    import traceback
+
+    results = {}
+    for name, kind, args in tasks:
+        t0 = time.time()
+        try:
+            TASKS[kind](rank, world, **args)
+            results[name] = {"ok": True, "seconds": time.time() - t0}
+        except Exception:
+            results[name] = {"ok": False, "error": traceback.format_exc()}
+        dist.barrier()
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+
+
+TASKS["suite"] = task_suite
+
+
 def launch(world: int, task: str, **args) -> None:
     """Run ``task`` on ``world`` spawned ranks (raises what a rank raised)."""
     import torch.multiprocessing as mp
@@ -237,3 +259,151 @@ if __name__ == "__main__":
     t0 = time.time()
     launch(int(sys.argv[1]), sys.argv[2], **eval(sys.argv[3] if len(sys.argv) > 3 else "{}"))
     print("ok", time.time() - t0)
+
+
+def train_steps(net, opt, n: int, seed: int, rank: int, world: int, dtype, restart_at=None) -> None:
+    """n steps on a global batch of 6 (rank r takes its slice; FSDP2 averages the gradients)."""
+    for i in range(n):
+        if restart_at is not None and i == restart_at:
+            opt.restart()
+        g = torch.Generator().manual_seed(seed + i)
+        x = torch.randn(6, 5, generator=g, dtype=torch.float64).to(dtype)
+        y = torch.randint(0, 2, (6,), generator=g)
+        lo, hi = rank * 6 // world, (rank + 1) * 6 // world
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x[lo:hi]), y[lo:hi], reduction="sum") * (world / 6)
+        loss.backward()
+        opt.step()
+
+
+def full_state(net, opt) -> dict:
+    """Every parameter and state entry as full tensors (test helper: gathers)."""
+    out = {}
+    for name, p in net.named_parameters():
+        out[name] = p.full_tensor().detach().clone()
+        for k, v in opt.state[p].items():
+            out[f"{name}/{k}"] = v.full_tensor().clone() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def task_checkpoint(rank: int, world: int, ckpt: str, phase: str, opt_name: str = "ramda_exact") -> None:
+    """phase 'save': 4 steps, DCP save, 4 more steps (reference continuation saved by rank 0);
+    then a fresh model/optimizer loads the checkpoint and must resume bit-exactly.
+    phase 'load': another world size loads the checkpoint; state must equal the saved one exactly
+    and 4 steps must match the saving world's continuation."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    dtype = torch.float64
+    mesh = mesh_of(world)
+
+    def build():
+        net = make_net(dtype)
+        fully_shard(net, mesh=mesh)
+        reg = ss.GroupLasso(0.02, "input")
+        opt = make_opt(
+            opt_name,
+            [
+                {"params": [net.fc.weight, net.small.weight], "regularizer": reg},
+                {"params": [net.fc.bias, net.small.bias], "regularizer": None},
+            ],
+        )
+        return net, opt
+
+    if phase == "save":
+        net, opt = build()
+        train_steps(net, opt, 4, 0, rank, world, dtype)
+        msd, osd = get_state_dict(net, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+        saved = full_state(net, opt)
+        train_steps(net, opt, 4, 100, rank, world, dtype, restart_at=2)
+        cont = full_state(net, opt)
+        if rank == 0:
+            torch.save({"saved": saved, "cont": cont}, os.path.join(ckpt, "expected.pt"))
+        # same world size: resume bit-exactly
+        net2, opt2 = build()
+        msd2, osd2 = get_state_dict(net2, opt2)
+        sd = {"model": msd2, "optim": osd2}
+        dcp.load(sd, checkpoint_id=ckpt)
+        set_state_dict(net2, opt2, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        got = full_state(net2, opt2)
+        for k, v in saved.items():
+            assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, f"load {k}"
+        train_steps(net2, opt2, 4, 100, rank, world, dtype, restart_at=2)
+        got = full_state(net2, opt2)
+        for k, v in cont.items():
+            assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, f"resume {k}"
+    else:
+        exp = torch.load(os.path.join(ckpt, "expected.pt"), weights_only=True)
+        net, opt = build()
+        msd, osd = get_state_dict(net, opt)
+        sd = {"model": msd, "optim": osd}
+        dcp.load(sd, checkpoint_id=ckpt)
+        set_state_dict(net, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        got = full_state(net, opt)
+        for k, v in exp["saved"].items():
+            assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, f"reshard {k}"
+        train_steps(net, opt, 4, 100, rank, world, dtype, restart_at=2)
+        got = full_state(net, opt)
+        for k, v in exp["cont"].items():
+            if isinstance(v, torch.Tensor):
+                assert rel_err(got[k], v) <= 1e-12, f"resharded continuation {k}: {rel_err(got[k], v):.2e}"
+            else:
+                assert got[k] == v, k
+
+
+TASKS["checkpoint"] = task_checkpoint
+
+
+def task_ddp(rank: int, world: int, steps: int = 20) -> None:
+    """Plain parameters under DDP: every optimizer matches the single-process full-batch run
+    (float64, ≤ 1e-12) and the replicas stay bit-identical."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dtype = torch.float64
+    for opt_name in OPTS:
+        reg = ss.GroupLasso(LAM.get(opt_name, LAM_ADAM) / 10, "input")
+        ref = make_net(dtype)
+        net = make_net(dtype)
+        ddp = DDP(net, find_unused_parameters=True)  # conv is not in forward
+        ref_opt = make_opt(opt_name, ss.group_params(ref, reg))
+        opt = make_opt(opt_name, ss.group_params(net, reg))
+        train_steps(ref, ref_opt, steps, 7, 0, 1, dtype, restart_at=steps // 2)
+        train_steps(ddp, opt, steps, 7, rank, world, dtype, restart_at=steps // 2)
+        flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        copies = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(copies, flat)
+        assert all(torch.equal(c, copies[0]) for c in copies), f"{opt_name}: DDP replicas differ"
+        for p, rp in zip(net.parameters(), ref.parameters()):
+            e = rel_err(p.detach(), rp.detach())
+            assert e <= 1e-12, f"{opt_name} DDP vs single process {tuple(p.shape)}: {e:.2e}"
+        for gr in ("input", "output"):
+            assert ss.group_sparsity(net, grouping=gr) == ss.group_sparsity(ref, grouping=gr), opt_name
+
+
+def task_bad_config(rank: int, world: int) -> None:
+    """Configurations that cannot be stepped exactly raise a clear ValueError."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = mesh_of(world)
+    net = make_net(torch.float32)
+    fully_shard(net, mesh=mesh)
+    try:
+        ss.RMDA([{"params": [net.fc.weight], "regularizer": ss.NuclearNorm(0.1)}])
+    except ValueError as e:
+        assert "NuclearNorm" in str(e) and "sharded" in str(e), e
+    else:
+        raise AssertionError("NuclearNorm on a sharded parameter did not raise")
+    w = nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)]))
+    try:
+        ss.RAMDA([w], regularizer=ss.GroupLasso(0.1))
+    except ValueError as e:
+        assert "Shard(dim=1)" in str(e) and "dim 0" in str(e), e
+    else:
+        raise AssertionError("a dim-1 sharded parameter did not raise")
+
+
+TASKS["ddp"] = task_ddp
+TASKS["bad_config"] = task_bad_config
