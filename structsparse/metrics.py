@@ -2,6 +2,10 @@
 
 Each metric takes a model (its regularizable weights, see :func:`structsparse.params.regularizable_weights`),
 an optimizer (its regularized parameters, each with its own grouping), or an iterable of tensors.
+
+FSDP2 (dim-0 sharded DTensor) parameters give the metrics of the global tensors: zero groups and
+zero counts are combined with one small all-reduce per tensor (every rank must call the metric);
+:func:`low_rank_level` gathers each sharded matrix for its SVD (a metric, not a training step).
 """
 
 from __future__ import annotations

@@ -396,6 +396,15 @@ def task_bad_config(rank: int, world: int) -> None:
         assert "NuclearNorm" in str(e) and "sharded" in str(e), e
     else:
         raise AssertionError("NuclearNorm on a sharded parameter did not raise")
+    # low-rank level of a sharded model (a metric: gathers each matrix for its SVD)
+    ref = make_net(torch.float32)
+    with torch.no_grad():
+        ref.fc.weight[:, 2:] = 0
+    ref.conv.weight.data.zero_()
+    net2 = make_net(torch.float32)
+    net2.load_state_dict(ref.state_dict())
+    fully_shard(net2, mesh=mesh)
+    assert ss.low_rank_level(net2) == ss.low_rank_level(ref) > 0
     w = nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)]))
     try:
         ss.RAMDA([w], regularizer=ss.GroupLasso(0.1))
