@@ -29,7 +29,9 @@ In a single process (no shard scope) these are plain ``sum``/``amax`` and the id
 screening decisions, Newton ``φ(r)`` sums and PG objectives, and all ranks take the same branches.
 
 Communication per step (one bucket, ``G`` groups summed over the bucket's split tensors, ``S``
-bytes per element of the state dtype; aligned groupings and unregularized params send nothing):
+bytes per element: 8 for float64 *and* float32/half state, whose group sums accumulate in float64 —
+see :func:`group_sum` —; ``max P`` reductions use the state dtype; aligned groupings and
+unregularized params send nothing):
 
 - RMDA, ProxSGD: **one** all-reduce of ``G·S`` bytes per bucket (:func:`batched`: the pure prox of
   the bucket is run once recording its partial sums, one all-reduce, then run again on the reduced
@@ -300,11 +302,17 @@ def reduce_groups(partial: Tensor, op: str = "sum") -> Tensor:
 
 def group_sum(*t3s: Tensor, keepdim: bool = False) -> Any:
     """Per-group sums over dims 0 and 2 of ``[A, G, B]`` views (global under sharding). Several
-    tensors are reduced in one collective; returns one tensor or a tuple."""
-    sums = [t.sum(dim=(0, 2), keepdim=keepdim) for t in t3s]
+    tensors are reduced in one collective; returns one tensor or a tuple.
+
+    float32/half inputs are accumulated (and all-reduced) in float64 and rounded once: the result
+    is then (almost always) the correctly rounded sum whatever the order, so a sharded run takes
+    the same screening/threshold/stopping decisions as the single-process one."""
+    dt = t3s[0].dtype
+    acc = torch.float64 if dt in (torch.float32, torch.float16, torch.bfloat16) else dt
+    sums = [t.sum(dim=(0, 2), keepdim=keepdim, dtype=acc) for t in t3s]
     if len(sums) == 1:
-        return reduce_groups(sums[0])
-    stacked = reduce_groups(torch.stack(sums))
+        return reduce_groups(sums[0]).to(dt)
+    stacked = reduce_groups(torch.stack(sums)).to(dt)
     return tuple(stacked.unbind(0))
 
 

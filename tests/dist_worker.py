@@ -21,9 +21,9 @@ from structsparse import distributed as ssd
 REF = {"backend": "reference"}
 
 OPTS = {
-    "rmda": (ss.RMDA, dict(lr=0.05, momentum=0.5)),
-    "ramda_pg": (ss.RAMDA, dict(lr=0.05, momentum=0.5, solver="pg", max_iters=20)),
-    "ramda_exact": (ss.RAMDA, dict(lr=0.05, momentum=0.5, solver="exact")),
+    "rmda": (ss.RMDA, dict(lr=0.05, momentum=0.0)),
+    "ramda_pg": (ss.RAMDA, dict(lr=0.05, momentum=0.0, solver="pg", max_iters=20)),
+    "ramda_exact": (ss.RAMDA, dict(lr=0.05, momentum=0.0, solver="exact")),
     "proxsgd": (ss.ProxSGD, dict(lr=0.05, momentum=0.5)),
     "proxgen_pg": (ss.ProxGen, dict(lr=2e-2, weight_decay=1e-3, max_iters=20)),
     "proxgen_exact": (ss.ProxGen, dict(lr=2e-2, solver="exact")),
@@ -31,11 +31,12 @@ OPTS = {
 }
 SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")
 
+
 PG_TOL = 1e-3
 
-# λ per algorithm family so that zero groups appear within 20 steps
-LAM = {"rmda": 0.4, "proxsgd": 1.0, "ramda_pg": 0.02, "ramda_exact": 0.02}
-LAM_ADAM = 0.3
+# λ per algorithm so that some, not all, groups are zero after 20 steps (asserted)
+LAM = {"rmda": 0.4, "ramda_pg": 0.4, "ramda_exact": 0.4, "proxsgd": 0.6, "proxssi": 0.04}
+LAM_ADAM = 0.5
 
 
 def regs(lam: float) -> dict[str, dict[str, ss.Regularizer]]:
@@ -133,8 +134,16 @@ def make_opt(name: str, params, **kw):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    scale = max(float(b.detach().abs().max()) if b.numel() else 0.0, 1e-30)
-    return float((a - b).detach().abs().max()) / scale if a.numel() else 0.0
+    """Norm-wise relative error ``‖a − b‖₂ / ‖b‖₂`` of a tensor (0 for empty/zero tensors that match)."""
+    a, b = a.detach().double(), b.detach().double()
+    d = float((a - b).norm())
+    return d / max(float(b.norm()), 1e-300) if d else 0.0
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Elementwise error relative to the tensor's largest entry, ``max|a − b| / max|b|`` (stricter)."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300) if a.numel() else 0.0
 
 
 def fake_grads(shapes, dtype, seed: int):
@@ -150,18 +159,20 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
 
     mesh = mesh_of(world)
     tol = {"float32": 1e-6, "float64": 1e-12}
-    nonzero_patterns = 0
     worst: dict[str, float] = {}
+    worst_max: dict[str, float] = {}
+    zeros: dict[str, list[int]] = {}  # optimizer -> [zero groups, groups] of the regularized weights
     for dname in dtypes:
         dtype = getattr(torch, dname)
         for k, (opt_name, rname, by_layer) in enumerate(cases(names)):
             ref_net = make_net(dtype)
             net = make_net(dtype)
             fully_shard(net, mesh=mesh)
-            # float32 PG: the per-group stop ((Q_prev − Q)/(|Q| + 1) < rtol) and the warm-start
-            # fallback compare objectives that differ by float32 noise once the subproblem stalls;
-            # any other summation order flips some of these decisions, so the sharded result matches
-            # the single-process one to the solver's own accuracy (PG_TOL), not to 1e-6.
+            # float32 PG solvers: the per-group stop ((Q_prev − Q)/(|Q| + 1) < rtol) and the warm-start
+            # fallback compare objectives that differ by float32 noise once the subproblem stalls. Group
+            # sums are order-independent (float64 accumulation), but elementwise ops are not bitwise
+            # shape-independent (e.g. RAMDA's cbrt: vectorized Sleef pow vs the scalar tail of a shard),
+            # so some decisions flip: PG then matches to the solver's accuracy (PG_TOL), not to 1e-6.
             ctol = PG_TOL if (dname == "float32" and opt_name.endswith("_pg")) else tol[dname]
             ref_opt = make_opt(opt_name, param_groups(ref_net, by_layer))
             opt = make_opt(opt_name, param_groups(net, by_layer))
@@ -185,14 +196,19 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
                 off = ssd._row_offset(p)
                 loc = p.to_local()
                 sl = slice(off, off + loc.shape[0])
-                err = rel_err(loc, rp.detach()[sl])
+                err, merr = rel_err(loc, rp.detach()[sl]), max_err(loc, rp.detach()[sl])
                 assert err <= ctol, f"{where} param {tuple(rp.shape)}: rel err {err:.3e}"
+                # elementwise, near-threshold groups amplify rounding (n = ‖z‖ − τλw_g cancels)
+                assert merr <= 10 * ctol, f"{where} param {tuple(rp.shape)}: max err {merr:.3e}"
                 worst[opt_name] = max(worst.get(opt_name, 0.0), err)
+                worst_max[opt_name] = max(worst_max.get(opt_name, 0.0), merr)
                 st, rst = opt.state[p], ref_opt.state[rp]
                 assert set(st) == set(rst), where
                 for key, v in rst.items():
                     if isinstance(v, torch.Tensor):
                         e = rel_err(st[key].to_local(), v[sl])
+                        me = max_err(st[key].to_local(), v[sl])
+                        assert me <= 10 * ctol, f"{where} state {key} {tuple(rp.shape)}: max err {me:.3e}"
                         assert e <= ctol, f"{where} state {key} {tuple(rp.shape)}: rel err {e:.3e}"
                     else:
                         assert st[key] == v, f"{where} scalar {key}: {st[key]} != {v}"
@@ -203,7 +219,11 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
                         continue
                     z, rz = ss.zero_groups(p, gr), ss.zero_groups(rp, gr)
                     assert torch.equal(z, rz), f"{where} zero groups {gr} {tuple(rp.shape)}"
-                    nonzero_patterns += int(rz.any())
+            for name, r in by_layer.items():
+                z = ss.zero_groups(getattr(ref_net, name).weight, r.grouping)
+                acc = zeros.setdefault(opt_name, [0, 0])
+                acc[0] += int(z.sum())
+                acc[1] += z.numel()
             for kw in ({}, {"weighted": True}, {"grouping": "output"}):
                 assert ss.group_sparsity(net, **kw) == ss.group_sparsity(ref_net, **kw), f"{where} {kw}"
             assert ss.group_sparsity(opt) == ss.group_sparsity(ref_opt), where
@@ -217,7 +237,9 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
                 assert stats["calls"] == steps * n_split, f"{where} {stats}"
     if rank == 0:
         print("worst param rel err", world, dtypes, {k: f"{v:.1e}" for k, v in worst.items()}, flush=True)
-    assert nonzero_patterns > 0, "no zero group appeared: the test would not see a wrong prox"
+        print("worst param max err", world, dtypes, {k: f"{v:.1e}" for k, v in worst_max.items()}, flush=True)
+    for name, (z, tot) in zeros.items():  # a test where nothing or everything is zero sees no prox bug
+        assert 0 < z < tot, f"{name}: {z} of {tot} groups zero; retune LAM"
 
 
 TASKS = {"trajectory": task_trajectory}
