@@ -4,7 +4,11 @@ Run with torchrun (every rank holds a dim-0 shard of every weight and its optimi
 norms are global, see :mod:`structsparse.distributed`)::
 
     PYTHONPATH=$PWD torchrun --standalone --nproc_per_node 2 examples/fsdp_train.py \\
-        --optimizer rmda --epochs 30 --lam 1e-3 --ckpt /tmp/fsdp_ckpt
+        --optimizer proxsgd --epochs 15 --lam 4e-3 --ckpt /tmp/fsdp_ckpt
+
+(measured: epoch 15 test_acc 0.82, group sparsity 0.53 (input-wise), 25 s on 2 shared CPU cores).
+RMDA/RAMDA give exact zeros once c = 1 − momentum reaches 1 (SPEC §8): add ``--milestones``
+for RestartScheduler's sqrt ramp.
 
 ``train_fsdp(...)`` is the reusable entry (a CLI can call it inside a torchrun-launched process).
 """
