@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .backends import check_backend, resolve
+from . import distributed
+from .backends import check_backend, reference, resolve
 from .regularizers import Regularizer, regularizer_from_dict
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -132,6 +133,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 )
             if reg is not None:
                 reg.check(p, where)
+            distributed.check_param(p, reg, where)
         if reg is not None and self.needs_screenable_for(group) and not reg.screenable:
             raise ValueError(
                 f"regularizer: {type(reg).__name__} has no exact group solve; "
@@ -188,6 +190,10 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return out
 
     def _all_finite(self, grads: list[Tensor]) -> bool:
+        return distributed.all_finite(grads, self._all_finite_local)
+
+    @staticmethod
+    def _all_finite_local(grads: list[Tensor]) -> bool:
         by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
         for g in grads:
             if g.numel():  # the inf-norm of an empty tensor raises
@@ -232,7 +238,12 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 backend = resolve(group["backend"], device)
                 params = [p for p, _ in bucket]
                 grads = [g for _, g in bucket]
-                self.step_bucket(backend, group, params, grads, [self.state[p] for p in params])
+                states = [self.state[p] for p in params]
+                # FSDP2 shards: local views + global group reductions (structsparse.distributed)
+                with distributed.sharded_bucket(group["regularizer"], params, grads, states) as local:
+                    if local[0] is not params and not getattr(backend, "supports_shards", False):
+                        backend = reference
+                    self.step_bucket(backend, group, *local)
         return loss
 
     def step_bucket(
@@ -253,10 +264,18 @@ class StructuredOptimizer(torch.optim.Optimizer):
             g["regularizer"] = None if reg is None else reg.to_dict()
         sd["algorithm"] = self.algorithm
         sd["skipped_steps"] = self.skipped_steps
+        # torch.distributed.checkpoint keeps only "state" and "param_groups": repeat both there
+        for g in sd["param_groups"]:
+            g["algorithm"] = self.algorithm
+            g["skipped_steps"] = self.skipped_steps
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         sd = dict(state_dict)
+        sd["param_groups"] = [dict(g) for g in sd["param_groups"]]
+        in_groups = [(g.pop("algorithm", None), g.pop("skipped_steps", 0)) for g in sd["param_groups"]]
+        if "algorithm" not in sd and in_groups:  # saved through torch.distributed.checkpoint
+            sd["algorithm"], sd["skipped_steps"] = in_groups[0]
         algo = sd.pop("algorithm", None)
         if algo != self.algorithm:
             raise ValueError(

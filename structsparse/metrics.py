@@ -2,6 +2,10 @@
 
 Each metric takes a model (its regularizable weights, see :func:`structsparse.params.regularizable_weights`),
 an optimizer (its regularized parameters, each with its own grouping), or an iterable of tensors.
+
+FSDP2 (dim-0 sharded DTensor) parameters give the metrics of the global tensors: zero groups and
+zero counts are combined with one small all-reduce per tensor (every rank must call the metric);
+:func:`low_rank_level` gathers each sharded matrix for its SVD (a metric, not a training step).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .grouping import Grouping, check_grouping, fits, group_view
 from .params import regularizable_weights
 from .regularizers import NuclearNorm
@@ -42,7 +47,10 @@ def _tensors_with_grouping(obj: Any, grouping: Grouping) -> list[tuple[Tensor, G
 
 
 def zero_groups(w: Tensor, grouping: Grouping) -> Tensor:
-    """Boolean ``[G]``: which groups of ``w`` are entirely zero."""
+    """Boolean ``[G]``: which groups of ``w`` are entirely zero (of the global tensor for an FSDP2
+    shard; then a collective every rank must call)."""
+    if distributed.is_sharded(w):
+        return distributed.zero_groups(w, grouping)
     x3 = w.detach().reshape(group_view(grouping, w.shape))
     return (x3 == 0).all(dim=2).all(dim=0) if x3.numel() else torch.zeros(x3.shape[1], dtype=torch.bool)
 
@@ -92,7 +100,7 @@ def unstructured_sparsity(obj: Any) -> float:
     """Fraction of exact zeros over all parameters (a model's, an optimizer's, or the tensors given)."""
     ts = _all_tensors(obj)
     total = sum(t.numel() for t in ts)
-    return sum(int((t.detach() == 0).sum()) for t in ts) / total if total else 0.0
+    return sum(distributed.count_zeros(t) for t in ts) / total if total else 0.0
 
 
 def low_rank_level(obj: Any, rtol: float | None = None) -> float:
@@ -112,6 +120,8 @@ def low_rank_level(obj: Any, rtol: float | None = None) -> float:
         ws = [t for t in _all_tensors(obj) if t.dim() >= 2]
     zero = total = 0
     for w in ws:
+        if distributed.is_sharded(w):  # the SVD needs the whole matrix (metric only, not a step)
+            w = w.full_tensor()
         m = w.detach().reshape(w.shape[0], -1)
         if m.numel() == 0:
             continue

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .distributed import global_shape, group_sum
 from .grouping import Grouping, check_grouping, group_view
 
 __all__ = [
@@ -50,8 +51,8 @@ def _as_group_tau(tau: Tensor | float, x3: Tensor) -> Tensor:
 
 
 def _group_norms(x3: Tensor) -> Tensor:
-    """Euclidean norm of every group of an [A, G, B] view, shape [1, G, 1]."""
-    return x3.pow(2).sum(dim=(0, 2), keepdim=True).sqrt()
+    """Euclidean norm of every group of an [A, G, B] view, shape [1, G, 1] (global when sharded)."""
+    return group_sum(x3.pow(2), keepdim=True).sqrt()
 
 
 def _shrink(x3: Tensor, norms: Tensor, thr: Tensor) -> Tensor:
@@ -84,8 +85,9 @@ class Regularizer:
             raise ValueError(f"{type(self).__name__} on {where} of shape {tuple(param.shape)}: {e}") from None
 
     def group_weight(self, shape: tuple[int, ...] | torch.Size) -> float:
-        """``w_g = sqrt(|g|) = sqrt(A·B)``; the same for every group of a tensor."""
-        a, _, b = self.view_shape(shape)
+        """``w_g = sqrt(|g|) = sqrt(A·B)``; the same for every group of a tensor (of the global
+        tensor when ``shape`` is a shard's, see :mod:`structsparse.distributed`)."""
+        a, _, b = self.view_shape(global_shape(shape))
         return math.sqrt(a * b)
 
     def as_groups(self, w: Tensor) -> Tensor:
@@ -166,7 +168,7 @@ class SparseGroupLasso(Regularizer):
         object.__setattr__(self, "grouping", check_grouping(self.grouping))
 
     def group_values(self, x3, shape):
-        l1 = x3.abs().sum(dim=(0, 2))
+        l1 = group_sum(x3.abs())
         return self.lam_l1 * l1 + self.lam_group * self.group_weight(shape) * _group_norms(x3).view(-1)
 
     def prox_groups(self, x3, tau, shape):

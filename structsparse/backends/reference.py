@@ -7,6 +7,10 @@ advanced the per-tensor counters (``steps``: t, ``alphas``: α) before calling.
 
 Low-precision parameters (fp16/bf16) keep fp32 state; the math runs in the state's dtype and the
 result is rounded into the parameter once per step.
+
+Sharding: every reduction over a group's elements goes through ``group_sum``/``group_max`` and each
+tensor is processed inside ``tensor_scope(param)``; in a single process these are plain sums and
+no-ops, on FSDP2 shards they make the reductions global (see :mod:`structsparse.distributed`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..distributed import batched, group_max, group_sum, tensor_scope
 from ..regularizers import Regularizer
 
 # Newton on φ(r) (SPEC §4) stops when a step no longer increases r by more than this many ulps.
@@ -53,13 +58,13 @@ def subproblem_objective(
 ) -> Tensor:
     """Q restricted to each group, shape [G]."""
     d = x3 - w03
-    smooth = (v3 * d + 0.5 * p3 * d * d).sum(dim=(0, 2))
+    smooth = group_sum(v3 * d + 0.5 * p3 * d * d)
     return smooth + a * reg.group_values(x3, shape)
 
 
 def screen(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape) -> Tensor:
     """Exact screening for group LASSO: ``W̃_g = 0`` iff ``‖P⊙W0 − V‖_g ≤ T_g = a·λ·w_g``. Shape [G]."""
-    pz_norm = (p3 * w03 - v3).pow(2).sum(dim=(0, 2)).sqrt()
+    pz_norm = group_sum((p3 * w03 - v3).pow(2)).sqrt()
     return pz_norm <= a * reg.lam * reg.group_weight(shape)  # type: ignore[attr-defined]
 
 
@@ -75,9 +80,9 @@ def newton_group_lasso(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regul
     thr = a * reg.lam * reg.group_weight(shape)  # type: ignore[attr-defined]
     if thr == 0:
         return w03 - v3 / p3
-    pz_norm = pz.pow(2).sum(dim=(0, 2)).sqrt()
+    pz_norm = group_sum(pz.pow(2)).sqrt()
     kept = pz_norm > thr
-    pmax = p3.amax(dim=(0, 2)) if p3.numel() else torch.ones_like(pz_norm)
+    pmax = group_max(p3)
     r = ((pz_norm - thr) / pmax).clamp_min(0)
     tol = NEWTON_ULPS * torch.finfo(pz.dtype).eps
     active = kept.clone()
@@ -86,8 +91,9 @@ def newton_group_lasso(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regul
             break
         den = p3 * r.view(1, -1, 1) + thr
         q = pz / den
-        phi = q.pow(2).sum(dim=(0, 2)) - 1
-        dphi = -2 * (q.pow(2) * p3 / den).sum(dim=(0, 2))
+        sq, wsq = group_sum(q.pow(2), q.pow(2) * p3 / den)
+        phi = sq - 1
+        dphi = -2 * wsq
         delta = -phi / dphi
         step_ok = active & (delta > tol * r)
         r = torch.where(step_ok, r + delta, r)
@@ -117,9 +123,9 @@ def proximal_gradient(
     objective is above its warm start's gets its warm start back.
     """
     g = v3.shape[1]
-    if g == 0 or v3.numel() == 0:
+    if g == 0:
         return x03.clone()
-    eta = 1.0 / p3.amax(dim=(0, 2))
+    eta = 1.0 / group_max(p3)
     if reg.nonconvex:
         eta = eta / 2
     eta3 = eta.view(1, -1, 1)
@@ -167,6 +173,24 @@ def solve_subproblem(
     return x3.reshape(shape)
 
 
+def prox_bucket(
+    reg: Regularizer | None, params: Sequence[Tensor], zs: Sequence[Tensor], taus: Sequence[float]
+) -> list[Tensor]:
+    """``prox_{tau·ψ}(z)`` of every tensor of a bucket (the closed-form prox of RMDA/ProxSGD).
+    On shards, the group norms of the whole bucket are all-reduced together (``batched``)."""
+    if reg is None:
+        return list(zs)
+
+    def run() -> list[Tensor]:
+        out = []
+        for p, z, tau in zip(params, zs, taus):
+            with tensor_scope(p):
+                out.append(reg.prox(z, tau))
+        return out
+
+    return batched(run)
+
+
 # ---------------------------------------------------------------------------------------------
 # RMDA (SPEC §3)
 # ---------------------------------------------------------------------------------------------
@@ -185,13 +209,14 @@ def rmda_step(
     reg: Regularizer | None,
 ) -> None:
     """``s = lr·sqrt(t)``; ``V ← V + s·g``; ``W̃ = prox_{(α/sqrt t)ψ}(W0 − V/sqrt t)``; ``W ← (1−c)W + cW̃``."""
-    for p, g, w0, v, t, alpha in zip(params, grads, anchors, grad_sums, steps, alphas):
-        w = _work(p, v.dtype)
+    zs, taus = [], []
+    for g, w0, v, t, alpha in zip(grads, anchors, grad_sums, steps, alphas):
         s = lr * math.sqrt(t)
         v.add_(g.to(v.dtype), alpha=s)
-        z = w0 - v / math.sqrt(t)
-        w_tilde = z if reg is None else reg.prox(z, alpha / math.sqrt(t))
-        _store(p, _mix(w, w_tilde, c))
+        zs.append(w0 - v / math.sqrt(t))
+        taus.append(alpha / math.sqrt(t))
+    for p, v, w_tilde in zip(params, grad_sums, prox_bucket(reg, params, zs, taus)):
+        _store(p, _mix(_work(p, v.dtype), w_tilde, c))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +252,8 @@ def ramda_step(
         if reg is None:
             w_tilde = w0 - v / pc
         else:
-            w_tilde = solve_subproblem(v, pc, w0, w, alpha, reg, solver, max_iters, rtol)
+            with tensor_scope(p):
+                w_tilde = solve_subproblem(v, pc, w0, w, alpha, reg, solver, max_iters, rtol)
         _store(p, _mix(w, w_tilde, c))
 
 
@@ -246,11 +272,12 @@ def proxsgd_step(
     reg: Regularizer | None,
 ) -> None:
     """``b ← (1 − c)·b + c·g`` (b starts at 0); ``W ← prox_{lr·ψ}(W − lr·b)``."""
+    ys = []
     for p, g, b in zip(params, grads, momentum_buffers):
-        w = _work(p, b.dtype)
         b.mul_(1 - c).add_(g.to(b.dtype), alpha=c)
-        y = w - lr * b
-        _store(p, w.copy_(y if reg is None else reg.prox(y, lr)))
+        ys.append(_work(p, b.dtype) - lr * b)
+    for p, y in zip(params, prox_bucket(reg, params, ys, [lr] * len(ys))):
+        p.copy_(y)
 
 
 def _adam_moments(g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float) -> None:
@@ -288,7 +315,8 @@ def proxgen_step(
         if reg is None:
             new = w - lin / d
         else:
-            new = solve_subproblem(lin, d, w, w, lr, reg, solver, max_iters, rtol)
+            with tensor_scope(p):
+                new = solve_subproblem(lin, d, w, w, lr, reg, solver, max_iters, rtol)
         _store(p, w.copy_(new))
 
 
@@ -318,7 +346,8 @@ def proxssi_step(
         w.addcdiv_(m, denom, value=-lr * math.sqrt(bc2) / bc1)
         w.add_(w, alpha=-lr * weight_decay)
         if reg is not None:
-            w.copy_(solve_subproblem(torch.zeros_like(w), denom, w, w, lr, reg, "exact", 0, 0.0))
+            with tensor_scope(p):
+                w.copy_(solve_subproblem(torch.zeros_like(w), denom, w, w, lr, reg, "exact", 0, 0.0))
         _store(p, w)
 
 

@@ -1,0 +1,355 @@
+"""Sharded training: exact *global* group reductions under FSDP2 (and plain DDP).
+
+Under FSDP2 (``torch.distributed.fsdp.fully_shard``) each parameter is a DTensor sharded on dim 0
+over a 1-D device mesh; a rank holds the contiguous rows ``[r0, r1)`` (possibly none: uneven shards
+are padded by FSDP2, the local tensor is the unpadded slice). Every grouping of SPEC §1 is an
+``[A, G, B]`` view of the contiguous tensor, and the *local* shard viewed with its own shape is the
+right local view of the same groups:
+
+============================  ===================  ==========================================
+grouping                      local view           communication
+============================  ===================  ==========================================
+``"output"`` ``[1, out, in]``  ``[1, out_loc, in]``  none: a rank owns whole groups ("aligned")
+``"kernel"``, ``"element"``    ``[1, G_loc, B]``     none ("aligned")
+``"input"`` ``[out, in, k]``   ``[out_loc, in, k]``  per-group partial sums, all-reduced ("split")
+tuple dims with 0 in them      ``[A_loc, G, B]``     split
+tuple dims without 0           ``[1, G_loc, B]``     aligned
+NuclearNorm                    —                   unsupported on a sharded parameter (ValueError)
+============================  ===================  ==========================================
+
+A grouping *splits* a group across ranks iff dim 0 is one of its norm dims. The group weight
+``w_g = sqrt(A·B)`` always comes from the *global* shape.
+
+**The hook.** The math (``backends/reference.py``, ``regularizers.py``) does every reduction over
+the elements of a group through :func:`group_sum` / :func:`group_max` (local reduction over dims
+0 and 2 of the view, then :func:`reduce_groups`) and asks :func:`global_shape` for group weights.
+In a single process (no shard scope) these are plain ``sum``/``amax`` and the identity. Inside
+``with tensor_scope(local_param):`` for a split grouping, :func:`reduce_groups` all-reduces the
+``[G]`` partial sums over the shard's process group — so every rank sees the global group norms,
+screening decisions, Newton ``φ(r)`` sums and PG objectives, and all ranks take the same branches.
+
+Communication per step (one bucket, ``G`` groups summed over the bucket's split tensors, ``S``
+bytes per element: 8 for float64 *and* float32/half state, whose group sums accumulate in float64 —
+see :func:`group_sum` —; ``max P`` reductions use the state dtype; aligned groupings and
+unregularized params send nothing):
+
+- RMDA, ProxSGD: **one** all-reduce of ``G·S`` bytes per bucket (:func:`batched`: the pure prox of
+  the bucket is run once recording its partial sums, one all-reduce, then run again on the reduced
+  sums; run-twice costs local flops only, no communication).
+- RAMDA/ProxGen ``solver="exact"``, ProxSSI: per tensor one SUM (screening norms) and one MAX
+  (``max P``) all-reduce of ``G`` elements, then one all-reduce of ``2G`` (``φ``, ``φ'``) per Newton
+  iteration (typically 3–8).
+- RAMDA/ProxGen ``solver="pg"``: per tensor one MAX (step sizes), one SUM (screening), two pairs of
+  SUMs for the initial objectives, then three all-reduces of ``G`` per PG iteration (prox norms,
+  smooth part and ψ of the objective).
+- Skipping non-finite steps (``skip_nonfinite=True``) adds one 1-element all-reduce per step.
+
+Never an all-gather of parameters. :func:`comm_stats` counts calls and bytes by purpose.
+
+**Backends.** A backend module that sets ``supports_shards = True`` promises to route its
+per-group reductions through :func:`group_sum`/:func:`group_max`/:func:`reduce_groups` (or to
+call :func:`reduce_groups` on its own ``[G]`` partial sums between its reduction and apply phases)
+inside :func:`tensor_scope`. Sharded buckets on any other backend run on ``reference`` (the fused
+backends do not support shards yet).
+
+**DDP** needs nothing: gradients are averaged by DDP, parameters and state are replicated, every
+rank computes the same step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+try:  # DTensor is public from torch 2.5
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # pragma: no cover
+    DTensor = None  # type: ignore[assignment,misc]
+    Shard = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "ShardInfo",
+    "is_sharded",
+    "check_param",
+    "sharded_bucket",
+    "tensor_scope",
+    "global_shape",
+    "group_sum",
+    "group_max",
+    "reduce_groups",
+    "batched",
+    "comm_stats",
+    "zero_groups",
+    "count_zeros",
+    "reset_comm_stats",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """How one local shard relates to its global tensor."""
+
+    global_shape: torch.Size
+    group: Any  # torch.distributed ProcessGroup
+    #: the grouping splits groups across ranks (partial sums must be all-reduced)
+    split: bool
+
+
+# id(local tensor) -> ShardInfo, for the bucket being stepped
+_scopes: dict[int, ShardInfo] = {}
+_current: ShardInfo | None = None
+# batched(): None, ("record", list) or ("replay", iterator)
+_mode: tuple[str, Any] | None = None
+
+_stats: dict[str, dict[str, int]] = {}
+
+
+# -- communication ---------------------------------------------------------------------------------
+def _all_reduce(t: Tensor, op: str, group: Any, purpose: str) -> Tensor:
+    """The one place collectives are issued (counted in :func:`comm_stats`)."""
+    st = _stats.setdefault(purpose, {"calls": 0, "bytes": 0})
+    st["calls"] += 1
+    st["bytes"] += t.numel() * t.element_size()
+    t = t.contiguous()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def comm_stats() -> dict[str, dict[str, int]]:
+    """Collectives issued by structsparse since :func:`reset_comm_stats`, by purpose
+    (``"groups"``: group reductions of the steps; ``"finite"``: the non-finite check; ``"metrics"``)."""
+    return {k: dict(v) for k, v in _stats.items()}
+
+
+def reset_comm_stats() -> None:
+    _stats.clear()
+
+
+# -- parameters ------------------------------------------------------------------------------------
+def is_sharded(t: Any) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor, the tensor itself otherwise."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def _splits(view_shape: Callable[[Sequence[int]], tuple[int, int, int]], shape: Sequence[int]) -> bool:
+    shape = tuple(shape)
+    probe = (2, *shape[1:])  # dim 0 in the norm dims  <=>  the view's A or B takes dim 0
+    a, _, b = view_shape(probe)
+    return a > 1 or b > math.prod(shape[1:])
+
+
+def splits_groups(reg: Any, shape: Sequence[int]) -> bool:
+    """Whether ``reg``'s grouping puts elements of one group on several dim-0 shards."""
+    return reg is not None and _splits(reg.view_shape, shape)
+
+
+def _row_offset(p: Tensor) -> int:
+    """First global row (dim 0) of this rank's shard."""
+    try:
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        return int(compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)[1][0])
+    except ImportError:  # pragma: no cover - torch.chunk's rule, as DTensor's Shard(0)
+        n, w, r = p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank()
+        return min(r * -(-n // w), n)
+
+
+def zero_groups(w: Tensor, grouping: Any) -> Tensor:
+    """Boolean ``[G]`` of the *global* tensor ``w`` (a dim-0 sharded DTensor): which groups are
+    entirely zero. One all-reduce of ``G`` int32 (a collective: every rank must call it)."""
+    from .grouping import group_view
+
+    check_param(w, None, "metric")
+    loc = w.to_local().detach()
+    _, g, _ = group_view(grouping, w.shape)
+    lv = group_view(grouping, loc.shape)
+    x3 = loc.reshape(lv)
+    nz = (x3 != 0).any(dim=2).any(dim=0) if x3.numel() else torch.zeros(lv[1], dtype=torch.bool)
+    if _splits(lambda s: group_view(grouping, s), w.shape):
+        counts = nz.to(torch.int32)
+    else:  # whole groups are local: place them at their global offset
+        per_row = g // w.shape[0] if w.shape[0] else 0
+        off = _row_offset(w) * per_row
+        counts = torch.zeros(g, dtype=torch.int32, device=loc.device)
+        counts[off : off + nz.numel()] = nz.to(torch.int32)
+    return _all_reduce(counts, "sum", _group_of(w), "metrics") == 0
+
+
+def count_zeros(t: Tensor) -> int:
+    """Exact zeros of a tensor; global (one all-reduce) for a sharded DTensor."""
+    n = (local(t).detach() == 0).sum()
+    if is_sharded(t):
+        n = _all_reduce(n.reshape(1).to(torch.int64), "sum", _group_of(t), "metrics")
+    return int(n.sum())
+
+
+def _group_of(p: Tensor) -> Any:
+    mesh = p.device_mesh
+    return mesh.get_group() if mesh.ndim == 1 else None
+
+
+def check_param(p: Tensor, reg: Any, where: str) -> None:
+    """Raise ValueError for a sharded parameter this package cannot step exactly."""
+    if not is_sharded(p):
+        return
+    if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
+        raise ValueError(
+            f"{where}: sharded parameter with placements {tuple(p.placements)} on a "
+            f"{p.device_mesh.ndim}-D mesh; structsparse supports DTensor parameters sharded on dim 0 "
+            "over a 1-D mesh (FSDP2's default fully_shard), or replicated parameters (DDP)"
+        )
+    if reg is not None and getattr(reg, "name", "") == "nuclear":
+        raise ValueError(
+            f"{where}: NuclearNorm needs the SVD of the whole matrix and cannot be applied to a "
+            "dim-0 sharded parameter without gathering it; leave this module out of fully_shard "
+            "(or use a group regularizer)"
+        )
+
+
+@contextmanager
+def sharded_bucket(
+    reg: Any, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+) -> Iterator[tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]]:
+    """Local views of a bucket for the backend, with a :func:`tensor_scope` registered per sharded
+    parameter. Scalar state (``step``, ``alpha``) advanced on the views is written back on exit.
+    A bucket without DTensors is yielded unchanged."""
+    if not any(is_sharded(p) for p in params):
+        yield params, grads, states
+        return
+    lp, lg, ls = [], [], []
+    for p, g, st in zip(params, grads, states):
+        if not is_sharded(p):
+            lp.append(p), lg.append(g), ls.append(st)
+            continue
+        check_param(p, reg, "param")
+        if not is_sharded(g) or tuple(g.placements) != tuple(p.placements):
+            raise ValueError(
+                f"gradient of a sharded parameter must be a DTensor with its placements "
+                f"{tuple(p.placements)}, got {type(g).__name__}"
+            )
+        loc = p.to_local()
+        lp.append(loc)
+        lg.append(g.to_local())
+        ls.append({k: (v.to_local() if is_sharded(v) else v) for k, v in st.items()})
+        _scopes[id(loc)] = ShardInfo(p.shape, _group_of(p), splits_groups(reg, p.shape))
+    try:
+        yield lp, lg, ls
+    finally:
+        for st, lst in zip(states, ls):
+            if lst is not st:
+                for k, v in lst.items():
+                    if not isinstance(v, Tensor):
+                        st[k] = v
+        for loc in lp:
+            _scopes.pop(id(loc), None)
+
+
+@contextmanager
+def tensor_scope(param: Tensor) -> Iterator[None]:
+    """Reductions inside refer to the groups of ``param`` (a local shard registered by
+    :func:`sharded_bucket`); a no-op for an unregistered tensor."""
+    global _current
+    prev, _current = _current, _scopes.get(id(param))
+    try:
+        yield
+    finally:
+        _current = prev
+
+
+def all_finite(grads: Sequence[Tensor], local_check: Callable[[list[Tensor]], bool]) -> bool:
+    """``local_check`` on the local shards, agreed by every rank holding a sharded gradient."""
+    ok = local_check([local(g) for g in grads])
+    groups = {id(_group_of(g)): _group_of(g) for g in grads if is_sharded(g)}
+    for grp in groups.values():
+        flag = _all_reduce(torch.tensor([0.0 if ok else 1.0]), "max", grp, "finite")
+        ok = bool(flag.item() == 0)
+    return ok
+
+
+# -- the hook --------------------------------------------------------------------------------------
+def global_shape(shape: Sequence[int]) -> Sequence[int]:
+    """The global shape of the tensor in scope (``shape`` itself outside a scope)."""
+    return _current.global_shape if _current is not None else shape
+
+
+def reduce_groups(partial: Tensor, op: str = "sum") -> Tensor:
+    """Identity in a single process or for an aligned grouping; otherwise the all-reduce
+    (``op`` ``"sum"`` or ``"max"``) of per-group partials over the shard's process group."""
+    info = _current
+    if info is None or not info.split:
+        return partial
+    if _mode is not None:
+        kind, buf = _mode
+        if kind == "record":
+            buf.append((partial, op, info.group))
+            return partial
+        return next(buf)
+    return _all_reduce(partial, op, info.group, "groups")
+
+
+def group_sum(*t3s: Tensor, keepdim: bool = False) -> Any:
+    """Per-group sums over dims 0 and 2 of ``[A, G, B]`` views (global under sharding). Several
+    tensors are reduced in one collective; returns one tensor or a tuple.
+
+    float32/half inputs are accumulated (and all-reduced) in float64 and rounded once: the result
+    is then (almost always) the correctly rounded sum whatever the order, so a sharded run takes
+    the same screening/threshold/stopping decisions as the single-process one."""
+    dt = t3s[0].dtype
+    acc = torch.float64 if dt in (torch.float32, torch.float16, torch.bfloat16) else dt
+    sums = [t.sum(dim=(0, 2), keepdim=keepdim, dtype=acc) for t in t3s]
+    if len(sums) == 1:
+        return reduce_groups(sums[0]).to(dt)
+    stacked = reduce_groups(torch.stack(sums)).to(dt)
+    return tuple(stacked.unbind(0))
+
+
+def group_max(t3: Tensor) -> Tensor:
+    """Per-group max over dims 0 and 2 (global under sharding); ``-inf`` for an empty local group."""
+    if t3.shape[0] * t3.shape[2] == 0:
+        m = t3.new_full((t3.shape[1],), -math.inf)
+    else:
+        m = t3.amax(dim=(0, 2))
+    return reduce_groups(m, "max")
+
+
+def batched(fn: Callable[[], T]) -> T:
+    """Run ``fn`` — a pure function (no side effects) whose reductions do not steer its control
+    flow, e.g. the prox of every tensor of a bucket — with all its group reductions in one
+    all-reduce per (op, process group): ``fn`` runs once recording its partial sums, they are
+    reduced together, and ``fn`` runs again consuming the reduced values. Outside sharding (or
+    with aligned groupings only) ``fn`` just runs once."""
+    global _mode
+    if not any(info.split for info in _scopes.values()):
+        return fn()
+    rec: list[tuple[Tensor, str, Any]] = []
+    _mode = ("record", rec)
+    try:
+        fn()
+    finally:
+        _mode = None
+    reduced: list[Tensor | None] = [None] * len(rec)
+    keys: dict[tuple[str, int, torch.dtype], list[int]] = {}
+    for i, (t, op, grp) in enumerate(rec):
+        keys.setdefault((op, id(grp), t.dtype), []).append(i)
+    for (op, _, _), idx in keys.items():
+        flat = _all_reduce(torch.cat([rec[i][0].reshape(-1) for i in idx]), op, rec[idx[0]][2], "groups")
+        for i, part in zip(idx, flat.split([rec[i][0].numel() for i in idx])):
+            reduced[i] = part.view_as(rec[i][0])
+    _mode = ("replay", iter(reduced))
+    try:
+        return fn()
+    finally:
+        _mode = None

@@ -1,0 +1,440 @@
+"""Multi-process workers of tests/test_distributed.py (gloo on 127.0.0.1, CPU).
+
+Each task runs in every rank; the single-process reference run is computed inside each rank on
+plain tensors (no communication) and compared with the rank's shard. Failures raise, which
+torch.multiprocessing.spawn re-raises in the test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import structsparse as ss
+from structsparse import distributed as ssd
+
+REF = {"backend": "reference"}
+
+OPTS = {
+    "rmda": (ss.RMDA, dict(lr=0.05, momentum=0.0)),
+    "ramda_pg": (ss.RAMDA, dict(lr=0.05, momentum=0.0, solver="pg", max_iters=20)),
+    "ramda_exact": (ss.RAMDA, dict(lr=0.05, momentum=0.0, solver="exact")),
+    "proxsgd": (ss.ProxSGD, dict(lr=0.05, momentum=0.5)),
+    "proxgen_pg": (ss.ProxGen, dict(lr=2e-2, weight_decay=1e-3, max_iters=20)),
+    "proxgen_exact": (ss.ProxGen, dict(lr=2e-2, solver="exact")),
+    "proxssi": (ss.ProxSSI, dict(lr=2e-2, weight_decay=1e-3)),
+}
+SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")
+
+
+PG_TOL = 1e-3
+
+# λ per algorithm so that some, not all, groups are zero after 20 steps (asserted)
+LAM = {"rmda": 0.4, "ramda_pg": 0.4, "ramda_exact": 0.4, "proxsgd": 0.6, "proxssi": 0.04}
+LAM_ADAM = 0.5
+
+
+def regs(lam: float) -> dict[str, dict[str, ss.Regularizer]]:
+    """Per case, a regularizer per weight (fc (7, 5), conv (5, 3, 3, 3), small (2, 4)): together
+    every grouping — named and as norm dims, split across shards or aligned with them."""
+    return {
+        "A": {
+            "fc": ss.GroupLasso(lam, "input"),  # split
+            "conv": ss.GroupLasso(lam, (0, 2, 3)),  # channel-wise as dims: split
+            "small": ss.GroupLasso(lam, "output"),  # aligned (an empty shard with 3 ranks)
+        },
+        "B": {
+            "fc": ss.L1(lam / 4),  # element: aligned
+            "conv": ss.GroupLasso(lam, "kernel"),  # aligned
+            "small": ss.GroupLasso(lam, (0,)),  # input-wise as dims: split, an empty shard
+        },
+        "C": {  # not screenable: RMDA, ProxSGD and the PG solvers
+            "fc": ss.SparseGroupLasso(lam / 4, lam, "input"),
+            "conv": ss.GroupMCP(lam, 4.0, "input"),
+            "small": ss.MCP(lam / 4, 4.0),
+        },
+    }
+
+
+def cases(names=None):
+    for opt in OPTS:
+        lam = LAM.get(opt, LAM_ADAM)
+        for cname, by_layer in regs(lam).items():
+            if opt in SCREENABLE_ONLY and not all(r.screenable for r in by_layer.values()):
+                continue
+            if names is not None and cname not in names:
+                continue
+            yield opt, cname, by_layer
+
+
+def param_groups(net, by_layer):
+    groups = [{"params": [getattr(net, n).weight], "regularizer": r} for n, r in by_layer.items()]
+    groups.append({"params": [m.bias for m in (net.fc, net.conv, net.small)], "regularizer": None})
+    return groups
+
+
+class Net(nn.Module):
+    """Odd row counts: 7 (3 ranks: 3/3/1), 5 (2/2/1), 2 (1/1/0: an empty shard)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 7)
+        self.conv = nn.Conv2d(3, 5, 3)
+        self.small = nn.Linear(4, 2)
+
+    def forward(self, x):  # only for the checkpoint task
+        return self.small(torch.relu(self.fc(x))[:, :4])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+
+
+def entry(rank: int, world: int, port: int, task: str, args: dict) -> None:
+    init(rank, world, port)
+    try:
+        TASKS[task](rank, world, **args)
+    finally:
+        dist.destroy_process_group()
+
+
+def mesh_of(world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cpu", (world,))
+
+
+def make_net(dtype: torch.dtype, seed: int = 0) -> Net:
+    torch.manual_seed(seed)
+    return Net().to(dtype)
+
+
+def make_opt(name: str, params, **kw):
+    cls, d = OPTS[name]
+    return cls(params, **{**d, **REF, **kw})
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Norm-wise relative error ``‖a − b‖₂ / ‖b‖₂`` of a tensor (0 for empty/zero tensors that match)."""
+    a, b = a.detach().double(), b.detach().double()
+    d = float((a - b).norm())
+    return d / max(float(b.norm()), 1e-300) if d else 0.0
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Elementwise error relative to the tensor's largest entry, ``max|a − b| / max|b|`` (stricter)."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300) if a.numel() else 0.0
+
+
+def fake_grads(shapes, dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+
+
+# ----------------------------------------------------------------------------------------------
+def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20) -> None:
+    """Every optimizer x regularizer: FSDP2 shards vs the single-process run, 20 steps, restart at 10."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = mesh_of(world)
+    tol = {"float32": 1e-6, "float64": 1e-12}
+    worst: dict[str, float] = {}
+    worst_max: dict[str, float] = {}
+    zeros: dict[str, list[int]] = {}  # optimizer -> [zero groups, groups] of the regularized weights
+    for dname in dtypes:
+        dtype = getattr(torch, dname)
+        for k, (opt_name, rname, by_layer) in enumerate(cases(names)):
+            ref_net = make_net(dtype)
+            net = make_net(dtype)
+            fully_shard(net, mesh=mesh)
+            # float32 PG solvers: the per-group stop ((Q_prev − Q)/(|Q| + 1) < rtol) and the warm-start
+            # fallback compare objectives that differ by float32 noise once the subproblem stalls. Group
+            # sums are order-independent (float64 accumulation), but elementwise ops are not bitwise
+            # shape-independent (e.g. RAMDA's cbrt: vectorized Sleef pow vs the scalar tail of a shard),
+            # so some decisions flip: PG then matches to the solver's accuracy (PG_TOL), not to 1e-6.
+            ctol = PG_TOL if (dname == "float32" and opt_name.endswith("_pg")) else tol[dname]
+            ref_opt = make_opt(opt_name, param_groups(ref_net, by_layer))
+            opt = make_opt(opt_name, param_groups(net, by_layer))
+            ref_ps = list(ref_net.parameters())
+            ps = list(net.parameters())
+            ssd.reset_comm_stats()
+            for t in range(steps):
+                if t == steps // 2:
+                    ref_opt.restart()
+                    opt.restart()
+                gs = fake_grads([p.shape for p in ref_ps], dtype, seed=1000 * k + t)
+                for p, rp, g in zip(ps, ref_ps, gs):
+                    rp.grad = g.clone()
+                    p.grad = distribute_tensor(g, mesh, [Shard(0)], src_data_rank=None)
+                ref_opt.step()
+                opt.step()
+            stats = ssd.comm_stats().get("groups", {"calls": 0, "bytes": 0})
+            where = f"[{dname} {opt_name} {rname} rank {rank}/{world}]"
+            # parameters and all state, shard by shard
+            for p, rp in zip(ps, ref_ps):
+                off = ssd._row_offset(p)
+                loc = p.to_local()
+                sl = slice(off, off + loc.shape[0])
+                err, merr = rel_err(loc, rp.detach()[sl]), max_err(loc, rp.detach()[sl])
+                assert err <= ctol, f"{where} param {tuple(rp.shape)}: rel err {err:.3e}"
+                # elementwise, near-threshold groups amplify rounding (n = ‖z‖ − τλw_g cancels)
+                assert merr <= 10 * ctol, f"{where} param {tuple(rp.shape)}: max err {merr:.3e}"
+                worst[opt_name] = max(worst.get(opt_name, 0.0), err)
+                worst_max[opt_name] = max(worst_max.get(opt_name, 0.0), merr)
+                st, rst = opt.state[p], ref_opt.state[rp]
+                assert set(st) == set(rst), where
+                for key, v in rst.items():
+                    if isinstance(v, torch.Tensor):
+                        e = rel_err(st[key].to_local(), v[sl])
+                        me = max_err(st[key].to_local(), v[sl])
+                        assert me <= 10 * ctol, f"{where} state {key} {tuple(rp.shape)}: max err {me:.3e}"
+                        assert e <= ctol, f"{where} state {key} {tuple(rp.shape)}: rel err {e:.3e}"
+                    else:
+                        assert st[key] == v, f"{where} scalar {key}: {st[key]} != {v}"
+            # identical zero groups and global metrics
+            for p, rp in zip(ps, ref_ps):
+                for gr in ("input", "output", "element", "kernel"):
+                    if not ss.grouping.fits(gr, rp.shape):
+                        continue
+                    z, rz = ss.zero_groups(p, gr), ss.zero_groups(rp, gr)
+                    assert torch.equal(z, rz), f"{where} zero groups {gr} {tuple(rp.shape)}"
+            for name, r in by_layer.items():
+                z = ss.zero_groups(getattr(ref_net, name).weight, r.grouping)
+                acc = zeros.setdefault(opt_name, [0, 0])
+                acc[0] += int(z.sum())
+                acc[1] += z.numel()
+            for kw in ({}, {"weighted": True}, {"grouping": "output"}):
+                assert ss.group_sparsity(net, **kw) == ss.group_sparsity(ref_net, **kw), f"{where} {kw}"
+            assert ss.group_sparsity(opt) == ss.group_sparsity(ref_opt), where
+            assert ss.kernel_sparsity(net) == ss.kernel_sparsity(ref_net), where
+            assert ss.unstructured_sparsity(net) == ss.unstructured_sparsity(ref_net), where
+            # communication: RMDA/ProxSGD one all-reduce per split bucket per step, aligned: none
+            n_split = sum(
+                ssd.splits_groups(g["regularizer"], g["params"][0].shape) for g in ref_opt.param_groups
+            )
+            if opt_name in ("rmda", "proxsgd"):
+                assert stats["calls"] == steps * n_split, f"{where} {stats}"
+    if rank == 0:
+        print("worst param rel err", world, dtypes, {k: f"{v:.1e}" for k, v in worst.items()}, flush=True)
+        print("worst param max err", world, dtypes, {k: f"{v:.1e}" for k, v in worst_max.items()}, flush=True)
+    for name, (z, tot) in zeros.items():  # a test where nothing or everything is zero sees no prox bug
+        assert 0 < z < tot, f"{name}: {z} of {tot} groups zero; retune LAM"
+
+
+TASKS = {"trajectory": task_trajectory}
+
+
+def task_suite(rank: int, world: int, outdir: str, tasks: list) -> None:
+    """Run several tasks in one launch; record per task 'ok' or the traceback (rank{r}.json)."""
+    import json
+    import time
+    import traceback
+
+    results = {}
+    for name, kind, args in tasks:
+        t0 = time.time()
+        try:
+            TASKS[kind](rank, world, **args)
+            results[name] = {"ok": True, "seconds": time.time() - t0}
+        except Exception:
+            results[name] = {"ok": False, "error": traceback.format_exc()}
+        dist.barrier()
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+
+
+TASKS["suite"] = task_suite
+
+
+def launch(world: int, task: str, **args) -> None:
+    """Run ``task`` on ``world`` spawned ranks (raises what a rank raised)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(entry, args=(world, free_port(), task, args), nprocs=world, join=True)
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    t0 = time.time()
+    launch(int(sys.argv[1]), sys.argv[2], **eval(sys.argv[3] if len(sys.argv) > 3 else "{}"))
+    print("ok", time.time() - t0)
+
+
+def train_steps(net, opt, n: int, seed: int, rank: int, world: int, dtype, restart_at=None) -> None:
+    """n steps on a global batch of 6 (rank r takes its slice; FSDP2 averages the gradients)."""
+    for i in range(n):
+        if restart_at is not None and i == restart_at:
+            opt.restart()
+        g = torch.Generator().manual_seed(seed + i)
+        x = torch.randn(6, 5, generator=g, dtype=torch.float64).to(dtype)
+        y = torch.randint(0, 2, (6,), generator=g)
+        lo, hi = rank * 6 // world, (rank + 1) * 6 // world
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x[lo:hi]), y[lo:hi], reduction="sum") * (world / 6)
+        loss.backward()
+        opt.step()
+
+
+def full_state(net, opt) -> dict:
+    """Every parameter and state entry as full tensors (test helper: gathers)."""
+    out = {}
+    for name, p in net.named_parameters():
+        out[name] = p.full_tensor().detach().clone()
+        for k, v in opt.state[p].items():
+            out[f"{name}/{k}"] = v.full_tensor().clone() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def task_checkpoint(rank: int, world: int, ckpt: str, phase: str, opt_name: str = "ramda_exact") -> None:
+    """phase 'save': 4 steps, DCP save, 4 more steps (reference continuation saved by rank 0);
+    then a fresh model/optimizer loads the checkpoint and must resume bit-exactly.
+    phase 'load': another world size loads the checkpoint; state must equal the saved one exactly
+    and 4 steps must match the saving world's continuation."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    dtype = torch.float64
+    mesh = mesh_of(world)
+
+    def build():
+        net = make_net(dtype)
+        fully_shard(net, mesh=mesh)
+        reg = ss.GroupLasso(0.02, "input")
+        opt = make_opt(
+            opt_name,
+            [
+                {"params": [net.fc.weight, net.small.weight], "regularizer": reg},
+                {"params": [net.fc.bias, net.small.bias], "regularizer": None},
+            ],
+        )
+        return net, opt
+
+    if phase == "save":
+        net, opt = build()
+        train_steps(net, opt, 4, 0, rank, world, dtype)
+        msd, osd = get_state_dict(net, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+        saved = full_state(net, opt)
+        train_steps(net, opt, 4, 100, rank, world, dtype, restart_at=2)
+        cont = full_state(net, opt)
+        if rank == 0:
+            torch.save({"saved": saved, "cont": cont}, os.path.join(ckpt, "expected.pt"))
+        # same world size: resume bit-exactly
+        net2, opt2 = build()
+        msd2, osd2 = get_state_dict(net2, opt2)
+        sd = {"model": msd2, "optim": osd2}
+        dcp.load(sd, checkpoint_id=ckpt)
+        set_state_dict(net2, opt2, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        got = full_state(net2, opt2)
+        for k, v in saved.items():
+            assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, f"load {k}"
+        train_steps(net2, opt2, 4, 100, rank, world, dtype, restart_at=2)
+        got = full_state(net2, opt2)
+        for k, v in cont.items():
+            assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, f"resume {k}"
+    else:
+        exp = torch.load(os.path.join(ckpt, "expected.pt"), weights_only=True)
+        net, opt = build()
+        msd, osd = get_state_dict(net, opt)
+        sd = {"model": msd, "optim": osd}
+        dcp.load(sd, checkpoint_id=ckpt)
+        set_state_dict(net, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        got = full_state(net, opt)
+        for k, v in exp["saved"].items():
+            assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, f"reshard {k}"
+        train_steps(net, opt, 4, 100, rank, world, dtype, restart_at=2)
+        got = full_state(net, opt)
+        for k, v in exp["cont"].items():
+            if isinstance(v, torch.Tensor):
+                assert rel_err(got[k], v) <= 1e-12, f"resharded continuation {k}: {rel_err(got[k], v):.2e}"
+            else:
+                assert got[k] == v, k
+
+
+TASKS["checkpoint"] = task_checkpoint
+
+
+def task_ddp(rank: int, world: int, steps: int = 20) -> None:
+    """Plain parameters under DDP: every optimizer matches the single-process full-batch run
+    (float64, ≤ 1e-12) and the replicas stay bit-identical."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dtype = torch.float64
+    for opt_name in OPTS:
+        reg = ss.GroupLasso(LAM.get(opt_name, LAM_ADAM) / 10, "input")
+        ref = make_net(dtype)
+        net = make_net(dtype)
+        ddp = DDP(net, find_unused_parameters=True)  # conv is not in forward
+        ref_opt = make_opt(opt_name, ss.group_params(ref, reg))
+        opt = make_opt(opt_name, ss.group_params(net, reg))
+        train_steps(ref, ref_opt, steps, 7, 0, 1, dtype, restart_at=steps // 2)
+        train_steps(ddp, opt, steps, 7, rank, world, dtype, restart_at=steps // 2)
+        flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        copies = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(copies, flat)
+        assert all(torch.equal(c, copies[0]) for c in copies), f"{opt_name}: DDP replicas differ"
+        for p, rp in zip(net.parameters(), ref.parameters()):
+            e = rel_err(p.detach(), rp.detach())
+            assert e <= 1e-12, f"{opt_name} DDP vs single process {tuple(p.shape)}: {e:.2e}"
+        for gr in ("input", "output"):
+            assert ss.group_sparsity(net, grouping=gr) == ss.group_sparsity(ref, grouping=gr), opt_name
+
+
+def task_bad_config(rank: int, world: int) -> None:
+    """Configurations that cannot be stepped exactly raise a clear ValueError."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = mesh_of(world)
+    net = make_net(torch.float32)
+    fully_shard(net, mesh=mesh)
+    try:
+        ss.RMDA([{"params": [net.fc.weight], "regularizer": ss.NuclearNorm(0.1)}])
+    except ValueError as e:
+        assert "NuclearNorm" in str(e) and "sharded" in str(e), e
+    else:
+        raise AssertionError("NuclearNorm on a sharded parameter did not raise")
+    # low-rank level of a sharded model (a metric: gathers each matrix for its SVD)
+    ref = make_net(torch.float32)
+    with torch.no_grad():
+        ref.fc.weight[:, 2:] = 0
+    ref.conv.weight.data.zero_()
+    net2 = make_net(torch.float32)
+    net2.load_state_dict(ref.state_dict())
+    fully_shard(net2, mesh=mesh)
+    assert ss.low_rank_level(net2) == ss.low_rank_level(ref) > 0
+    w = nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)]))
+    try:
+        ss.RAMDA([w], regularizer=ss.GroupLasso(0.1))
+    except ValueError as e:
+        assert "Shard(dim=1)" in str(e) and "dim 0" in str(e), e
+    else:
+        raise AssertionError("a dim-1 sharded parameter did not raise")
+
+
+TASKS["ddp"] = task_ddp
+TASKS["bad_config"] = task_bad_config
