@@ -240,7 +240,8 @@ def test_identify_command_small(tmp_path, capsys):
     )
     assert code == 0, err
     data = json.loads((tmp_path / "id" / "identify.json").read_text())
-    assert set(data["results"]) == {"linear", "conv"}
+    assert set(data["results"]) == {"linear", "conv"} == set(data["reference"])
+    assert data["reference"]["linear"]["agreement_with_truth"] == 1.0
     for res in data["results"].values():
         for h in res.values():
             assert len(h) == 4 and all(0 <= r["correctness"] <= 1 and 0 <= r["train_error"] <= 1 for r in h)
