@@ -160,20 +160,27 @@ SS_FN T newton_start(T pz_norm, T thr, T pmax) {
   return ss_max((pz_norm - thr) / pmax, T(0));
 }
 
-// Cube root, P = cbrt(U) + ε. float: bit-trick start and Newton steps (vectorizable, within an
-// ulp or two of cbrtf); double: the library cbrt.
+// Cube root, P = cbrt(U) + ε. float: bit-trick start of u^(-1/3), three division-free Newton
+// steps y ← y(4 − u·y³)/3, cbrt = u·y², then one Newton step in double (1/(3c²) = y²/3), which
+// rounds correctly in nearly all cases; subnormal u is scaled by 2^24 first. Branch-free, no
+// division: vectorizes (with -fno-trapping-math). double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
-  float uu = u > 0.0f ? u : 1.0f;
+  const bool pos = u > 0.0f;
+  const bool sub = u < 1.17549435e-38f;
+  float uu = pos ? (sub ? u * 16777216.0f : u) : 1.0f;
   int32_t i;
   std::memcpy(&i, &uu, 4);
-  i = (int32_t)((float)i * 0.333333333f) + 709921077;  // bit-trick start, ~5% off
+  i = 0x54a2fa8c - i / 3;
   float y;
   std::memcpy(&y, &i, 4);
-  for (int k = 0; k < 3; ++k) y = y - (y * y * y - uu) / (3.0f * y * y);
-  // final Newton step in double for correct rounding in nearly all cases
-  double yd = y;
-  yd = yd - (yd * yd * yd - (double)uu) / (3.0 * yd * yd);
-  return u > 0.0f ? (float)yd : 0.0f;
+  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  const float c = uu * y * y;
+  const double cd = c, y2 = (double)y * (double)y;
+  const double r = cd - (cd * cd * cd - (double)uu) * y2 * (1.0 / 3.0);
+  const float rf = sub ? (float)r * 0.00390625f : (float)r;
+  return pos ? rf : 0.0f;
 }
 SS_FN double cbrt_nonneg(double u) {
   return std::cbrt(u);
