@@ -37,12 +37,48 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
   } else {
     constexpr bool sgl = KIND == REG_SPARSE_GROUP_LASSO;
     const T t1 = tau * reg.lam;  // SGL soft threshold
-    if (A * B == 1) {  // one element per group: elementwise
+    if (A * B == 1 && t.mode == 0) {  // one element per group: elementwise
       for (int64_t k = 0; k < row; ++k) {
         T z = upd(0, k);
         T y = sgl ? soft_threshold(z, t1) : z;
         fin(0, k, y * group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(y * y))));
       }
+      return;
+    }
+    if (A > 1 || t.mode != 0) {
+      // Many rows: per-position sums over the rows (vectorized along the row), reduced per group
+      // once; the scale is expanded to positions once. scratch: ng + 2·row.
+      T* __restrict gs = t.mode == 1 ? static_cast<T*>(t.gsum) : scr;
+      T* __restrict acc = scr + ng;
+      T* __restrict sx = acc + row;
+      if (t.mode != 2) {
+        for (int64_t k = 0; k < row; ++k) acc[k] = T(0);
+        for (int64_t a = 0; a < A; ++a)
+          for (int64_t k = 0; k < row; ++k) {
+            T z = upd(a, k);
+            T y = sgl ? soft_threshold(z, t1) : z;
+            acc[k] += y * y;
+          }
+        if (B == 1) {
+          for (int64_t j = 0; j < ng; ++j) gs[j] = acc[j];
+        } else {
+          for (int64_t j = 0; j < ng; ++j) gs[j] = lane_sum<T>(B, [&](int64_t b) { return acc[j * B + b]; });
+        }
+        if (t.mode == 1) return;
+      } else {
+        const T* __restrict tot = static_cast<const T*>(t.gsum);
+        for (int64_t j = 0; j < ng; ++j) gs[j] = tot[j];
+      }
+      for (int64_t j = 0; j < ng; ++j) {
+        const T f = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
+        for (int64_t b = 0; b < B; ++b) sx[j * B + b] = f;
+      }
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t k = 0; k < row; ++k) {
+          T z = rez(a, k);
+          T y = sgl ? soft_threshold(z, t1) : z;
+          fin(a, k, y * sx[k]);
+        }
       return;
     }
     const int64_t CH = B >= 1024 ? B : B * (1024 / B);  // whole groups per chunk
