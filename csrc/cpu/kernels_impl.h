@@ -146,7 +146,7 @@ inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, const T* lin, 
   for (int64_t j = 0; j < t.ng; ++j) {
     const int64_t o = j * n;
     if (t.exact)
-      group_newton<T>(thr, lin + o, P + o, w0 + o, x + o, n);
+      group_newton_ms<T>(thr, lin + o, P + o, w0 + o, x + o, n);
     else
       group_pg<T>(reg, a, lin + o, P + o, w0 + o, x0 + o, x + o, y, n, t.max_iters, T(t.rtol));
   }
