@@ -52,6 +52,7 @@ struct KernelTable {
   TileFn proxsgd[2];
   TileFn proxgen[2];
   TileFn proxssi[2];
+  TileFn dessilbi[2];
 };
 
 KernelTable kernels_default();
