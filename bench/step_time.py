@@ -7,16 +7,19 @@ ms/step, the bytes the fused pass must move per parameter (the roofline: RMDA 24
 AdamW 28 B in fp32), the achieved GB/s, the % of a copy kernel's bandwidth over the same
 working-set size, and the ratios to AdamW(fused=True) and SGD(momentum=0.9, foreach=True) measured
 in the same run. Results go to bench/results/step_time_<set>.{json,md} with the CPU model,
-thread count and torch version.
+thread count, torch version and the load average (start and end). The reference backend is timed
+on --ref-reps steps (PG solvers: half of them); the cpu/reference speedup is a column. Then the
+peak-RSS check: 100 cpu steps per optimizer, peak RSS before/after (bench/results/rss.json).
 
-    PYTHONPATH=$PWD python bench/step_time.py                 # both sets, all optimizers
-    PYTHONPATH=$PWD python bench/step_time.py --set transformer --reps 20
+    PYTHONPATH=$PWD python bench/step_time.py                 # both sets, all optimizers (~10 min)
+    PYTHONPATH=$PWD python bench/step_time.py --set transformer --reps 20 --rss-steps 0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -141,6 +144,7 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
     shapes = SETS[set_name]()
     n = sum(int(torch.Size(s).numel()) for s in shapes)
     rows = []
+    copies: dict[int, float] = {}
     base: dict[str, float] = {}
     for name in ["AdamW(fused)", "SGD(foreach)", *optimizers]:
         for backend in ["torch"] if "(" in name else backends:
@@ -168,29 +172,46 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
             if name in ("AdamW(fused)", "SGD(foreach)"):
                 base[name] = med
             rows.append(row)
+            copies[bpp] = row["copy_GB_per_s"]
             print(
                 f"{set_name:15s} {name:14s} {backend:9s} {med * 1e3:9.2f} ms  "
                 f"{row['GB_per_s']:6.1f} GB/s  {row['pct_of_copy']:5.1f}% of copy",
                 flush=True,
             )
             del opt, params
+    ref = {r["optimizer"]: r["ms_per_step"] for r in rows if r["backend"] == "reference"}
     for row in rows:
         row["x_adamw_fused"] = row["ms_per_step"] / 1e3 / base["AdamW(fused)"]
         row["x_sgd_foreach"] = row["ms_per_step"] / 1e3 / base["SGD(foreach)"]
-    return {"set": set_name, "n_params": n, "rows": rows}
+        if row["backend"] == "cpu" and row["optimizer"] in ref:
+            row["speedup_vs_reference"] = ref[row["optimizer"]] / row["ms_per_step"]
+    return {
+        "set": set_name,
+        "n_params": n,
+        "rows": rows,
+        "copy_GB_per_s": copies,
+        "loadavg_end": list(os.getloadavg()),
+    }
 
 
-def rss_check(steps: int = 100) -> dict:
-    """Peak RSS before and after 100 RAMDA(cpu, exact) steps on 4 transformer weights (must be flat)."""
-    params = make_params(transformer_shapes()[:4])
-    opt = make_opt("RAMDA exact", "cpu", params)
-    for _ in range(5):
-        opt.step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(steps):
-        opt.step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"steps": steps, "peak_rss_kb_before": before, "peak_rss_kb_after": after}
+def rss_check(steps: int = 100, names=("RMDA", "ProxSGD", "RAMDA exact", "ProxGen exact", "ProxSSI")) -> dict:
+    """Peak RSS (ru_maxrss, KiB) after 5 warm-up steps and after 100 more, per cpu optimizer, on 4
+    transformer weights (9.4 M parameters, input grouping). Flat = no per-step allocation
+    proportional to the model (a leak or a per-step model-sized buffer would raise the peak)."""
+    out = {}
+    for name in names:
+        params = make_params(transformer_shapes()[:4])
+        opt = make_opt(name, "cpu", params)
+        for _ in range(5):
+            opt.step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(steps):
+            opt.step()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out[name] = {"steps": steps, "peak_rss_kib_before": before, "peak_rss_kib_after": after}
+        print(f"peak RSS {name:14s} {before} KiB -> {after} KiB after {steps} steps", flush=True)
+        del opt, params
+    return out
 
 
 def to_markdown(res: dict, meta: dict) -> str:
@@ -199,15 +220,24 @@ def to_markdown(res: dict, meta: dict) -> str:
         "",
         f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, kernels {meta['isa']}",
         "",
-        "| optimizer | backend | ms/step | B/param | GB/s | % of copy | × AdamW fused | × SGD foreach |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"load average at start {meta['loadavg_start']}, at end {res['loadavg_end']}",
+        "",
+        "| optimizer | backend | reps | ms/step | B/param | GB/s | % of copy | × AdamW fused | × SGD foreach "
+        "| cpu speedup vs reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
+        sp = f"{r['speedup_vs_reference']:.1f}" if "speedup_vs_reference" in r else ""
         lines.append(
-            f"| {r['optimizer']} | {r['backend']} | {r['ms_per_step']:.2f} | {r['bytes_per_param']} | "
+            f"| {r['optimizer']} | {r['backend']} | {r['reps']} | {r['ms_per_step']:.2f} | {r['bytes_per_param']} | "
             f"{r['GB_per_s']:.1f} | {r['pct_of_copy']:.0f} | {r['x_adamw_fused']:.2f} | "
-            f"{r['x_sgd_foreach']:.2f} |"
+            f"{r['x_sgd_foreach']:.2f} | {sp} |"
         )
+    lines += [
+        "",
+        "copy: `dst.copy_(src)` over the same working set (B/param × parameters), "
+        + ", ".join(f"{k} B/param {v:.1f} GB/s" for k, v in sorted(res["copy_GB_per_s"].items())),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +250,7 @@ def main() -> None:
     ap.add_argument(
         "--optimizers", default="RMDA,RAMDA exact,RAMDA pg,ProxSGD,ProxGen exact,ProxGen pg,ProxSSI"
     )
+    ap.add_argument("--rss-steps", type=int, default=100, help="steps of the peak-RSS check (0: skip)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     meta = {
@@ -227,6 +258,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "isa": torch.ops.structsparse.cpu_isa() if ss.backends.cpu.available()[0] else "n/a",
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
     sets = list(SETS) if args.set == "all" else [args.set]
     out = Path(args.out)
@@ -238,8 +270,7 @@ def main() -> None:
         md = to_markdown(res, meta)
         (out / f"step_time_{s}.md").write_text(md)
         print(md)
-    rss = rss_check()
-    print("peak RSS over 100 steps:", rss)
+    rss = rss_check(args.rss_steps) if args.rss_steps > 0 else {}
     (out / "rss.json").write_text(json.dumps({**rss, "meta": meta}, indent=1))
 
 

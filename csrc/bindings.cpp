@@ -37,6 +37,12 @@ TORCH_LIBRARY(structsparse, m) {
       "proxssi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "int[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
       "str reg, float[] reg_params) -> ()");
+  // DessiLBI (SPEC §6) without magnitude scaling; reg "none" (unpaired: zs, gammas empty) or
+  // "group_lasso" (L1 = element grouping), reg_params[0] = λ.
+  m.def(
+      "dessilbi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] zs, "
+      "Tensor(d!)[] gammas, int[] views, float lr, float kappa, float nu, float momentum, float weight_decay, "
+      "str reg, float[] reg_params) -> ()");
   // True when every element of every tensor is finite (the optimizers' skip_nonfinite check).
   m.def("all_finite(Tensor[] tensors) -> bool");
   // The instruction set the CPU tile kernels were selected for ("default", "avx2", "avx512").

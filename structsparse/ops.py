@@ -26,6 +26,9 @@ Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tenso
                  float beta2, float eps, float weight_decay, str reg, float[] reg_params,
                  str solver, int max_iters, float rtol) -> ()
     proxssi_step(<as proxgen_step without solver, max_iters, rtol>) -> ()
+    dessilbi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers,
+                  Tensor(c!)[] zs, Tensor(d!)[] gammas, int[] views, float lr, float kappa,
+                  float nu, float momentum, float weight_decay, str reg, float[] reg_params) -> ()
     all_finite(Tensor[] tensors) -> bool
     cpu_isa() -> str
 """
@@ -41,7 +44,7 @@ try:
 except ImportError as e:  # built without a compiler, or an ABI mismatch
     _LOAD_ERROR = f"structsparse._C could not be imported ({e})"
 
-STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step")
+STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step", "dessilbi_step")
 
 #: Step ops whose CUDA kernel is the Triton backend's (registered at import when CUDA and triton
 #: are available and the extension has no compiled CUDA kernel for them; see

@@ -234,6 +234,28 @@ def test_group_larger_than_cache(algo):
     assert_same(*a, *b, TOL[torch.float64])
 
 
+# many rows (A > 16) and long rows: RMDA/ProxSGD stream row blocks × column blocks in two passes
+STREAMED = [(18, 460, 3, 3), (18, 4100), (17, 2)]
+
+
+@pytest.mark.parametrize(
+    "kind,dtype",
+    [
+        ("group_lasso", torch.float64),
+        ("group_lasso", torch.float32),
+        ("sgl", torch.float64),
+        ("group_mcp", torch.float64),
+    ],
+)
+@pytest.mark.parametrize("algo", ["rmda", "proxsgd"])
+def test_streamed_row_blocks(algo, kind, dtype):
+    _case(algo, kind, "input", dtype, STREAMED)
+
+
+def test_streamed_row_blocks_channels_last():
+    _case("rmda", "group_lasso", "input", torch.float32, STREAMED[:1], channels_last=True)
+
+
 @pytest.mark.parametrize("algo", ["rmda", "ramda_exact", "proxsgd", "proxgen_exact", "proxssi"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 def test_low_precision_params(algo, dtype):
@@ -258,7 +280,7 @@ def test_low_precision_params(algo, dtype):
 
 @pytest.mark.parametrize("algo", ["rmda", "ramda_pg", "ramda_exact", "proxgen_pg", "proxssi", "proxsgd"])
 def test_thread_count_determinism(algo):
-    weights = make_tensors(CONV + LINEAR + [(64, 300)], torch.float32)
+    weights = make_tensors(CONV + LINEAR + [(64, 300), (18, 460, 3, 3)], torch.float32)
     reg = ss.GroupLasso(ALGOS[algo][2], "input")
     n = torch.get_num_threads()
     try:

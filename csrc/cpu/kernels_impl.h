@@ -37,12 +37,48 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
   } else {
     constexpr bool sgl = KIND == REG_SPARSE_GROUP_LASSO;
     const T t1 = tau * reg.lam;  // SGL soft threshold
-    if (A * B == 1) {  // one element per group: elementwise
+    if (A * B == 1 && t.mode == 0) {  // one element per group: elementwise
       for (int64_t k = 0; k < row; ++k) {
         T z = upd(0, k);
         T y = sgl ? soft_threshold(z, t1) : z;
         fin(0, k, y * group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(y * y))));
       }
+      return;
+    }
+    if (A > 1 || t.mode != 0) {
+      // Many rows: per-position sums over the rows (vectorized along the row), reduced per group
+      // once; the scale is expanded to positions once. scratch: ng + 2·row.
+      T* __restrict gs = t.mode == 1 ? static_cast<T*>(t.gsum) : scr;
+      T* __restrict acc = scr + ng;
+      T* __restrict sx = acc + row;
+      if (t.mode != 2) {
+        for (int64_t k = 0; k < row; ++k) acc[k] = T(0);
+        for (int64_t a = 0; a < A; ++a)
+          for (int64_t k = 0; k < row; ++k) {
+            T z = upd(a, k);
+            T y = sgl ? soft_threshold(z, t1) : z;
+            acc[k] += y * y;
+          }
+        if (B == 1) {
+          for (int64_t j = 0; j < ng; ++j) gs[j] = acc[j];
+        } else {
+          for (int64_t j = 0; j < ng; ++j) gs[j] = lane_sum<T>(B, [&](int64_t b) { return acc[j * B + b]; });
+        }
+        if (t.mode == 1) return;
+      } else {
+        const T* __restrict tot = static_cast<const T*>(t.gsum);
+        for (int64_t j = 0; j < ng; ++j) gs[j] = tot[j];
+      }
+      for (int64_t j = 0; j < ng; ++j) {
+        const T f = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
+        for (int64_t b = 0; b < B; ++b) sx[j * B + b] = f;
+      }
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t k = 0; k < row; ++k) {
+          T z = rez(a, k);
+          T y = sgl ? soft_threshold(z, t1) : z;
+          fin(a, k, y * sx[k]);
+        }
       return;
     }
     const int64_t CH = B >= 1024 ? B : B * (1024 / B);  // whole groups per chunk
@@ -110,7 +146,7 @@ inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, const T* lin, 
   for (int64_t j = 0; j < t.ng; ++j) {
     const int64_t o = j * n;
     if (t.exact)
-      group_newton<T>(thr, lin + o, P + o, w0 + o, x + o, n);
+      group_newton_ms<T>(thr, lin + o, P + o, w0 + o, x + o, n);
     else
       group_pg<T>(reg, a, lin + o, P + o, w0 + o, x0 + o, x + o, y, n, t.max_iters, T(t.rtol));
   }
@@ -334,6 +370,57 @@ void proxssi_tile(const TileArgs& t) {
   adam_prox_tile<T, true>(t);
 }
 
+// ---------------------------------------------------------------------------------------------
+// DessiLBI (SPEC §6, reference.dessilbi_step without magnitude scaling).
+// sc: [lr·κ, lr·κ·wd, lr·κ/ν, lr/ν, κ, μ]. s0 = momentum buffer d, s1 = Z, s2 = Γ (null when the
+// tensor is unpaired: heavy-ball SGD scaled by κ). prox of Ω_λ with weight 1, then Γ = κ·prox(Z).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void dessilbi_tile(const TileArgs& t) {
+  T* __restrict W = static_cast<T*>(t.w);
+  const T* __restrict Gr = static_cast<const T*>(t.g);
+  T* __restrict D = static_cast<T*>(t.s0);
+  T* __restrict Zs = static_cast<T*>(t.s1);
+  T* __restrict Ga = static_cast<T*>(t.s2);
+  const int64_t wrs = t.w_rs, grs = t.g_rs, srs = t.s_rs;
+  const T nlk = T(-t.sc[0]), nlkwd = T(-t.sc[1]), nlkn = T(-t.sc[2]), ln = T(t.sc[3]), kap = T(t.sc[4]);
+  const T mu = T(t.sc[5]);
+  const bool wd = t.sc[1] != 0.0;
+  if (Zs == nullptr) {  // unpaired
+    for (int64_t a = 0; a < t.A; ++a) {
+      T* __restrict w = W + a * wrs;
+      const T* __restrict g = Gr + a * grs;
+      T* __restrict d = D + a * srs;
+      const int64_t row = t.ng * t.B;
+      for (int64_t k = 0; k < row; ++k) {
+        T dd = d[k] * mu + g[k];
+        d[k] = dd;
+        T wo = w[k];
+        T ww = wo + nlk * dd;
+        if (wd) ww = ww + nlkwd * wo;
+        w[k] = ww;
+      }
+    }
+    return;
+  }
+  prox_tile<T>(
+      t, make_reg<T>(t), T(1), static_cast<T*>(t.scratch),
+      [=](int64_t a, int64_t k) {
+        T dd = D[a * srs + k] * mu + Gr[a * grs + k];
+        D[a * srs + k] = dd;
+        T wo = W[a * wrs + k];
+        T ww = wo + nlk * dd;
+        if (wd) ww = ww + nlkwd * wo;
+        T r = wo - Ga[a * srs + k];
+        W[a * wrs + k] = ww + nlkn * r;
+        T z = Zs[a * srs + k] + ln * r;
+        Zs[a * srs + k] = z;
+        return z;
+      },
+      [=](int64_t a, int64_t k) { return Zs[a * srs + k]; },
+      [=](int64_t a, int64_t k, T x) { Ga[a * srs + k] = x * kap; });
+}
+
 }  // namespace
 }  // namespace SS_ISA
 
@@ -350,6 +437,8 @@ KernelTable SS_TABLE_FN() {
   k.proxgen[1] = &SS_ISA::proxgen_tile<double>;
   k.proxssi[0] = &SS_ISA::proxssi_tile<float>;
   k.proxssi[1] = &SS_ISA::proxssi_tile<double>;
+  k.dessilbi[0] = &SS_ISA::dessilbi_tile<float>;
+  k.dessilbi[1] = &SS_ISA::dessilbi_tile<double>;
   return k;
 }
 

@@ -140,9 +140,27 @@ struct Job {
   double wg;
 };
 
+// A tile: groups [j0, j0 + ng) of rows [a0, a0 + na) (na = A except for streamed jobs).
+// pass: 0 one-pass tile, 1/2 the passes of a streamed job (see TileArgs::mode); rb: row block.
 struct TileRef {
   int64_t job, j0, ng;
+  int64_t a0 = 0, na = -1, rb = 0;
+  int pass = 0;
 };
+
+// Streaming layout of a prox job with A > 1 (many rows): row blocks of >= 16 rows (at most 32
+// blocks) × column blocks of >= 4096 contiguous elements (whole groups). Depends on (A, G, B) only.
+struct StreamLayout {
+  int64_t nrb, rows, cb;
+};
+StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
+  StreamLayout L;
+  L.nrb = std::min<int64_t>(32, (A + 15) / 16);
+  L.rows = (A + L.nrb - 1) / L.nrb;
+  L.nrb = (A + L.rows - 1) / L.rows;
+  L.cb = std::min<int64_t>(G, std::max<int64_t>(1, 4096 / std::max<int64_t>(B, 1)));
+  return L;
+}
 
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B) {
   const int64_t n = A * B;
@@ -234,8 +252,9 @@ std::vector<Job> make_jobs(const char* op, at::TensorList params, at::TensorList
 
 template <typename T>
 void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std::vector<T>& scr,
-              std::vector<T>& wbuf, std::vector<T>& gbuf) {
-  const int64_t A = jb.A, ng = tr.ng, B = jb.B, GB = jb.G * jb.B, row = ng * B, off = tr.j0 * B;
+              std::vector<T>& wbuf, std::vector<T>& gbuf, T* gsum) {
+  const int64_t A = tr.na < 0 ? jb.A : tr.na, ng = tr.ng, B = jb.B, GB = jb.G * jb.B, row = ng * B;
+  const int64_t off = tr.a0 * GB + tr.j0 * B;
   const size_t need = static_cast<size_t>(scratch_elems(A, ng, B));
   if (scr.size() < need) scr.resize(need);
   TileArgs ta;
@@ -274,8 +293,10 @@ void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std
   ta.max_iters = cm.max_iters;
   ta.rtol = cm.rtol;
   ta.scratch = scr.data();
+  ta.mode = tr.pass;
+  ta.gsum = gsum;
   fn(ta);
-  if (!jb.p_direct)
+  if (!jb.p_direct && tr.pass != 1)
     for (int64_t a = 0; a < A; ++a) move_rows<T, false>(jb.p, a * GB + off, row, wbuf.data() + a * row);
 }
 
@@ -285,31 +306,75 @@ std::vector<T>& tls_buffer(int which) {
   return bufs[which];
 }
 
-void run_jobs(const std::vector<Job>& jobs, const Common& cm, const TileFn* fns) {
-  if (jobs.empty()) return;
-  std::vector<TileRef> tiles;
+// stream: the kernels are prox kernels (RMDA, ProxSGD) that support the two-pass mode; jobs with
+// A > 1 and a regularizer then stream rows in memory order (long contiguous segments) instead of
+// tiles of all A rows × a few groups (short strided segments, TLB/prefetch hostile).
+template <typename T>
+void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool stream) {
+  std::vector<TileRef> tiles, pass2;
+  std::vector<int64_t> goff(jobs.size() + 1, 0);  // offsets of the jobs' partial sums
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& jb = jobs[i];
+    goff[i + 1] = goff[i];
     if (jb.p.numel() == 0) continue;
+    if (stream && jb.A > 1 && cm.reg_kind != REG_NONE) {
+      const StreamLayout L = stream_layout(jb.A, jb.G, jb.B);
+      goff[i + 1] = goff[i] + L.nrb * jb.G;
+      for (int64_t rb = 0; rb < L.nrb; ++rb)
+        for (int64_t j0 = 0; j0 < jb.G; j0 += L.cb) {
+          TileRef tr{static_cast<int64_t>(i), j0, std::min(L.cb, jb.G - j0)};
+          tr.a0 = rb * L.rows;
+          tr.na = std::min(L.rows, jb.A - tr.a0);
+          tr.rb = rb;
+          tr.pass = 1;
+          tiles.push_back(tr);
+          tr.pass = 2;
+          pass2.push_back(tr);
+        }
+      continue;
+    }
     for (int64_t j0 = 0; j0 < jb.G; j0 += jb.tg)
       tiles.push_back(TileRef{static_cast<int64_t>(i), j0, std::min(jb.tg, jb.G - j0)});
   }
   if (tiles.empty()) return;
+  thread_local std::vector<T> partial;  // per-row-block group sums: bounded by numel/(16·B)
+  if (partial.size() < static_cast<size_t>(goff.back())) partial.resize(goff.back());
+  auto gsum_of = [&](const TileRef& tr) -> T* {
+    if (tr.pass == 0) return nullptr;
+    const Job& jb = jobs[tr.job];
+    // pass 1 writes row block rb's partial; pass 2 reads the totals kept in row block 0
+    return partial.data() + goff[tr.job] + (tr.pass == 1 ? tr.rb * jb.G : 0) + tr.j0;
+  };
+  auto run = [&](const std::vector<TileRef>& list) {
+    at::parallel_for(0, static_cast<int64_t>(list.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const TileRef& tr = list[t];
+        run_tile<T>(jobs[tr.job], tr, cm, fn, tls_buffer<T>(0), tls_buffer<T>(1), tls_buffer<T>(2), gsum_of(tr));
+      }
+    });
+  };
+  run(tiles);
+  if (pass2.empty()) return;
+  // totals per group, row blocks combined in a fixed order (deterministic for any thread count)
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const int64_t G = jobs[i].G, nrb = G ? (goff[i + 1] - goff[i]) / G : 0;
+    T* base = partial.data() + goff[i];
+    for (int64_t rb = 1; rb < nrb; ++rb)
+      for (int64_t j = 0; j < G; ++j) base[j] += base[rb * G + j];
+  }
+  run(pass2);
+}
+
+void run_jobs(const std::vector<Job>& jobs, const Common& cm, const TileFn* fns, bool stream = false) {
+  if (jobs.empty()) return;
   const bool dbl = jobs[0].p.scalar_type() == at::kDouble;
   for (const Job& jb : jobs)
     TORCH_CHECK((jb.p.scalar_type() == at::kDouble) == dbl,
                 "structsparse: a bucket must not mix float64 with other parameter dtypes");
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const TileRef& tr = tiles[t];
-      if (dbl)
-        run_tile<double>(jobs[tr.job], tr, cm, fns[1], tls_buffer<double>(0), tls_buffer<double>(1),
-                         tls_buffer<double>(2));
-      else
-        run_tile<float>(jobs[tr.job], tr, cm, fns[0], tls_buffer<float>(0), tls_buffer<float>(1),
-                        tls_buffer<float>(2));
-    }
-  });
+  if (dbl)
+    run_jobs_t<double>(jobs, cm, fns[1], stream);
+  else
+    run_jobs_t<float>(jobs, cm, fns[0], stream);
 }
 
 }  // namespace
@@ -332,7 +397,7 @@ void rmda_step(at::TensorList params, at::TensorList grads, at::TensorList ancho
     sc[2] = c;
     sc[3] = alphas[i] / sqt;
   });
-  run_jobs(jobs, cm, kernels().rmda);
+  run_jobs(jobs, cm, kernels().rmda, true);
 }
 
 void ramda_step(at::TensorList params, at::TensorList grads, at::TensorList anchors, at::TensorList grad_sums,
@@ -364,7 +429,7 @@ void proxsgd_step(at::TensorList params, at::TensorList grads, at::TensorList mo
     sc[0] = lr;
     sc[1] = c;
   });
-  run_jobs(jobs, cm, kernels().proxsgd);
+  run_jobs(jobs, cm, kernels().proxsgd, true);
 }
 
 static void adam_prox(const char* op, const TileFn* fns, at::TensorList params, at::TensorList grads,
@@ -408,6 +473,34 @@ void proxssi_step(at::TensorList params, at::TensorList grads, at::TensorList ex
   cm.exact = 1;
   adam_prox("proxssi_step", kernels().proxssi, params, grads, exp_avgs, exp_avg_sqs, steps, views, lr, beta1, beta2,
             eps, weight_decay, cm);
+}
+
+void dessilbi_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList zs,
+                   at::TensorList gammas, at::IntArrayRef views, double lr, double kappa, double nu, double momentum,
+                   double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
+  Common cm;
+  set_reg(cm, reg, reg_params);
+  TORCH_CHECK(cm.reg_kind == REG_NONE || cm.reg_kind == REG_GROUP_LASSO,
+              "dessilbi_step: reg must be 'none' or 'group_lasso' (L1 = group LASSO by element)");
+  const bool paired = cm.reg_kind != REG_NONE;
+  TORCH_CHECK(paired ? (zs.size() == params.size() && gammas.size() == params.size())
+                     : (zs.empty() && gammas.empty()),
+              "dessilbi_step: zs and gammas must match params when reg is given, and be empty otherwise");
+  TORCH_CHECK(nu > 0, "dessilbi_step: nu must be > 0");
+  std::vector<at::TensorList> states{momentum_buffers};
+  if (paired) {
+    states.push_back(zs);
+    states.push_back(gammas);
+  }
+  auto jobs = make_jobs("dessilbi_step", params, grads, states, views, [&](size_t, double* sc) {
+    sc[0] = lr * kappa;
+    sc[1] = lr * kappa * weight_decay;
+    sc[2] = lr * kappa / nu;
+    sc[3] = lr / nu;
+    sc[4] = kappa;
+    sc[5] = momentum;
+  });
+  run_jobs(jobs, cm, kernels().dessilbi, true);
 }
 
 // True when every element of every tensor is finite. One vectorized read pass (x·0 is NaN exactly
@@ -457,6 +550,7 @@ TORCH_LIBRARY_IMPL(structsparse, CPU, m) {
   m.impl("proxsgd_step", &proxsgd_step);
   m.impl("proxgen_step", &proxgen_step);
   m.impl("proxssi_step", &proxssi_step);
+  m.impl("dessilbi_step", &dessilbi_step);
 }
 
 }  // namespace cpu

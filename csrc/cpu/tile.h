@@ -30,6 +30,12 @@ struct TileArgs {
   int max_iters;
   double rtol;
   void* scratch;  // at least scratch_elems(A, ng, B) elements of the math dtype
+  // Two-pass streaming of the prox kernels (RMDA, ProxSGD) for A > 1, where the tile is a block
+  // of rows of its groups: 0 = whole groups in one tile; 1 = pass 1 (update the state, write the
+  // tile's per-group partial sums of z² to `gsum`); 2 = pass 2 (`gsum` holds the complete sums:
+  // apply the prox, no state update).
+  int mode = 0;
+  void* gsum = nullptr;  // ng elements of the math dtype
 };
 
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
@@ -46,6 +52,7 @@ struct KernelTable {
   TileFn proxsgd[2];
   TileFn proxgen[2];
   TileFn proxssi[2];
+  TileFn dessilbi[2];
 };
 
 KernelTable kernels_default();

@@ -237,3 +237,56 @@ def proxssi_step(
         ra[0],
         ra[1],
     )
+
+
+def dessilbi_step(
+    params,
+    grads,
+    momentum_buffers,
+    zs,
+    gammas,
+    *,
+    lr,
+    kappa,
+    nu,
+    momentum,
+    weight_decay,
+    reg,
+    magnitude_scaling=False,
+    scaling_floor=0.0,
+) -> None:
+    """DessiLBI (SPEC §6): one fused pass per tensor for L1 and GroupLasso on any grouping and for
+    unpaired tensors (``reg=None``). **magnitude_scaling=True delegates to the reference backend**
+    for the bucket (its β needs the whole tensor's support counts before the Z update)."""
+    if magnitude_scaling or not (reg is None or isinstance(reg, GroupLasso)):
+        return reference.dessilbi_step(
+            params,
+            grads,
+            momentum_buffers,
+            zs,
+            gammas,
+            lr=lr,
+            kappa=kappa,
+            nu=nu,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            reg=reg,
+            magnitude_scaling=magnitude_scaling,
+            scaling_floor=scaling_floor,
+        )
+    ra = _reg_args(reg)
+    torch.ops.structsparse.dessilbi_step(
+        list(params),
+        list(grads),
+        list(momentum_buffers),
+        list(zs),
+        list(gammas),
+        _views(params, reg),
+        float(lr),
+        float(kappa),
+        float(nu),
+        float(momentum),
+        float(weight_decay),
+        ra[0],
+        ra[1],
+    )

@@ -160,20 +160,27 @@ SS_FN T newton_start(T pz_norm, T thr, T pmax) {
   return ss_max((pz_norm - thr) / pmax, T(0));
 }
 
-// Cube root, P = cbrt(U) + ε. float: bit-trick start and Newton steps (vectorizable, within an
-// ulp or two of cbrtf); double: the library cbrt.
+// Cube root, P = cbrt(U) + ε. float: bit-trick start of u^(-1/3), three division-free Newton
+// steps y ← y(4 − u·y³)/3, cbrt = u·y², then one Newton step in double (1/(3c²) = y²/3), which
+// rounds correctly in nearly all cases; subnormal u is scaled by 2^24 first. Branch-free, no
+// division: vectorizes (with -fno-trapping-math). double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
-  float uu = u > 0.0f ? u : 1.0f;
+  const bool pos = u > 0.0f;
+  const bool sub = u < 1.17549435e-38f;
+  float uu = pos ? (sub ? u * 16777216.0f : u) : 1.0f;
   int32_t i;
   std::memcpy(&i, &uu, 4);
-  i = (int32_t)((float)i * 0.333333333f) + 709921077;  // bit-trick start, ~5% off
+  i = 0x54a2fa8c - i / 3;
   float y;
   std::memcpy(&y, &i, 4);
-  for (int k = 0; k < 3; ++k) y = y - (y * y * y - uu) / (3.0f * y * y);
-  // final Newton step in double for correct rounding in nearly all cases
-  double yd = y;
-  yd = yd - (yd * yd * yd - (double)uu) / (3.0 * yd * yd);
-  return u > 0.0f ? (float)yd : 0.0f;
+  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  const float c = uu * y * y;
+  const double cd = c, y2 = (double)y * (double)y;
+  const double r = cd - (cd * cd * cd - (double)uu) * y2 * (1.0 / 3.0);
+  const float rf = sub ? (float)r * 0.00390625f : (float)r;
+  return pos ? rf : 0.0f;
 }
 SS_FN double cbrt_nonneg(double u) {
   return std::cbrt(u);
@@ -306,6 +313,50 @@ SS_FN void group_newton(T thr, const T* lin, const T* P, const T* w0, T* x, int6
     T phi = phi_s - T(1);
     T dphi = T(-2) * dphi_s;
     T delta = -phi / dphi;
+    if (!(delta > tol * r)) break;
+    r = r + delta;
+  }
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * r / (P[i] * r + thr);
+}
+
+// Same result as group_newton, fewer iterations: Newton on g(r) = 1/s(r) − 1 with
+// s(r)² = Σ_i (P_i Z_i/(P_i r + T))² (= φ(r) + 1). 1/s is concave and increasing in r (the
+// Moré–Sorensen form Σ Z_i²/(r + T/P_i)²), so Newton from r₀ with φ(r₀) ≥ 0 increases monotonically
+// to the root without overshoot, and it is nearly linear when T ≪ P·r (one or two steps), where
+// Newton on φ (≈ ‖Z‖²/r² − 1) gains only a factor 1.5 per step from a low start.
+// Step: δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T).
+template <typename T>
+SS_FN void group_newton_ms(T thr, const T* lin, const T* P, const T* w0, T* x, int64_t n) {
+  if (thr == T(0)) {
+    for (int64_t i = 0; i < n; ++i) x[i] = w0[i] - lin[i] / P[i];
+    return;
+  }
+  T pz2 = lane_sum<T>(n, [&](int64_t i) {
+    T v = P[i] * w0[i] - lin[i];
+    x[i] = v;
+    return v * v;
+  });
+  T pz_norm = std::sqrt(pz2);
+  if (screened(pz_norm, thr)) {
+    for (int64_t i = 0; i < n; ++i) x[i] = T(0);
+    return;
+  }
+  T pmax = array_max(P, n);
+  T r = newton_start(pz_norm, thr, pmax);
+  const T tol = T(NEWTON_ULPS) * Eps<T>::value;
+  for (int it = 0; it < NEWTON_MAX_ITERS; ++it) {
+    T s2, d, unused;
+    lane_sum3<T>(
+        n,
+        [&](int64_t i, T& a1, T& a2, T&) {
+          T inv = T(1) / (P[i] * r + thr);
+          T q = x[i] * inv;
+          T q2 = q * q;
+          a1 += q2;
+          a2 += q2 * P[i] * inv;
+        },
+        s2, d, unused);
+    T delta = s2 * (std::sqrt(s2) - T(1)) / d;
     if (!(delta > tol * r)) break;
     r = r + delta;
   }
