@@ -10,7 +10,8 @@ norms are global, see :mod:`structsparse.distributed`)::
 RMDA/RAMDA give exact zeros once c = 1 − momentum reaches 1 (SPEC §8): add ``--milestones``
 for RestartScheduler's sqrt ramp.
 
-``train_fsdp(...)`` is the reusable entry (a CLI can call it inside a torchrun-launched process).
+The CLI does the same for any of its models and data sets (``torchrun ... -m structsparse train``,
+README "Sharded training"); the shared pieces are in :mod:`structsparse.distributed`.
 """
 
 from __future__ import annotations
@@ -61,19 +62,14 @@ def train_fsdp(
     """Train an MLP 64-128-64-10 sharded with FSDP2 over the default process group (initialized
     here from torchrun's environment if needed, backend gloo). Every rank takes its slice of each
     global batch; FSDP2 averages gradients. Returns the final metrics (identical on all ranks)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from structsparse.distributed import init_from_env, rank_slice, shard_model
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = init_from_env()
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-    mesh = init_device_mesh("cpu", (world,))
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    shard_model(model)  # fully_shard per Linear, then the root
     cls, defaults = OPTIMIZERS[optimizer]
     opt = cls(ss.group_params(model, ss.GroupLasso(lam, grouping)), **defaults)
     sched = ss.RestartScheduler(opt, milestones, gamma=0.1) if milestones else None
@@ -85,7 +81,7 @@ def train_fsdp(
         total = 0.0
         for i in range(0, len(perm) - batch_size + 1, batch_size):
             idx = perm[i : i + batch_size]
-            mine = idx[rank * batch_size // world : (rank + 1) * batch_size // world]
+            mine = idx[rank_slice(batch_size, rank, world)]
             opt.zero_grad()
             # sum over my slice * world/B: FSDP2's gradient average is then the global batch mean
             loss = nn.functional.cross_entropy(model(xtr[mine]), ytr[mine], reduction="sum") * (

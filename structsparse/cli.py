@@ -39,6 +39,7 @@ from torch import Tensor, nn
 import structsparse as ss
 
 from .data import DATASETS, DataError, Dataset, ground_truth_linear, load_dataset
+from .distributed import broadcast_buffers, init_from_env, rank_slice, shard_model
 from .metrics import zero_groups
 from .models import MODELS, build_model
 
@@ -445,6 +446,7 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     quiet=False,
     progress=True,
     plot=True,
+    save_model=False,
 )
 
 
@@ -489,6 +491,76 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor, bs: int) -> tuple[float, f
             correct += int((out.argmax(1) == y[i : i + bs]).sum())
     n = max(len(y), 1)
     return loss / n, correct / n
+
+
+def _evaluate_sharded(
+    model: nn.Module, x: Tensor, y: Tensor, bs: int, rank: int, world: int
+) -> tuple[float, float]:
+    """:func:`_evaluate` data-parallel: each rank scores its share of ``(x, y)`` (the same number
+    of forward calls on every rank: FSDP2 all-gathers inside each), loss and hits are all-reduced;
+    the global result on every rank."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return _evaluate(model, x, y, bs)
+    mine = rank_slice(len(y), rank, world)
+    xs, ys = x[mine], y[mine]
+    model.eval()
+    tot = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, -(-len(y) // world), bs):  # ceil(n/world): the largest share
+            out = model(xs[i : i + bs])
+            tot[0] += float(nn.functional.cross_entropy(out, ys[i : i + bs], reduction="sum"))
+            tot[1] += int((out.argmax(1) == ys[i : i + bs]).sum())
+    dist.all_reduce(tot)
+    n = max(len(y), 1)
+    return float(tot[0]) / n, float(tot[1]) / n
+
+
+def _full_state_dict(model: nn.Module, world: int) -> dict[str, Tensor]:
+    """The model's state_dict as full CPU tensors (gathered from the FSDP2 shards on rank 0 —
+    a collective — when ``world > 1``; other ranks get an empty dict)."""
+    if world == 1:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _init_parallel(cfg: dict[str, Any]) -> tuple[int, int]:
+    """``(rank, world)``; under ``torchrun`` (``WORLD_SIZE > 1``) joins the gloo process group and
+    checks that the configuration can be trained data-parallel with FSDP2."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if cfg["device"] not in ("auto", "cpu"):
+        raise CLIError(
+            f"--device {cfg['device']!r}: data-parallel training under torchrun runs on CPU (gloo); "
+            "use --device cpu"
+        )
+    if cfg["optimizer"] == "dessilbi":
+        raise CLIError(
+            "--optimizer dessilbi: DessiLBI is not supported on FSDP2-sharded models yet "
+            "(its Γ/Z updates use local group norms); run it in a single process"
+        )
+    return init_from_env("gloo")
+
+
+def _silent(_msg: str) -> None:
+    """``echo`` of the ranks other than 0."""
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def _all_reduce_sum(*xs: float) -> tuple[float, ...]:
+    import torch.distributed as dist
+
+    t = torch.tensor(xs, dtype=torch.float64)
+    dist.all_reduce(t)
+    return tuple(float(v) for v in t)
 
 
 def _check_train_cfg(cfg: dict[str, Any]) -> None:
@@ -545,19 +617,32 @@ def run_train(
     summary under ``out_dir`` and return the summary dict."""
     cfg = {**TRAIN_DEFAULTS, **cfg}
     _check_train_cfg(cfg)
+    # under torchrun (WORLD_SIZE > 1): FSDP2 data parallelism, rank 0 prints and writes
+    rank, world = _init_parallel(cfg)
+    lead = rank == 0
+    if not lead:
+        echo = _silent
     spec = OPTIMIZERS[cfg["optimizer"]]
     hp = resolve_hparams(cfg)
-    dev = _pick_device(cfg["device"])
+    dev = _pick_device("cpu" if world > 1 else cfg["device"])
     torch.manual_seed(cfg["seed"])
     if data is None:
-        data = load_dataset(
-            cfg["dataset"],
-            cfg["data_dir"],
-            download_missing=cfg["download"],
-            seed=cfg["seed"],
-            subset=cfg["subset"],
-        )
+        for turn in (True, False) if world > 1 else (True,):  # rank 0 downloads first
+            if lead == turn or world == 1:
+                data = load_dataset(
+                    cfg["dataset"],
+                    cfg["data_dir"],
+                    download_missing=cfg["download"] and lead,
+                    seed=cfg["seed"],
+                    subset=cfg["subset"],
+                )
+            if world > 1:
+                _barrier()
+    assert data is not None
     model = build_model(cfg["model"], data.input_shape, data.num_classes).to(dev)
+    if world > 1:
+        # the same initial model on every rank (same seed), then each rank keeps its dim-0 shards
+        shard_model(model)
     if spec.regularized:
         if cfg["regularizer"] == "none":
             reg = None
@@ -583,17 +668,21 @@ def run_train(
     else:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg["milestones"], cfg["gamma"])
 
-    out_dir = out_dir or _run_dir(
-        cfg["out"],
-        cfg["run_name"] or f"{cfg['dataset']}-{cfg['model']}-{cfg['optimizer']}-s{cfg['seed']}",
-        unique=cfg["run_name"] is None,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in cfg.items() if k not in ("quiet", "progress")}
-    config["hparams"] = {k: v for k, v in hp.items()}
-    config["data"] = repr(data)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    log = _Log(out_dir / f"log.{cfg['log_format']}", cfg["log_format"])
+    if lead:
+        out_dir = out_dir or _run_dir(
+            cfg["out"],
+            cfg["run_name"] or f"{cfg['dataset']}-{cfg['model']}-{cfg['optimizer']}-s{cfg['seed']}",
+            unique=cfg["run_name"] is None,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in cfg.items() if k not in ("quiet", "progress")}
+        config["hparams"] = {k: v for k, v in hp.items()}
+        config["data"] = repr(data)
+        config["world_size"] = world
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        log: _Log | None = _Log(out_dir / f"log.{cfg['log_format']}", cfg["log_format"])
+    else:
+        log = None
 
     xt, yt = data.x_train.to(dev), data.y_train.to(dev)
     xv, yv = data.x_val.to(dev), data.y_val.to(dev)
@@ -607,7 +696,8 @@ def run_train(
     quiet = cfg["quiet"]
     if not quiet:
         hps = ", ".join(f"{k}={hp[k]}" for k in ("lr", "momentum", "lam") if hp.get(k) is not None)
-        echo(f"{data!r}; model {cfg['model']}; {spec.name} ({hps}); output {out_dir}")
+        par = f"; FSDP2 data-parallel over {world} ranks (gloo)" if world > 1 else ""
+        echo(f"{data!r}; model {cfg['model']}; {spec.name} ({hps}){par}; output {out_dir}")
     if spec.dual_averaging and cfg["ramp"] == "sqrt" and not quiet:
         c0 = 1.0 - float(hp["momentum"])
         after = nb * (cfg["epochs"] - (cfg["milestones"][-1] if cfg["milestones"] else cfg["epochs"]))
@@ -623,13 +713,23 @@ def run_train(
         perm = torch.randperm(n, generator=gen).to(dev)
         loss_sum = correct = 0.0
         step_time = 0.0
-        it = _progress(range(nb), nb, f"epoch {epoch}/{cfg['epochs']}", cfg["progress"] and not quiet)
+        it = _progress(
+            range(nb), nb, f"epoch {epoch}/{cfg['epochs']}", cfg["progress"] and not quiet and lead
+        )
         for b in it:
-            idx = perm[b * bs : (b + 1) * bs]
+            idx = perm[b * bs : (b + 1) * bs]  # the global batch (same permutation on every rank)
+            nglob = len(idx)
+            if world > 1:
+                idx = idx[rank_slice(nglob, rank, world)]  # this rank's share
             x, y = xt[idx], yt[idx]
             opt.zero_grad(set_to_none=True)
             out = model(x)
-            loss = nn.functional.cross_entropy(out, y)
+            if world > 1:
+                # sum over my share · world / B: FSDP2 averages gradients over ranks, which gives
+                # the gradient of the global batch mean; the logged loss is this rank's share
+                loss = nn.functional.cross_entropy(out, y, reduction="sum") * (world / nglob)
+            else:
+                loss = nn.functional.cross_entropy(out, y)
             loss.backward()
             _sync(dev)
             s0 = time.perf_counter()
@@ -638,10 +738,13 @@ def run_train(
             step_time += time.perf_counter() - s0
             if spec.regularized:
                 sched.step_iteration()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss.item() * (nglob / world if world > 1 else len(y))
             correct += int((out.argmax(1) == y).sum())
         sched.step()
-        val_loss, val_acc = _evaluate(model, xv, yv, 1024)
+        if world > 1:
+            loss_sum, correct = _all_reduce_sum(loss_sum, correct)
+            broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as DDP
+        val_loss, val_acc = _evaluate_sharded(model, xv, yv, 1024, rank, world)
         if spec.structure is not None:  # e.g. Γ tensors, created at the first step
             struct = _structure(spec, opt, model, cfg["grouping"])
         pattern = _pattern(struct)
@@ -670,7 +773,8 @@ def run_train(
             "epoch_time": time.perf_counter() - t0,
             "step_time_ms": 1e3 * step_time / nb,
         }
-        log.write(row)
+        if log is not None:
+            log.write(row)
         history.append(row)
         if not quiet:
             echo(
@@ -680,7 +784,8 @@ def run_train(
                 + "".join(f"{k.replace('_', ' ')} {_fmt(v)}  " for k, v in extra.items())
                 + f"{row['epoch_time']:.1f}s"
             )
-    log.close()
+    if log is not None:
+        log.close()
     total_time = time.perf_counter() - t_start
 
     layers = []
@@ -702,6 +807,7 @@ def run_train(
         "model": cfg["model"],
         "dataset": data.name,
         "epochs": cfg["epochs"],
+        "world_size": world,
         "hparams": {k: v for k, v in hp.items() if k != "backend"},
         "val_acc": last["val_acc"],
         "train_loss": last["train_loss"],
@@ -715,13 +821,18 @@ def run_train(
         "layers": layers,
         **{k: last[k] for k in extra},
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = _train_table(summary)
-    (out_dir / "summary.md").write_text(table + "\n")
-    if cfg["plot"]:
-        _plot_train(history, out_dir / "curves.png", f"{data.name} / {cfg['model']} / {spec.name}")
-    if not quiet:
-        echo(table)
+    model_sd = _full_state_dict(model, world) if cfg["save_model"] else None  # collective
+    if lead:
+        assert out_dir is not None
+        if model_sd is not None:
+            torch.save(model_sd, out_dir / "model.pt")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        table = _train_table(summary)
+        (out_dir / "summary.md").write_text(table + "\n")
+        if cfg["plot"]:
+            _plot_train(history, out_dir / "curves.png", f"{data.name} / {cfg['model']} / {spec.name}")
+        if not quiet:
+            echo(table)
     return {**summary, "history": history}
 
 
@@ -1487,8 +1598,17 @@ def _cfg(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    with _threads(ns.threads, ns.dataset):
-        run_train(_cfg(ns))
+    """Train one model and report its structure. Under ``torchrun`` (``WORLD_SIZE > 1``) the model
+    is sharded with FSDP2 on CPU (gloo) and each rank takes its share of every global batch; rank 0
+    prints and writes the outputs; accuracy and structure are global."""
+    import torch.distributed as dist
+
+    try:
+        with _threads(ns.threads, ns.dataset):
+            run_train(_cfg(ns))
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
@@ -1570,6 +1690,11 @@ def _add_train(sub) -> None:
         "train", help="train one model and report its structure", description=cmd_train.__doc__
     )
     _add_common(p, with_optimizer=True)
+    p.add_argument(
+        "--save-model",
+        action="store_true",
+        help="also write model.pt (the trained state_dict, gathered to full tensors under torchrun)",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -1882,6 +2007,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     old = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and ns.command != "train":
+            raise CLIError("only `structsparse train` runs data-parallel under torchrun (WORLD_SIZE > 1)")
         return ns.func(ns)
     except (CLIError, DataError, ValueError) as e:
         if os.environ.get("STRUCTSPARSE_DEBUG"):

@@ -39,6 +39,19 @@ def _store(p: Tensor, w: Tensor) -> None:
         p.copy_(w)
 
 
+def cbrt(u: Tensor) -> Tensor:
+    """``u^(1/3)`` of a nonnegative tensor, elementwise and independent of the element's position.
+
+    ``pow`` in float32 is not: its vectorized body and its scalar tail round differently, so a
+    shard (FSDP2's local rows) and the full tensor could get different ``P`` for the same element.
+    float32/half inputs are therefore raised in float64 and rounded once — the correctly rounded
+    cube root up to float64 ties (the C++ kernel's ``cbrt_nonneg`` rounds correctly in nearly all
+    cases, so they agree bitwise almost always). float64 keeps ``pow`` (rare 1-ulp differences)."""
+    if u.dtype == torch.float64:
+        return u.pow(1.0 / 3.0)
+    return u.to(torch.float64).pow_(1.0 / 3.0).to(u.dtype)
+
+
 def _mix(w: Tensor, w_tilde: Tensor, c: float) -> Tensor:
     """``W ← (1 − c)·W + c·W̃``."""
     return w.mul_(1 - c).add_(w_tilde, alpha=c)
@@ -248,7 +261,7 @@ def ramda_step(
         s = lr * math.sqrt(t)
         v.add_(g, alpha=s)
         u.addcmul_(g, g, value=s)
-        pc = u.pow(1.0 / 3.0).add_(eps)
+        pc = cbrt(u).add_(eps)
         if reg is None:
             w_tilde = w0 - v / pc
         else:
