@@ -11,10 +11,13 @@ there; the fused backends do not take shards yet).
 steps its half. Bytes are what structsparse's own collectives send per step per rank (the
 all-reduce payload, from :func:`structsparse.distributed.comm_stats`), excluding FSDP2's own
 gradient reduce-scatter, which is the same for any optimizer. Step times are medians over
-``--steps`` timed steps after 2 warm-up steps. The PG solvers run with ``max_iters=20`` here (the
-reference PG takes ~20 s per step on this set with the default 100 on this machine).
+``--steps`` timed steps after ``--warmup`` warm-up steps. The PG solvers run with ``max_iters=20``
+here (the reference PG solver is the slow part: ~5 s per step per block on this machine even so).
 
-    PYTHONPATH=$PWD python bench/distributed.py --blocks 1 --out bench/results/distributed.json
+The issue's set is 12 blocks (the default, 84.9 M parameters); on 2 shared cores it is measured with
+the fewest repetitions (one warm-up step, one timed step):
+
+    PYTHONPATH=$PWD python bench/distributed.py --warmup 1 --steps 1 --out bench/results/distributed.json
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def run(rank: int, world: int, port: int, args: dict, out: str) -> None:
             for p, g in zip(params, grads):
                 p.grad = g
             times = []
-            for s in range(2 + args["steps"]):
-                if s == 2:
+            w = args["warmup"]
+            for s in range(w + args["steps"]):
+                if s == w:
                     ssd.reset_comm_stats()
                 if world > 1:
                     dist.barrier()
@@ -94,7 +98,7 @@ def run(rank: int, world: int, port: int, args: dict, out: str) -> None:
                     "optimizer": name,
                     "grouping": grouping,
                     "world": world,
-                    "step_s": statistics.median(times[2:]),
+                    "step_s": statistics.median(times[w:]),
                     "allreduce_calls_per_step": grp["calls"] / n,
                     "bytes_per_step": grp["bytes"] / n,
                     "finite_check_bytes_per_step": stats.get("finite", {"bytes": 0})["bytes"] / n,
@@ -103,6 +107,7 @@ def run(rank: int, world: int, port: int, args: dict, out: str) -> None:
             )
             if rank == 0:
                 print(json.dumps(results[-1]), flush=True)
+            del opt, layers, params, grads
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
@@ -131,24 +136,28 @@ def write_md(path: str, d: dict) -> None:
     lines = [
         "# Sharded steps: communication and 2-rank vs 1-rank step time",
         "",
-        f"Command: `PYTHONPATH=$PWD python bench/distributed.py --blocks {m['blocks']} --steps {m['steps']}`",
+        "Command: `PYTHONPATH=$PWD python bench/distributed.py --blocks "
+        f"{m['blocks']} --warmup {m['warmup']} --steps {m['steps']}`",
         "",
         f"Machine: {m['machine']}; torch {m['torch']}; backend `{m['backend']}`; "
         f"{m['threads_per_rank']} thread per rank; {m['date']}.",
         "",
-        f"Parameter set: **{m['blocks']}** transformer block(s) (of the 12 of GPT-2 small) of Linear weights "
-        "(out, in) = (2304, 768), (768, 768), (3072, 768), (768, 3072), 7,077,888 parameters per block, "
-        "GroupLasso on all of them; fewer than 12 blocks because the reference PG solvers take seconds per "
-        "step per block on this shared 2-core machine. Bytes scale linearly with the number of blocks (closed "
-        "forms) and with blocks x iterations (solvers). PG solvers run with `max_iters=20` here.",
+        f"Parameter set: **{m['blocks']}** transformer block(s) (GPT-2 small has 12) of Linear weights "
+        "(out, in) = (2304, 768), (768, 768), (3072, 768), (768, 3072), 7,077,888 parameters per block "
+        f"({m['blocks'] * 7077888:,} in all), GroupLasso on all of them. Bytes scale linearly with the number "
+        "of blocks (closed forms) and with blocks x iterations (solvers). PG solvers run with `max_iters=20` "
+        "here.",
         "",
         "`all-reduces`, `bytes`: structsparse's own collectives per step per rank (payload; a ring all-reduce "
         "moves about 2(N-1)/N of it on the wire), excluding FSDP2's gradient reduce-scatter (the same for "
         "every optimizer) and the 4-byte non-finite check. An all-gather of the parameters would be 14.2 MB "
-        "per rank per step per block (fp32, 2 ranks); nothing here gathers.",
+        f"per rank per step per block (fp32, 2 ranks; {14.155776 * m['blocks']:.0f} MB for this set); nothing "
+        "here gathers.",
         "",
-        "`ratio` = 2-rank / 1-rank step time (each rank steps half of the rows). Medians of few steps on a "
-        "machine shared with other jobs (load average ~7 on 2 cores): rough.",
+        "`ratio` = 2-rank / 1-rank step time (each rank steps half of the rows). "
+        f"{m['warmup']} warm-up step(s), median of {m['steps']} timed step(s). **The machine was shared** "
+        f"while this was measured (other jobs ran concurrently on its 2 cores; load average "
+        f"{m['load_before']} before, {m['load_after']} after): timings are rough, the bytes are exact.",
         "",
         "| optimizer | grouping | 1 rank (s) | 2 ranks (s) | ratio | all-reduces/step | bytes/step/rank |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -165,13 +174,21 @@ def write_md(path: str, d: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--blocks", type=int, default=1)
+    ap.add_argument("--blocks", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--opts", nargs="*", default=list(OPTS))
     ap.add_argument("--groupings", nargs="*", default=["input", "output"])
     ap.add_argument("--out", default="bench/results/distributed.json")
     a = ap.parse_args()
-    args = {"blocks": a.blocks, "steps": a.steps, "opts": a.opts, "groupings": a.groupings}
+    args = {
+        "blocks": a.blocks,
+        "warmup": a.warmup,
+        "steps": a.steps,
+        "opts": a.opts,
+        "groupings": a.groupings,
+    }
+    load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = {}
     for world in (1, 2):
         tmp = f"{a.out}.w{world}.tmp"
@@ -203,10 +220,13 @@ def main() -> None:
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs "
-        "(shared with other jobs: timings are noisy)",
+        "(shared with other jobs while measured: timings are noisy)",
         "torch": torch.__version__,
         "blocks": a.blocks,
+        "warmup": a.warmup,
         "steps": a.steps,
+        "load_before": load_before,
+        "load_after": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "threads_per_rank": 1,
         "backend": "reference",
     }
