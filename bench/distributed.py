@@ -121,7 +121,7 @@ Reading the table:
 - `output` grouping is aligned with FSDP2's dim-0 shards: zero bytes for every optimizer.
 - RMDA/ProxSGD `input`: exactly one all-reduce per bucket per step, of one float64 partial sum per group
   (group sums of float32 tensors accumulate in float64 so that they do not depend on the summation order):
-  here 768+768+768+3072 = 5,376 groups = 43,008 B. Their 2-rank overhead comes from the collective on an
+  per block 768+768+768+3072 = 5,376 groups = 43,008 B (12 blocks: 516,096 B). Their 2-rank overhead comes from the collective on an
   oversubscribed machine and from `batched()` running the (cheap) prox of the bucket twice (record, replay).
 - RAMDA/ProxGen `exact` and ProxSSI `input`: per tensor one SUM (float64) + one MAX (float32) all-reduce of G,
   then one all-reduce of 2G float64 per Newton iteration.
