@@ -4,8 +4,8 @@
 // csrc/include/structsparse/math.h, so copies compiled for different ISAs never mix at link time.
 //
 // Every kernel processes one tile (see tile.h) in one pass over memory for the elementwise part;
-// groups that need a norm take a second, cache-resident pass over the tile; solver groups are
-// copied to a group-major scratch (kept in cache) through all PG / Newton iterations.
+// groups that need a norm take a second, cache-resident pass over the tile; the solvers
+// (solve_rows.h) iterate over the tile in row layout, in cache, through all PG / Newton iterations.
 
 #include "structsparse/math.h"
 #include "tile.h"
@@ -15,6 +15,22 @@ namespace cpu {
 namespace SS_ISA {
 
 namespace {
+
+// Software prefetch of one row segment (n elements) of a strided tile array. A tile with A > 1 is
+// A short segments (ng·B elements) a row stride apart, which the hardware prefetchers do not
+// follow; the first-touch loops fetch row a + pf_dist(row) while computing row a.
+template <typename T>
+inline void pf_row(const T* p, int64_t n) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (int64_t i = 0; i < n; i += int64_t(64 / sizeof(T))) __builtin_prefetch(p + i);
+  __builtin_prefetch(p + n - 1);
+#endif
+}
+template <typename T>
+inline int64_t pf_dist(int64_t row) {
+  const int64_t d = int64_t(4096 / sizeof(T)) / (row > 0 ? row : 1);
+  return d < 1 ? 1 : (d > 16 ? 16 : d);
+}
 
 template <typename T>
 inline Reg<T> make_reg(const TileArgs& t) {
@@ -136,29 +152,17 @@ inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd u
   }
 }
 
-// Per-group subproblem over a tile. Group-major arrays (n = A·B per group): lin, P, w0, x0;
-// result into x. y: scratch of n.
-template <typename T>
-inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0,
-                       const T* x0, T* x, T* y) {
-  const int64_t n = t.A * t.B;
-  const T thr = T(double(a) * t.lam * t.wg);
-  for (int64_t j = 0; j < t.ng; ++j) {
-    const int64_t o = j * n;
-    if (t.exact)
-      group_newton_ms<T>(thr, lin + o, P + o, w0 + o, x + o, n);
-    else
-      group_pg<T>(reg, a, lin + o, P + o, w0 + o, x0 + o, x + o, y, n, t.max_iters, T(t.rtol));
-  }
-}
+#include "solve_rows.h"
 
-// Copy a tile array (row stride rs) to group-major order dst[j·n + a·B + b].
+// Subproblem of every group of a tile (row layout): lin, P, w0, x0 views; result into x (rows of
+// ng·B); scr: row_solve_scratch elements.
 template <typename T>
-inline void to_group_major(const TileArgs& t, const T* src, int64_t rs, T* dst) {
-  const int64_t A = t.A, ng = t.ng, B = t.B, n = A * B;
-  for (int64_t a = 0; a < A; ++a)
-    for (int64_t j = 0; j < ng; ++j)
-      for (int64_t b = 0; b < B; ++b) dst[j * n + a * B + b] = src[a * rs + j * B + b];
+inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin, RowView<T> P, RowView<T> w0,
+                       RowView<T> x0, T* x, T* scr) {
+  if (t.exact)
+    row_newton<T>(t.A, t.ng, t.B, T(double(a) * t.lam * t.wg), lin, P, w0, x, scr);
+  else
+    row_pg<T>(t.A, t.ng, t.B, reg, a, lin, P, w0, x0, x, scr, t.max_iters, T(t.rtol));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,14 +241,22 @@ void ramda_tile(const TileArgs& t) {
     return;
   }
   const int64_t tot = A * row;
-  T* P = static_cast<T*>(t.scratch);
+  T* P = static_cast<T*>(t.scratch);  // row layout (stride row)
   T* X = P + tot;
-  T* Y = X + tot;
+  const int64_t pd = pf_dist<T>(row);
   for (int64_t a = 0; a < A; ++a) {
     const T* __restrict g = Gr + a * grs;
     T* __restrict v = V + a * srs;
     T* __restrict u = U + a * srs;
-    T* __restrict p = P + a * row;  // row layout for now
+    T* __restrict p = P + a * row;
+    if (A > 1 && a + pd < A) {
+      const int64_t an = a + pd;
+      pf_row(Gr + an * grs, row);
+      pf_row(V + an * srs, row);
+      pf_row(U + an * srs, row);
+      pf_row(W0 + an * srs, row);
+      pf_row(W + an * wrs, row);
+    }
     for (int64_t k = 0; k < row; ++k) {
       T gg = g[k];
       T vv = v[k] + s * gg;
@@ -254,31 +266,12 @@ void ramda_tile(const TileArgs& t) {
       p[k] = cbrt_nonneg(uu) + eps;
     }
   }
-  const T alpha = T(t.sc[3]);
-  if (A == 1) {  // the tile is group-major already
-    solve_tile<T>(t, reg, alpha, V, P, W0, W, X, Y);
-  } else {
-    // scratch: [P rows | X | Y (n) | Pg | L | Z0]; the warm start X0 reuses P once copied to Pg
-    T* Pg = Y + A * t.B;
-    T* L = Pg + tot;
-    T* Z0 = L + tot;
-    to_group_major<T>(t, P, row, Pg);
-    to_group_major<T>(t, V, srs, L);
-    to_group_major<T>(t, W0, srs, Z0);
-    T* X0 = P;
-    to_group_major<T>(t, W, wrs, X0);
-    solve_tile<T>(t, reg, alpha, L, Pg, Z0, X0, X, Y);
-    // X is group-major: mix back into W
-    const int64_t n = A * t.B;
-    for (int64_t a = 0; a < A; ++a)
-      for (int64_t j = 0; j < t.ng; ++j)
-        for (int64_t b = 0; b < t.B; ++b) {
-          T* w = W + a * wrs + j * t.B + b;
-          *w = *w * one_c + c * X[j * n + a * t.B + b];
-        }
-    return;
+  solve_tile<T>(t, reg, T(t.sc[3]), {V, srs}, {P, row}, {W0, srs}, {W, wrs}, X, X + tot);
+  for (int64_t a = 0; a < A; ++a) {
+    T* __restrict w = W + a * wrs;
+    const T* __restrict x = X + a * row;
+    for (int64_t k = 0; k < row; ++k) w[k] = w[k] * one_c + c * x[k];
   }
-  for (int64_t k = 0; k < row; ++k) W[k] = W[k] * one_c + c * X[k];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +297,8 @@ void adam_prox_tile(const TileArgs& t) {
   T* P = static_cast<T*>(t.scratch);  // D (ProxGen) or denom (ProxSSI), row layout
   T* L = P + tot;                     // linear term, row layout
   T* X = L + tot;
-  T* Y = X + tot;
+  T* Y = X + tot;  // solver scratch
+  const int64_t pd = pf_dist<T>(row);
   for (int64_t a = 0; a < A; ++a) {
     T* __restrict w = W + a * wrs;
     const T* __restrict g = Gr + a * grs;
@@ -312,6 +306,13 @@ void adam_prox_tile(const TileArgs& t) {
     T* __restrict v = Vs + a * srs;
     T* __restrict p = P + a * row;
     T* __restrict l = L + a * row;
+    if (A > 1 && a + pd < A) {
+      const int64_t an = a + pd;
+      pf_row(Gr + an * grs, row);
+      pf_row(M + an * srs, row);
+      pf_row(Vs + an * srs, row);
+      pf_row(W + an * wrs, row);
+    }
     for (int64_t k = 0; k < row; ++k) {
       T gg = g[k];
       T mm = m[k] * b1 + omb1 * gg;
@@ -342,23 +343,12 @@ void adam_prox_tile(const TileArgs& t) {
     }
   }
   if (!solve) return;
-  const T a_thr = T(lr_d);
-  if (A == 1) {
-    solve_tile<T>(t, reg, a_thr, L, P, W, W, X, Y);
-    for (int64_t k = 0; k < row; ++k) W[k] = X[k];
-    return;
+  solve_tile<T>(t, reg, T(lr_d), {L, row}, {P, row}, {W, wrs}, {W, wrs}, X, Y);
+  for (int64_t a = 0; a < A; ++a) {
+    T* __restrict w = W + a * wrs;
+    const T* __restrict x = X + a * row;
+    for (int64_t k = 0; k < row; ++k) w[k] = x[k];
   }
-  T* Pg = Y + A * t.B;
-  T* Lg = Pg + tot;
-  T* Wg = P;  // P (row layout) is copied to Pg first
-  to_group_major<T>(t, P, row, Pg);
-  to_group_major<T>(t, L, row, Lg);
-  to_group_major<T>(t, W, wrs, Wg);
-  solve_tile<T>(t, reg, a_thr, Lg, Pg, Wg, Wg, X, Y);
-  const int64_t n = A * t.B;
-  for (int64_t a = 0; a < A; ++a)
-    for (int64_t j = 0; j < t.ng; ++j)
-      for (int64_t b = 0; b < t.B; ++b) W[a * wrs + j * t.B + b] = X[j * n + a * t.B + b];
 }
 
 template <typename T>

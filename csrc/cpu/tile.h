@@ -39,7 +39,9 @@ struct TileArgs {
 };
 
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
-  return 6 * A * ng * B + ng + 2 * (B + 1024) + 64;  // solvers: 6 tiles; prox: ng + 2 chunks
+  // solvers: P, L, X tiles + the PG scratch (solve_rows.h: 5 tiles, 8 rows, 8·ng + 16·ng bytes);
+  // prox: ng + 2 chunks or 2 rows
+  return 8 * A * ng * B + 9 * ng * B + 13 * ng + 2 * (B + 1024) + 128;
 }
 
 using TileFn = void (*)(const TileArgs&);

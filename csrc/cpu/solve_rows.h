@@ -1,0 +1,388 @@
+// Subproblem solvers of SPEC §4 over a tile in row layout (included by kernels_impl.h inside the
+// per-ISA namespace; no torch here).
+//
+// A tile holds groups [j0, j0 + ng) of all A rows of the [A, G, B] view. Row a of an array is the
+// ng·B contiguous elements (a, j, b); element (a, k) of a view {p, rs} is p[a·rs + k], k = j·B + b.
+// The group j of the tile is the A·B elements {(a, j·B + b)}: a strided column of the tile. The
+// solvers never gather groups: every pass walks the tile in memory order, accumulating per
+// position k (vectorized along the row) and reducing the B positions of each group once per pass,
+// with the per-group scalars (r of Newton, η and τ of PG, stop flags) expanded back to positions.
+// Each group follows exactly its own sequence of iterations (a converged group is frozen), so the
+// result is the per-group solve of math.h; only the order of the sums differs.
+#pragma once
+
+template <typename T>
+struct RowView {
+  const T* p;
+  int64_t rs;
+};
+
+// Scratch of row_newton: pz (A·row), 3 position arrays (row), 4 group arrays (ng).
+inline int64_t row_newton_scratch(int64_t A, int64_t ng, int64_t B) {
+  return A * ng * B + 3 * ng * B + 4 * ng + 64;
+}
+
+namespace rows {
+
+// out[j] = Σ_b acc[j·B + b] (lanes combined in a fixed order).
+template <typename T>
+inline void reduce_pos(const T* acc, int64_t ng, int64_t B, T* out) {
+  if (B == 1) {
+    for (int64_t j = 0; j < ng; ++j) out[j] = acc[j];
+    return;
+  }
+  for (int64_t j = 0; j < ng; ++j) out[j] = lane_sum<T>(B, [&](int64_t b) { return acc[j * B + b]; });
+}
+
+template <typename T>
+inline void max_pos(const T* acc, int64_t ng, int64_t B, T* out) {
+  for (int64_t j = 0; j < ng; ++j) {
+    T m = acc[j * B];
+    for (int64_t b = 1; b < B; ++b) m = acc[j * B + b] > m ? acc[j * B + b] : m;
+    out[j] = m;
+  }
+}
+
+template <typename T>
+inline void expand(const T* g, int64_t ng, int64_t B, T* pos) {
+  if (B == 1) {
+    for (int64_t j = 0; j < ng; ++j) pos[j] = g[j];
+    return;
+  }
+  for (int64_t j = 0; j < ng; ++j)
+    for (int64_t b = 0; b < B; ++b) pos[j * B + b] = g[j];
+}
+
+}  // namespace rows
+
+// Row loops (restrict-qualified parameters: these vectorize along the row).
+template <typename T>
+inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict z,
+                   T* __restrict s2, T* __restrict pm) {
+  for (int64_t k = 0; k < n; ++k) {
+    T v = p[k] * w[k] - l[k];
+    if (z) z[k] = v;
+    s2[k] += v * v;
+    pm[k] = p[k] > pm[k] ? p[k] : pm[k];
+  }
+}
+template <typename T>
+inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
+                       T* __restrict s1, T* __restrict s2) {
+  for (int64_t k = 0; k < n; ++k) {
+    T inv = T(1) / (p[k] * r[k] + thr);
+    T q = z[k] * inv;
+    T q2 = q * q;
+    s1[k] += q2;
+    s2[k] += q2 * p[k] * inv;
+  }
+}
+template <typename T>
+inline void newton_final_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
+                             T* __restrict x) {
+  for (int64_t k = 0; k < n; ++k) x[k] = r[k] > T(0) ? z[k] * r[k] / (p[k] * r[k] + thr) : T(0);
+}
+// One PG iteration over a row (see row_pg_k): x ← on ? y·sc : x; objective terms of x into
+// s1 (smooth), s2 (‖x‖²), s3 (‖x‖₁); next step y = x − η(lin + P(x − W0)) (SGL: soft
+// threshold t1) and Σ y² into sy.
+template <bool SGL, typename T>
+inline void pg_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict x,
+                   T* __restrict y, const T* __restrict sc, const T* __restrict on, const T* __restrict eta,
+                   const T* __restrict t1, T* __restrict s1, T* __restrict s2, T* __restrict s3,
+                   T* __restrict sy) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T xv = on[k] != T(0) ? y[k] * sc[k] : x[k];
+    x[k] = xv;
+    const T d = xv - w[k];
+    s1[k] += l[k] * d + T(0.5) * p[k] * d * d;
+    s2[k] += xv * xv;
+    s3[k] += std::fabs(xv);
+    T v = xv - eta[k] * (l[k] + p[k] * d);
+    if (SGL) v = soft_threshold(v, t1[k]);
+    y[k] = v;
+    sy[k] += v * v;
+  }
+}
+template <typename T>
+inline void zero(T* __restrict p, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) p[k] = T(0);
+}
+
+// Exact group-LASSO solve (solver="exact"): screening, then Newton in the Moré–Sorensen form:
+// g(r) = 1/s(r) − 1 with s(r)² = Σ_i (P_i Z_i/(P_i r + T))², T = a·λ·w_g. 1/s is concave and
+// increasing, so Newton from r₀ = max(0, (‖P⊙Z‖ − T)/max P) (where φ(r₀) ≥ 0) climbs to the root
+// without overshoot; step δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T), q_i = P_i Z_i/(P_i r + T).
+// A group stops after a step below NEWTON_ULPS ulps of r (NEWTON_MAX_ITERS max).
+// x: result (contiguous rows of length row); scr: row_newton_scratch elements.
+template <typename T>
+inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, RowView<T> P, RowView<T> w0, T* x,
+                       T* scr) {
+  const int64_t row = ng * B;
+  if (thr == T(0)) {
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict l = lin.p + a * lin.rs;
+      const T* __restrict p = P.p + a * P.rs;
+      const T* __restrict w = w0.p + a * w0.rs;
+      T* __restrict xr = x + a * row;
+      for (int64_t k = 0; k < row; ++k) xr[k] = w[k] - l[k] / p[k];
+    }
+    return;
+  }
+  T* __restrict pz = scr;  // P⊙W0 − lin, A·row
+  T* __restrict acc1 = pz + A * row;
+  T* __restrict acc2 = acc1 + row;
+  T* __restrict rpos = acc2 + row;
+  T* __restrict g1 = rpos + row;
+  T* __restrict g2 = g1 + ng;
+  T* __restrict r = g2 + ng;
+  T* __restrict act = r + ng;  // 1: Newton still running
+  zero(acc1, row);
+  zero(acc2, row);
+  for (int64_t a = 0; a < A; ++a)
+    pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, pz + a * row, acc1, acc2);
+  rows::reduce_pos(acc1, ng, B, g1);
+  rows::max_pos(acc2, ng, B, g2);
+  int64_t n_act = 0;
+  for (int64_t j = 0; j < ng; ++j) {
+    const T pzn = std::sqrt(g1[j]);
+    if (screened(pzn, thr)) {
+      r[j] = T(0);
+      act[j] = T(0);
+    } else {
+      r[j] = newton_start(pzn, thr, g2[j]);
+      act[j] = T(1);
+      ++n_act;
+    }
+  }
+  const T tol = T(NEWTON_ULPS) * Eps<T>::value;
+  for (int it = 0; it < NEWTON_MAX_ITERS && n_act > 0; ++it) {
+    rows::expand(r, ng, B, rpos);
+    zero(acc1, row);
+    zero(acc2, row);
+    for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * row, rpos, thr, acc1, acc2);
+    rows::reduce_pos(acc1, ng, B, g1);
+    rows::reduce_pos(acc2, ng, B, g2);
+    n_act = 0;
+    for (int64_t j = 0; j < ng; ++j) {
+      if (act[j] == T(0)) continue;
+      const T s2 = g1[j];
+      const T delta = s2 * (std::sqrt(s2) - T(1)) / g2[j];
+      if (!(delta > tol * r[j])) {
+        act[j] = T(0);
+      } else {
+        r[j] = r[j] + delta;
+        ++n_act;
+      }
+    }
+  }
+  rows::expand(r, ng, B, rpos);
+  for (int64_t a = 0; a < A; ++a) newton_final_row<T>(row, P.p + a * P.rs, pz + a * row, rpos, thr, x + a * row);
+}
+
+// Screened proximal gradient (solver="pg", RAMDA Algorithm 2) of every group of the tile, with
+// the per-group rule of math.h group_pg: step η = 1/max P (MCP: 1/(2 max P)), stop when
+// (Q_prev − Q)/(|Q| + 1) < rtol after ≥ 2 iterations or after max_iters; a group whose result is
+// worse than its warm start x0 gets x0 back; group LASSO groups that pass the screening test are 0.
+// Groups need very different iteration counts, so the iterating groups are packed into contiguous
+// rows (lin, P, W0, x of nc groups, row length nc·B) and repacked whenever half of them have
+// stopped: the work is at most about twice Σ_g iterations_g · |g|.
+// scr: row_pg_scratch elements.
+inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
+  return 5 * A * ng * B + 8 * ng * B + 8 * ng + 2 * ng * int64_t(sizeof(int64_t)) + 64;
+}
+
+template <int KIND, typename T>
+inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
+                     RowView<T> w0, RowView<T> x0, T* x, T* scr, int max_iters, T rtol) {
+  const int64_t row = ng * B, tile = A * row;
+  constexpr bool sgl = KIND == REG_SPARSE_GROUP_LASSO;
+  T* __restrict Lc = scr;  // packed arrays, rows of nc·B
+  T* __restrict Pc = Lc + tile;
+  T* __restrict Wc = Pc + tile;
+  T* __restrict Xc = Wc + tile;
+  T* __restrict Yc = Xc + tile;
+  T* __restrict acc1 = Yc + tile;
+  T* __restrict acc2 = acc1 + row;
+  T* __restrict acc3 = acc2 + row;
+  T* __restrict acc4 = acc3 + row;
+  T* __restrict etap = acc4 + row;
+  T* __restrict t1p = etap + row;  // SGL soft threshold τ·λ1 per position
+  T* __restrict actp = t1p + row;  // 1 while the group iterates
+  T* __restrict scp = actp + row;  // prox scale per position
+  T* __restrict g1 = scp + row;    // per packed group:
+  T* __restrict g2 = g1 + ng;
+  T* __restrict g3 = g2 + ng;
+  T* __restrict eta = g3 + ng;
+  T* __restrict q0 = eta + ng;
+  T* __restrict qp = q0 + ng;
+  T* __restrict act = qp + ng;
+  T* __restrict gy = act + ng;  // Σ y² of the pending gradient step
+  // original group index of each packed group (int64, 8-byte aligned after the group arrays)
+  int64_t* orig = reinterpret_cast<int64_t*>(
+      (reinterpret_cast<uintptr_t>(gy + ng) + alignof(int64_t) - 1) & ~uintptr_t(alignof(int64_t) - 1));
+  // pass 0: max P, ‖P⊙W0 − lin‖² (group LASSO screening), x = x0
+  zero(acc1, row);
+  zero(acc2, row);
+  for (int64_t a = 0; a < A; ++a) {
+    pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, nullptr, acc1, acc2);
+    const T* __restrict xo = x0.p + a * x0.rs;
+    T* __restrict xr = x + a * row;
+    for (int64_t k = 0; k < row; ++k) xr[k] = xo[k];
+  }
+  rows::reduce_pos(acc1, ng, B, g1);
+  rows::max_pos(acc2, ng, B, g2);
+  const T thr_gl = a_ * (reg.lam * reg.wg);
+  int64_t nc = 0;  // packed (iterating) groups
+  for (int64_t j = 0; j < ng; ++j) {
+    if (KIND == REG_GROUP_LASSO && screened(std::sqrt(g1[j]), thr_gl)) {
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t b = 0; b < B; ++b) x[a * row + j * B + b] = T(0);  // screened: exactly 0
+      continue;
+    }
+    T e = T(1) / g2[j];
+    if (KIND == REG_GROUP_MCP) e = e / T(2);
+    eta[nc] = e;
+    orig[nc] = j;
+    ++nc;
+  }
+  if (nc == 0) return;
+  // pack the iterating groups
+  {
+    const int64_t rc = nc * B;
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t jj = 0; jj < nc; ++jj) {
+        const int64_t so = orig[jj] * B, d = a * rc + jj * B;
+        for (int64_t b = 0; b < B; ++b) {
+          Lc[d + b] = lin.p[a * lin.rs + so + b];
+          Pc[d + b] = P.p[a * P.rs + so + b];
+          Wc[d + b] = w0.p[a * w0.rs + so + b];
+          Xc[d + b] = x[a * row + so + b];
+        }
+      }
+  }
+  // One fused pass per iteration: x ← y·scale for the iterating groups (the prox of the previous
+  // gradient step; frozen groups keep x), the objective terms of x, and the next gradient step
+  // y = x − η(lin + P(x − W0)) (SGL: soft-thresholded) with Σ y². The first pass (nothing on)
+  // gives Q(x0) and the first step.
+  auto pass = [&]() {
+    const int64_t rc = nc * B;
+    zero(acc1, rc);
+    zero(acc2, rc);
+    zero(acc3, rc);
+    zero(acc4, rc);
+    for (int64_t a = 0; a < A; ++a) {
+      const int64_t o = a * rc;
+      pg_row<sgl, T>(rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, acc1, acc2, acc3, acc4);
+    }
+    rows::reduce_pos(acc1, nc, B, g1);
+    rows::reduce_pos(acc2, nc, B, g2);
+    rows::reduce_pos(acc3, nc, B, g3);
+    rows::reduce_pos(acc4, nc, B, gy);
+  };
+  auto write_back = [&](int64_t jj) {  // packed group jj -> x
+    const int64_t rc = nc * B, so = orig[jj] * B;
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t b = 0; b < B; ++b) x[a * row + so + b] = Xc[a * rc + jj * B + b];
+  };
+  auto relayout = [&]() {
+    rows::expand(eta, nc, B, etap);
+    if (sgl)
+      for (int64_t k = 0; k < nc * B; ++k) t1p[k] = etap[k] * a_ * reg.lam;
+  };
+  relayout();
+  zero(actp, nc * B);
+  pass();
+  for (int64_t jj = 0; jj < nc; ++jj) {
+    q0[jj] = qp[jj] = g1[jj] + a_ * group_value(reg, std::sqrt(g2[jj]), g3[jj]);
+    act[jj] = T(1);
+  }
+  int64_t n_act = nc;
+  for (int it = 1; it <= max_iters && n_act > 0; ++it) {
+    const int64_t rc = nc * B;
+    for (int64_t jj = 0; jj < nc; ++jj) gy[jj] = group_prox_scale_k<KIND>(reg, eta[jj] * a_, T(std::sqrt(gy[jj])));
+    rows::expand(gy, nc, B, scp);
+    rows::expand(act, nc, B, actp);
+    pass();
+    n_act = 0;
+    for (int64_t jj = 0; jj < nc; ++jj) {
+      if (act[jj] == T(0)) continue;
+      const T q = g1[jj] + a_ * group_value(reg, std::sqrt(g2[jj]), g3[jj]);
+      const bool done = it >= 2 && (qp[jj] - q) / (std::fabs(q) + T(1)) < rtol;
+      qp[jj] = q;
+      if (done)
+        act[jj] = T(0);
+      else
+        ++n_act;
+    }
+    if (n_act > 0 && 2 * n_act <= nc) {  // repack: finished groups to x, iterating ones to the front
+      for (int64_t jj = 0; jj < nc; ++jj)
+        if (act[jj] == T(0)) write_back(jj);
+      const int64_t nn = n_act, rn = nn * B;
+      // x0 fallback of finished groups (their q0/qp are dropped with them)
+      for (int64_t jj = 0; jj < nc; ++jj)
+        if (act[jj] == T(0) && qp[jj] > q0[jj]) {
+          const int64_t so = orig[jj] * B;
+          for (int64_t a = 0; a < A; ++a)
+            for (int64_t b = 0; b < B; ++b) x[a * row + so + b] = x0.p[a * x0.rs + so + b];
+        }
+      // in-place compaction: destinations never pass their sources (rn ≤ rc, jj' ≤ jj)
+      for (int64_t a = 0; a < A; ++a) {
+        int64_t dj = 0;
+        for (int64_t jj = 0; jj < nc; ++jj) {
+          if (act[jj] == T(0)) continue;
+          const int64_t s0 = a * rc + jj * B, d0 = a * rn + dj * B;
+          for (int64_t b = 0; b < B; ++b) {
+            Lc[d0 + b] = Lc[s0 + b];
+            Pc[d0 + b] = Pc[s0 + b];
+            Wc[d0 + b] = Wc[s0 + b];
+            Xc[d0 + b] = Xc[s0 + b];
+            Yc[d0 + b] = Yc[s0 + b];
+          }
+          ++dj;
+        }
+      }
+      int64_t dj = 0;
+      for (int64_t jj = 0; jj < nc; ++jj) {
+        if (act[jj] == T(0)) continue;
+        eta[dj] = eta[jj];
+        q0[dj] = q0[jj];
+        qp[dj] = qp[jj];
+        gy[dj] = gy[jj];
+        orig[dj] = orig[jj];
+        act[dj] = T(1);
+        ++dj;
+      }
+      nc = nn;
+      relayout();
+    }
+  }
+  for (int64_t jj = 0; jj < nc; ++jj) {
+    write_back(jj);
+    if (qp[jj] > q0[jj]) {  // worse than the warm start: keep the warm start
+      const int64_t so = orig[jj] * B;
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t b = 0; b < B; ++b) x[a * row + so + b] = x0.p[a * x0.rs + so + b];
+    }
+  }
+}
+
+template <typename T>
+inline void row_pg(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
+                   RowView<T> w0, RowView<T> x0, T* x, T* scr, int max_iters, T rtol) {
+  switch (reg.kind) {
+    case REG_GROUP_LASSO:
+      return row_pg_k<REG_GROUP_LASSO>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);
+    case REG_SPARSE_GROUP_LASSO:
+      return row_pg_k<REG_SPARSE_GROUP_LASSO>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);
+    case REG_GROUP_MCP:
+      return row_pg_k<REG_GROUP_MCP>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);
+    default:
+      return row_pg_k<REG_NONE>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);
+  }
+}
+
+// Scratch of either solver.
+inline int64_t row_solve_scratch(int64_t A, int64_t ng, int64_t B) {
+  const int64_t a = row_newton_scratch(A, ng, B), b = row_pg_scratch(A, ng, B);
+  return a > b ? a : b;
+}
