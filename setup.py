@@ -25,6 +25,7 @@ def _ext_modules():
     if os.environ.get("STRUCTSPARSE_NO_EXT") == "1":
         return [], {}
     try:
+        import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except Exception as e:  # torch missing at build time
         print(f"structsparse: not building the C++ extension ({e})", file=sys.stderr)
@@ -45,6 +46,12 @@ def _ext_modules():
         # (prox, cbrt) vectorize; neither changes a result. No FMA contraction, so every ISA
         # variant rounds the same way as the others.
         cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-std=c++20"]
+    link = []
+    # at::parallel_for is an inline template: with torch's OpenMP backend its `#pragma omp parallel`
+    # is compiled into this extension, and without -fopenmp every kernel would run on one thread.
+    if sys.platform != "win32" and "OpenMP" in torch.__config__.parallel_info():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     include_dirs = [os.path.join(here, "csrc", "include"), os.path.join(here, "csrc", "cpu")]
     if _with_cuda():
         from torch.utils.cpp_extension import CUDAExtension
@@ -57,6 +64,7 @@ def _ext_modules():
             sources + cuda_sources,
             include_dirs=include_dirs + [os.path.join(here, "csrc")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+            extra_link_args=link,
         )
     else:
         ext = CppExtension(
@@ -64,6 +72,7 @@ def _ext_modules():
             sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
 
     class OptionalBuild(BuildExtension):

@@ -69,12 +69,13 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       T* __restrict sx = acc + row;
       if (t.mode != 2) {
         for (int64_t k = 0; k < row; ++k) acc[k] = T(0);
-        for (int64_t a = 0; a < A; ++a)
+        for (int64_t a = 0; a < A; ++a) {
           for (int64_t k = 0; k < row; ++k) {
             T z = upd(a, k);
             T y = sgl ? soft_threshold(z, t1) : z;
             acc[k] += y * y;
           }
+        }
         if (B == 1) {
           for (int64_t j = 0; j < ng; ++j) gs[j] = acc[j];
         } else {
@@ -175,15 +176,16 @@ void rmda_tile(const TileArgs& t) {
   const T* __restrict W0 = static_cast<const T*>(t.s0);
   T* __restrict V = static_cast<T*>(t.s1);
   const int64_t wrs = t.w_rs, grs = t.g_rs, srs = t.s_rs;
-  const T s = T(t.sc[0]), sqt = T(t.sc[1]), c = T(t.sc[2]), one_c = T(1.0 - t.sc[2]), tau = T(t.sc[3]);
+  // 1/sqrt(t) rounded once: z = W0 − V·(1/sqrt t) (the reference divides; ≤ 1 ulp apart)
+  const T s = T(t.sc[0]), isqt = T(1.0 / t.sc[1]), c = T(t.sc[2]), one_c = T(1.0 - t.sc[2]), tau = T(t.sc[3]);
   prox_tile<T>(
       t, make_reg<T>(t), tau, static_cast<T*>(t.scratch),
       [=](int64_t a, int64_t k) {
         T v = V[a * srs + k] + s * Gr[a * grs + k];
         V[a * srs + k] = v;
-        return W0[a * srs + k] - v / sqt;
+        return W0[a * srs + k] - v * isqt;
       },
-      [=](int64_t a, int64_t k) { return W0[a * srs + k] - V[a * srs + k] / sqt; },
+      [=](int64_t a, int64_t k) { return W0[a * srs + k] - V[a * srs + k] * isqt; },
       [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = W[a * wrs + k] * one_c + c * x; });
 }
 
@@ -411,6 +413,23 @@ void dessilbi_tile(const TileArgs& t) {
       [=](int64_t a, int64_t k, T x) { Ga[a * srs + k] = x * kap; });
 }
 
+// All finite: OR over "exponent bits all ones" (NaN or ±Inf), a branch-free vectorized pass.
+template <typename U>
+bool finite_bits(const U* x, int64_t n, U mask) {
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= U((x[i] & mask) == mask);
+  return bad == 0;
+}
+bool finite32(const uint32_t* x, int64_t n) {
+  return finite_bits<uint32_t>(x, n, 0x7F800000u);
+}
+bool finite64(const uint64_t* x, int64_t n) {
+  return finite_bits<uint64_t>(x, n, 0x7FF0000000000000ull);
+}
+bool finite16(const uint16_t* x, int64_t n, uint16_t mask) {
+  return finite_bits<uint16_t>(x, n, mask);
+}
+
 }  // namespace
 }  // namespace SS_ISA
 
@@ -429,6 +448,9 @@ KernelTable SS_TABLE_FN() {
   k.proxssi[1] = &SS_ISA::proxssi_tile<double>;
   k.dessilbi[0] = &SS_ISA::dessilbi_tile<float>;
   k.dessilbi[1] = &SS_ISA::dessilbi_tile<double>;
+  k.finite32 = &SS_ISA::finite32;
+  k.finite64 = &SS_ISA::finite64;
+  k.finite16 = &SS_ISA::finite16;
   return k;
 }
 

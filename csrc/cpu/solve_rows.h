@@ -17,9 +17,10 @@ struct RowView {
   int64_t rs;
 };
 
-// Scratch of row_newton: pz (A·row), 3 position arrays (row), 4 group arrays (ng).
+// Scratch of row_newton (in elements of float, the larger count): 2 double position arrays and 2
+// double group arrays, then pz (A·row), 2 position arrays, 3 group arrays.
 inline int64_t row_newton_scratch(int64_t A, int64_t ng, int64_t B) {
-  return A * ng * B + 3 * ng * B + 4 * ng + 64;
+  return A * ng * B + 6 * ng * B + 7 * ng + 64;
 }
 
 namespace rows {
@@ -36,10 +37,25 @@ inline void reduce_pos(const T* acc, int64_t ng, int64_t B, T* out) {
 
 template <typename T>
 inline void max_pos(const T* acc, int64_t ng, int64_t B, T* out) {
-  for (int64_t j = 0; j < ng; ++j) {
-    T m = acc[j * B];
-    for (int64_t b = 1; b < B; ++b) m = acc[j * B + b] > m ? acc[j * B + b] : m;
-    out[j] = m;
+  if (B < 2 * LANES) {
+    for (int64_t j = 0; j < ng; ++j) {
+      T m = acc[j * B];
+      for (int64_t b = 1; b < B; ++b) m = acc[j * B + b] > m ? acc[j * B + b] : m;
+      out[j] = m;
+    }
+    return;
+  }
+  for (int64_t j = 0; j < ng; ++j) {  // LANES independent maxima (vectorizes), then combined
+    const T* a = acc + j * B;
+    T m[LANES];
+    for (int k = 0; k < LANES; ++k) m[k] = a[k];
+    int64_t b = LANES;
+    for (; b + LANES <= B; b += LANES)
+      for (int k = 0; k < LANES; ++k) m[k] = a[b + k] > m[k] ? a[b + k] : m[k];
+    for (; b < B; ++b) m[0] = a[b] > m[0] ? a[b] : m[0];
+    T r = m[0];
+    for (int k = 1; k < LANES; ++k) r = m[k] > r ? m[k] : r;
+    out[j] = r;
   }
 }
 
@@ -56,25 +72,25 @@ inline void expand(const T* g, int64_t ng, int64_t B, T* pos) {
 }  // namespace rows
 
 // Row loops (restrict-qualified parameters: these vectorize along the row).
-template <typename T>
+template <typename T, typename S>
 inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict z,
-                   T* __restrict s2, T* __restrict pm) {
+                   S* __restrict s2, T* __restrict pm) {
   for (int64_t k = 0; k < n; ++k) {
     T v = p[k] * w[k] - l[k];
     if (z) z[k] = v;
-    s2[k] += v * v;
+    s2[k] += S(v) * S(v);
     pm[k] = p[k] > pm[k] ? p[k] : pm[k];
   }
 }
 template <typename T>
 inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
-                       T* __restrict s1, T* __restrict s2) {
+                       double* __restrict s1, double* __restrict s2) {
   for (int64_t k = 0; k < n; ++k) {
     T inv = T(1) / (p[k] * r[k] + thr);
     T q = z[k] * inv;
     T q2 = q * q;
-    s1[k] += q2;
-    s2[k] += q2 * p[k] * inv;
+    s1[k] += double(q2);
+    s2[k] += double(q2 * p[k] * inv);
   }
 }
 template <typename T>
@@ -128,28 +144,32 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
     }
     return;
   }
-  T* __restrict pz = scr;  // P⊙W0 − lin, A·row
-  T* __restrict acc1 = pz + A * row;
-  T* __restrict acc2 = acc1 + row;
-  T* __restrict rpos = acc2 + row;
-  T* __restrict g1 = rpos + row;
-  T* __restrict g2 = g1 + ng;
-  T* __restrict r = g2 + ng;
+  // Sums in double (per-position accumulators over the rows): with float sums the rounding noise
+  // of s² exceeds the NEWTON_ULPS stopping threshold and Newton would run to NEWTON_MAX_ITERS.
+  double* __restrict acc1 = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(scr) + 63) & ~uintptr_t(63));
+  double* __restrict acc2 = acc1 + row;
+  double* __restrict g1 = acc2 + row;
+  double* __restrict g2 = g1 + ng;
+  T* __restrict pz = reinterpret_cast<T*>(g2 + ng);  // P⊙W0 − lin, A·row
+  T* __restrict pm = pz + A * row;
+  T* __restrict rpos = pm + row;
+  T* __restrict gm = rpos + row;
+  T* __restrict r = gm + ng;
   T* __restrict act = r + ng;  // 1: Newton still running
   zero(acc1, row);
-  zero(acc2, row);
+  zero(pm, row);
   for (int64_t a = 0; a < A; ++a)
-    pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, pz + a * row, acc1, acc2);
+    pz_row<T, double>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, pz + a * row, acc1, pm);
   rows::reduce_pos(acc1, ng, B, g1);
-  rows::max_pos(acc2, ng, B, g2);
+  rows::max_pos(pm, ng, B, gm);
   int64_t n_act = 0;
   for (int64_t j = 0; j < ng; ++j) {
-    const T pzn = std::sqrt(g1[j]);
+    const T pzn = T(std::sqrt(g1[j]));
     if (screened(pzn, thr)) {
       r[j] = T(0);
       act[j] = T(0);
     } else {
-      r[j] = newton_start(pzn, thr, g2[j]);
+      r[j] = newton_start(pzn, thr, gm[j]);
       act[j] = T(1);
       ++n_act;
     }
@@ -165,8 +185,8 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
     n_act = 0;
     for (int64_t j = 0; j < ng; ++j) {
       if (act[j] == T(0)) continue;
-      const T s2 = g1[j];
-      const T delta = s2 * (std::sqrt(s2) - T(1)) / g2[j];
+      const double s2 = g1[j];
+      const T delta = T(s2 * (std::sqrt(s2) - 1.0) / g2[j]);
       if (!(delta > tol * r[j])) {
         act[j] = T(0);
       } else {

@@ -55,6 +55,10 @@ struct KernelTable {
   TileFn proxgen[2];
   TileFn proxssi[2];
   TileFn dessilbi[2];
+  // all elements finite (exponent bits not all ones); finite16 takes the exponent mask
+  bool (*finite32)(const uint32_t*, int64_t);
+  bool (*finite64)(const uint64_t*, int64_t);
+  bool (*finite16)(const uint16_t*, int64_t, uint16_t);
 };
 
 KernelTable kernels_default();
