@@ -28,12 +28,19 @@ OPTS = {
     "proxgen_pg": (ss.ProxGen, dict(lr=2e-2, weight_decay=1e-3, max_iters=20)),
     "proxgen_exact": (ss.ProxGen, dict(lr=2e-2, solver="exact")),
     "proxssi": (ss.ProxSSI, dict(lr=2e-2, weight_decay=1e-3)),
+    "dessilbi": (ss.DessiLBI, dict(lr=0.05, nu=1.0, momentum=0.5, weight_decay=1e-3)),
+    "dessilbi_ms": (
+        ss.DessiLBI,
+        dict(lr=0.05, nu=1.0, momentum=0.5, weight_decay=1e-3, magnitude_scaling=True, scaling_floor=0.05),
+    ),
 }
 SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")
+LBI = ("dessilbi", "dessilbi_ms")  # L1 and GroupLasso only; sparsity is read from Γ, not W
 
 
 # λ per algorithm so that some, not all, groups are zero after 20 steps (asserted)
 LAM = {"rmda": 0.4, "ramda_pg": 0.4, "ramda_exact": 0.4, "proxsgd": 0.6, "proxssi": 0.04}
+LAM.update(dessilbi=0.15, dessilbi_ms=0.15)
 LAM_ADAM = 0.5
 
 
@@ -59,11 +66,13 @@ def regs(lam: float) -> dict[str, dict[str, ss.Regularizer]]:
     }
 
 
-def cases(names=None):
-    for opt in OPTS:
+def cases(names=None, opts=None):
+    for opt in OPTS if opts is None else opts:
         lam = LAM.get(opt, LAM_ADAM)
         for cname, by_layer in regs(lam).items():
             if opt in SCREENABLE_ONLY and not all(r.screenable for r in by_layer.values()):
+                continue
+            if opt in LBI and not all(isinstance(r, ss.GroupLasso) for r in by_layer.values()):
                 continue
             if names is not None and cname not in names:
                 continue
@@ -150,7 +159,9 @@ def fake_grads(shapes, dtype, seed: int):
 
 
 # ----------------------------------------------------------------------------------------------
-def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20) -> None:
+def task_trajectory(
+    rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20, opts=None
+) -> None:
     """Every optimizer x regularizer: FSDP2 shards vs the single-process run, 20 steps, restart at 10."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -162,7 +173,7 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
     zeros: dict[str, list[int]] = {}  # optimizer -> [zero groups, groups] of the regularized weights
     for dname in dtypes:
         dtype = getattr(torch, dname)
-        for k, (opt_name, rname, by_layer) in enumerate(cases(names)):
+        for k, (opt_name, rname, by_layer) in enumerate(cases(names, opts)):
             ref_net = make_net(dtype)
             net = make_net(dtype)
             fully_shard(net, mesh=mesh)
@@ -218,7 +229,11 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
                     z, rz = ss.zero_groups(p, gr), ss.zero_groups(rp, gr)
                     assert torch.equal(z, rz), f"{where} zero groups {gr} {tuple(rp.shape)}"
             for name, r in by_layer.items():
-                z = ss.zero_groups(getattr(ref_net, name).weight, r.grouping)
+                rw, w = getattr(ref_net, name).weight, getattr(net, name).weight
+                if opt_name in LBI:  # W stays dense; the structure is Γ's
+                    rw, w = ref_opt.state[rw]["gamma"], opt.state[w]["gamma"]
+                    assert torch.equal(ss.zero_groups(w, r.grouping), ss.zero_groups(rw, r.grouping)), where
+                z = ss.zero_groups(rw, r.grouping)
                 acc = zeros.setdefault(opt_name, [0, 0])
                 acc[0] += int(z.sum())
                 acc[1] += z.numel()
@@ -231,8 +246,11 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
             n_split = sum(
                 ssd.splits_groups(g["regularizer"], g["params"][0].shape) for g in ref_opt.param_groups
             )
-            if opt_name in ("rmda", "proxsgd"):
+            if opt_name in ("rmda", "proxsgd", "dessilbi"):
                 assert stats["calls"] == steps * n_split, f"{where} {stats}"
+            if opt_name == "dessilbi_ms":  # + one for ‖W_j‖ and the layer's support counts
+                n_reg = sum(g["regularizer"] is not None for g in ref_opt.param_groups)
+                assert stats["calls"] == steps * (n_split + n_reg), f"{where} {stats}"
     if rank == 0:
         print("worst param rel err", world, dtypes, {k: f"{v:.1e}" for k, v in worst.items()}, flush=True)
         print("worst param max err", world, dtypes, {k: f"{v:.1e}" for k, v in worst_max.items()}, flush=True)
