@@ -454,3 +454,58 @@ def task_bad_config(rank: int, world: int) -> None:
 
 TASKS["ddp"] = task_ddp
 TASKS["bad_config"] = task_bad_config
+
+
+def task_lbi_metrics(rank: int, world: int, steps: int = 12) -> None:
+    """DessiLBI's structure read from sharded Γ (structsparse.lbi): masks at every level (mask
+    DTensors equal to the single-process masks), support ratios, Γ sparsity, mask density, the
+    support tracker and the random-ticket baseline are global and equal the single-process ones."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from structsparse import lbi
+
+    mesh = mesh_of(world)
+    for k, cname in enumerate(("A", "B")):
+        by_layer = regs(LAM["dessilbi"])[cname]
+        ref, net = make_net(torch.float64), make_net(torch.float64)
+        fully_shard(net, mesh=mesh)
+        ref_opt = make_opt("dessilbi", param_groups(ref, by_layer))
+        opt = make_opt("dessilbi", param_groups(net, by_layer))
+        ref_tr = {lv: lbi.SupportTracker(ref, ref_opt, lv) for lv in lbi.LEVELS}
+        tr = {lv: lbi.SupportTracker(net, opt, lv) for lv in lbi.LEVELS}
+        ref_ps, ps = list(ref.parameters()), list(net.parameters())
+        for t in range(steps):
+            for p, rp, g in zip(ps, ref_ps, fake_grads([p.shape for p in ref_ps], torch.float64, 77 * k + t)):
+                rp.grad = g.clone()
+                p.grad = distribute_tensor(g, mesh, [Shard(0)], src_data_rank=None)
+            ref_opt.step()
+            opt.step()
+            if t % 4 == 3:
+                for lv in lbi.LEVELS:
+                    assert tr[lv].update(t) == ref_tr[lv].update(t), f"{cname} tracker {lv} step {t}"
+        where = f"[lbi {cname} rank {rank}/{world}]"
+        assert lbi.gamma_sparsity(net, opt) == lbi.gamma_sparsity(ref, ref_opt), where
+        assert 0 < lbi.gamma_sparsity(ref, ref_opt) < 1, where
+        regs_by_name = {f"{n}.weight": r for n, r in by_layer.items()}
+        for lv in lbi.LEVELS:
+            m, rm = lbi.masks(net, opt, lv), lbi.masks(ref, ref_opt, lv)
+            assert set(m) == set(rm), where
+            for name in rm:
+                assert ssd.is_sharded(m[name]), f"{where} {lv} {name}: mask is not a DTensor"
+                assert torch.equal(m[name].full_tensor(), rm[name]), f"{where} mask {lv} {name}"
+            assert lbi.mask_density(m) == lbi.mask_density(rm), f"{where} density {lv}"
+            assert lbi.support_ratio(net, opt, lv) == lbi.support_ratio(ref, ref_opt, lv), f"{where} {lv}"
+            for e in (3, 7, 11):
+                assert tr[lv].entered_by(e) == ref_tr[lv].entered_by(e), f"{where} entered_by {lv} {e}"
+            r, rr = lbi.random_masks(m, lv, 5, regs_by_name), lbi.random_masks(rm, lv, 5, regs_by_name)
+            for name in rr:
+                assert torch.equal(r[name].full_tensor(), rr[name]), f"{where} random mask {lv} {name}"
+        m, rm = lbi.masks(net, opt, "group"), lbi.masks(ref, ref_opt, "group")
+        lbi.apply_masks(net, m)
+        lbi.apply_masks(ref, rm)
+        for name, p in net.named_parameters():
+            assert torch.equal(p.full_tensor(), dict(ref.named_parameters())[name]), f"{where} masked {name}"
+
+
+TASKS["lbi_metrics"] = task_lbi_metrics
