@@ -50,6 +50,8 @@ OPTS = {
     "ProxGen-exact": (ss.ProxGen, dict(lr=1e-3, solver="exact")),
     "ProxGen-pg": (ss.ProxGen, dict(lr=1e-3, solver="pg", max_iters=20)),
     "ProxSSI": (ss.ProxSSI, dict(lr=1e-3)),
+    "DessiLBI": (ss.DessiLBI, dict(lr=0.1, momentum=0.9)),
+    "DessiLBI-ms": (ss.DessiLBI, dict(lr=0.1, momentum=0.9, magnitude_scaling=True)),
 }
 LAM = {"RMDA": 1e-4, "ProxSGD": 1e-4}
 
@@ -123,6 +125,9 @@ Reading the table:
   (group sums of float32 tensors accumulate in float64 so that they do not depend on the summation order):
   per block 768+768+768+3072 = 5,376 groups = 43,008 B (12 blocks: 516,096 B). Their 2-rank overhead comes from the collective on an
   oversubscribed machine and from `batched()` running the (cheap) prox of the bucket twice (record, replay).
+- DessiLBI: the prox of Z as RMDA (one all-reduce of G float64 per bucket per step for `input`, none for
+  `output`); `magnitude_scaling=True` adds one all-reduce per bucket per step of the group norms of W
+  (`input` only) and 2 float64 support counts per tensor (every grouping: the counts span all rows).
 - RAMDA/ProxGen `exact` and ProxSSI `input`: per tensor one SUM (float64) + one MAX (float32) all-reduce of G,
   then one all-reduce of 2G float64 per Newton iteration.
 - RAMDA/ProxGen `pg` `input`: per tensor 6 setup all-reduces of G plus 3 per PG iteration (prox norms, smooth

@@ -539,8 +539,9 @@ def _init_parallel(cfg: dict[str, Any]) -> tuple[int, int]:
         )
     if cfg["optimizer"] == "dessilbi":
         raise CLIError(
-            "--optimizer dessilbi: DessiLBI is not supported on FSDP2-sharded models yet "
-            "(its Γ/Z updates use local group norms); run it in a single process"
+            "--optimizer dessilbi: not available under torchrun yet (DessiLBI itself steps "
+            "FSDP2-sharded models exactly, but this command's per-epoch evaluation of the masked "
+            "model deep-copies it); run it in a single process"
         )
     return init_from_env("gloo")
 

@@ -83,6 +83,7 @@ __all__ = [
     "global_shape",
     "group_sum",
     "group_max",
+    "tensor_sum",
     "reduce_groups",
     "batched",
     "comm_stats",
@@ -289,11 +290,13 @@ def global_shape(shape: Sequence[int]) -> Sequence[int]:
     return _current.global_shape if _current is not None else shape
 
 
-def reduce_groups(partial: Tensor, op: str = "sum") -> Tensor:
+def reduce_groups(partial: Tensor, op: str = "sum", *, whole: bool = False) -> Tensor:
     """Identity in a single process or for an aligned grouping; otherwise the all-reduce
-    (``op`` ``"sum"`` or ``"max"``) of per-group partials over the shard's process group."""
+    (``op`` ``"sum"`` or ``"max"``) of per-group partials over the shard's process group.
+    ``whole=True``: ``partial`` reduces over *all* rows of the tensor (a layer-wise count, e.g.
+    DessiLBI's support sizes), so it is all-reduced for every sharded tensor, aligned or not."""
     info = _current
-    if info is None or not info.split:
+    if info is None or not (info.split or whole):
         return partial
     if _mode is not None:
         kind, buf = _mode
@@ -320,6 +323,12 @@ def group_sum(*t3s: Tensor, keepdim: bool = False) -> Any:
     return tuple(stacked.unbind(0))
 
 
+def tensor_sum(t: Tensor) -> Tensor:
+    """Sum of all elements of ``t`` as a 1-element float64 tensor (exact for counts below 2⁵³),
+    global over the shards of the tensor in scope whatever its grouping."""
+    return reduce_groups(t.sum(dtype=torch.float64).reshape(1), whole=True)
+
+
 def group_max(t3: Tensor) -> Tensor:
     """Per-group max over dims 0 and 2 (global under sharding); ``-inf`` for an empty local group."""
     if t3.shape[0] * t3.shape[2] == 0:
@@ -336,14 +345,16 @@ def batched(fn: Callable[[], T]) -> T:
     reduced together, and ``fn`` runs again consuming the reduced values. Outside sharding (or
     with aligned groupings only) ``fn`` just runs once."""
     global _mode
-    if not any(info.split for info in _scopes.values()):
+    if not _scopes:
         return fn()
     rec: list[tuple[Tensor, str, Any]] = []
     _mode = ("record", rec)
     try:
-        fn()
+        first = fn()
     finally:
         _mode = None
+    if not rec:  # nothing to reduce (aligned groupings only): the first run is the result
+        return first
     reduced: list[Tensor | None] = [None] * len(rec)
     keys: dict[tuple[str, int, torch.dtype], list[int]] = {}
     for i, (t, op, grp) in enumerate(rec):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import distributed as ssd
 from .grouping import group_view
 from .optim.dessilbi import DessiLBI
 from .params import regularizable_weights
@@ -112,10 +113,40 @@ def _units(level: str, shape: Sequence[int], reg: Regularizer | None) -> tuple[i
     raise ValueError(f"level: unknown level {level!r}; expected one of {LEVELS}")
 
 
+def _local_units(gamma: Tensor, level: str, reg: Regularizer | None) -> tuple[Tensor, bool]:
+    """``(support, share)``: which units of ``Γ`` are nonzero. For a plain tensor all units and
+    ``share=False``. For a dim-0 sharded DTensor (FSDP2): units contained in this rank's rows
+    (weights, filters, groups of an aligned grouping) are this rank's share only (``share=True``,
+    no communication); units spanning the rows (the layer, groups of a split grouping) are global,
+    from one all-reduce of ``G`` int32 flags."""
+    if not ssd.is_sharded(gamma):
+        a, g, b = _units(level, gamma.shape, reg)
+        return (gamma.detach().reshape(a, g, b) != 0).any(dim=2).any(dim=0), False
+    ssd.check_param(gamma, None, "gamma")
+    loc = gamma.to_local().detach()
+    a, g, b = _units(level, loc.shape, reg)
+    x3 = loc.reshape(a, g, b)
+    nz = (
+        (x3 != 0).any(dim=2).any(dim=0) if x3.numel() else torch.zeros(g, dtype=torch.bool, device=loc.device)
+    )
+    if not ssd._splits(lambda s: _units(level, s, reg), gamma.shape):
+        return nz, True
+    return ssd._all_reduce(nz.to(torch.int32), "sum", ssd._group_of(gamma), "metrics") > 0, False
+
+
+def _global_count(n: int, share: bool, like: Tensor) -> int:
+    """``n`` summed over the ranks holding shares of ``like`` (a sharded DTensor), else ``n``."""
+    if not share:
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=ssd.local(like).device)
+    return int(ssd._all_reduce(t, "sum", ssd._group_of(like), "metrics")[0])
+
+
 def unit_support(gamma: Tensor, level: str, reg: Regularizer | None = None) -> Tensor:
-    """Boolean ``[G]``: which units (weights, groups, filters, or the layer) of ``Γ`` are nonzero."""
-    a, g, b = _units(level, gamma.shape, reg)
-    return (gamma.detach().reshape(a, g, b) != 0).any(dim=2).any(dim=0)
+    """Boolean ``[G]``: which units (weights, groups, filters, or the layer) of ``Γ`` are nonzero.
+    For a dim-0 sharded ``Γ``: this rank's units where they are contained in its rows, else all
+    units (see :func:`_local_units`; a collective: every rank must call it)."""
+    return _local_units(gamma, level, reg)[0]
 
 
 def _expand(units: Tensor, level: str, shape: Sequence[int], reg: Regularizer | None) -> Tensor:
@@ -123,14 +154,29 @@ def _expand(units: Tensor, level: str, shape: Sequence[int], reg: Regularizer | 
     return units.view(1, g, 1).expand(a, g, b).reshape(tuple(shape))
 
 
+def _mask_like(gamma: Tensor, units: Tensor, level: str, reg: Regularizer | None) -> Tensor:
+    """The bool mask of ``units`` over ``Γ``'s shape; a DTensor with ``Γ``'s placements (built
+    from the local rows, no communication) when ``Γ`` is sharded."""
+    if not ssd.is_sharded(gamma):
+        return _expand(units, level, gamma.shape, reg).clone()
+    from torch.distributed.tensor import DTensor
+
+    loc = _expand(units, level, gamma.to_local().shape, reg).clone()
+    return DTensor.from_local(
+        loc, gamma.device_mesh, gamma.placements, run_check=False, shape=gamma.shape, stride=gamma.stride()
+    )
+
+
 def masks(model: nn.Module, optimizer: torch.optim.Optimizer, level: str = "weight") -> dict[str, Tensor]:
     """``name → mask`` (bool, the weight's shape): ``1[Γ ≠ 0]`` per weight (``"weight"``, eq. 21),
     per group of the regularizer (``"group"``), per output filter/neuron (``"filter"``, eq. 22:
-    kept if any entry of its Γ is nonzero) or per layer (``"layer"``: kept if Γ has any nonzero)."""
+    kept if any entry of its Γ is nonzero) or per layer (``"layer"``: kept if Γ has any nonzero).
+    A sharded ``Γ`` (FSDP2) gives a mask DTensor with its placements, from per-unit flags only
+    (units spanning the shards — the layer, split groups — take one all-reduce of their flags)."""
     if level not in LEVELS:
         raise ValueError(f"level: unknown level {level!r}; expected one of {LEVELS}")
     return {
-        name: _expand(unit_support(gm, level, reg), level, gm.shape, reg).clone()
+        name: _mask_like(gm, unit_support(gm, level, reg), level, reg)
         for name, (gm, reg) in gammas(model, optimizer).items()
     }
 
@@ -156,29 +202,36 @@ def support_ratio(
     """``name → fraction of the units of level`` (weights, groups, filters, layer) selected by Γ."""
     out = {}
     for name, (gm, reg) in gammas(model, optimizer).items():
-        u = unit_support(gm, level, reg)
-        out[name] = float(u.float().mean()) if u.numel() else 0.0
+        out[name] = _ratio(gm, *_local_units(gm, level, reg), level, reg)
     return out
+
+
+def _ratio(gamma: Tensor, units: Tensor, share: bool, level: str, reg: Regularizer | None) -> float:
+    """Fraction of the units of ``Γ`` (global count over its shards) that ``units`` selects."""
+    total = _units(level, gamma.shape, reg)[1]
+    return _global_count(int(units.sum()), share, gamma) / total if total else 0.0
 
 
 def gamma_sparsity(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
     """Fraction of exact zeros of Γ over all regularized parameters (1 before the first step)."""
     gs = gammas(model, optimizer)
     total = sum(g.numel() for g, _ in gs.values())
-    zero = sum(int((g == 0).sum()) for g, _ in gs.values())
+    zero = sum(ssd.count_zeros(g) for g, _ in gs.values())  # global on sharded Γ
     return zero / total if total else 1.0
 
 
 def mask_density(mask: dict[str, Tensor]) -> float:
     """Fraction of kept weights over all masked tensors (the paper's "sparsity" = % nonzero)."""
     total = sum(m.numel() for m in mask.values())
-    return sum(int(m.sum()) for m in mask.values()) / total if total else 1.0
+    return sum(m.numel() - ssd.count_zeros(m) for m in mask.values()) / total if total else 1.0
 
 
 class SupportTracker:
     """Records, per unit (weight or filter, ``level``), the epoch at which it first entered the
     support of Γ. ``entry_epochs[name]`` is a float tensor over the units (NaN: never entered);
-    ``history`` holds one dict of per-layer support ratios per :meth:`update`."""
+    ``history`` holds one dict of per-layer support ratios per :meth:`update`. On a sharded ``Γ``
+    (FSDP2) the ratios are global; ``entry_epochs`` holds the units of this rank's rows for levels
+    whose units lie within rows (weights, filters, aligned groups), all units otherwise."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, level: str = "weight") -> None:
         if level not in LEVELS:
@@ -186,23 +239,34 @@ class SupportTracker:
         self.model, self.optimizer, self.level = model, optimizer, level
         self.entry_epochs: dict[str, Tensor] = {}
         self.history: list[dict[str, float]] = []
+        self._shares: dict[str, Tensor | None] = {}  # name -> Γ when entry_epochs is a rank's share
 
     def update(self, epoch: float) -> dict[str, float]:
         """Record the support at ``epoch``; returns ``name → support ratio``."""
         ratios = {}
         for name, (gm, reg) in gammas(self.model, self.optimizer).items():
-            u = unit_support(gm, self.level, reg).cpu()
+            units, share = _local_units(gm, self.level, reg)
+            u = units.cpu()
             e = self.entry_epochs.get(name)
             if e is None:
                 e = self.entry_epochs[name] = torch.full(u.shape, float("nan"), dtype=torch.float64)
             e[u & torch.isnan(e)] = float(epoch)
-            ratios[name] = float(u.float().mean()) if u.numel() else 0.0
+            self._shares[name] = gm if share else None
+            ratios[name] = _ratio(gm, units, share, self.level, reg)
         self.history.append({"epoch": float(epoch), **ratios})
         return ratios
 
     def entered_by(self, epoch: float) -> dict[str, float]:
         """``name → fraction of units that had entered the support by ``epoch``."""
-        return {n: float((e <= epoch).float().mean()) for n, e in self.entry_epochs.items()}
+        out = {}
+        for n, e in self.entry_epochs.items():
+            gm = self._shares.get(n)
+            if gm is None:
+                out[n] = int((e <= epoch).sum()) / e.numel() if e.numel() else 0.0
+            else:  # this rank's share: global counts
+                total = _global_count(e.numel(), True, gm)
+                out[n] = _global_count(int((e <= epoch).sum()), True, gm) / total if total else 0.0
+        return out
 
 
 def random_masks(
@@ -217,11 +281,16 @@ def random_masks(
     out = {}
     for name, m in mask.items():
         reg = None if regularizers is None else regularizers.get(name)
-        a, g, b = _units(level, m.shape, reg)
-        kept = int(m.reshape(a, g, b).any(dim=2).any(dim=0).sum())
-        units = torch.zeros(g, dtype=torch.bool)
+        g = _units(level, m.shape, reg)[1]
+        mu, share = _local_units(m, level, reg)
+        kept = _global_count(int(mu.sum()), share, m)
+        units = torch.zeros(g, dtype=torch.bool)  # the same draw on every rank (same generator)
         units[torch.randperm(g, generator=gen)[:kept]] = True
-        out[name] = _expand(units, level, m.shape, reg).clone().to(m.device)
+        if share:  # this rank's units: those of its rows
+            per_row = g // m.shape[0] if m.shape[0] else 0
+            off = ssd._row_offset(m) * per_row
+            units = units[off : off + mu.numel()]
+        out[name] = _mask_like(m, units.to(ssd.local(m).device), level, reg)
     return out
 
 

@@ -28,12 +28,19 @@ OPTS = {
     "proxgen_pg": (ss.ProxGen, dict(lr=2e-2, weight_decay=1e-3, max_iters=20)),
     "proxgen_exact": (ss.ProxGen, dict(lr=2e-2, solver="exact")),
     "proxssi": (ss.ProxSSI, dict(lr=2e-2, weight_decay=1e-3)),
+    "dessilbi": (ss.DessiLBI, dict(lr=0.05, nu=1.0, momentum=0.5, weight_decay=1e-3)),
+    "dessilbi_ms": (
+        ss.DessiLBI,
+        dict(lr=0.05, nu=1.0, momentum=0.5, weight_decay=1e-3, magnitude_scaling=True, scaling_floor=0.05),
+    ),
 }
 SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")
+LBI = ("dessilbi", "dessilbi_ms")  # L1 and GroupLasso only; sparsity is read from Γ, not W
 
 
 # λ per algorithm so that some, not all, groups are zero after 20 steps (asserted)
 LAM = {"rmda": 0.4, "ramda_pg": 0.4, "ramda_exact": 0.4, "proxsgd": 0.6, "proxssi": 0.04}
+LAM.update(dessilbi=0.15, dessilbi_ms=0.15)
 LAM_ADAM = 0.5
 
 
@@ -59,11 +66,13 @@ def regs(lam: float) -> dict[str, dict[str, ss.Regularizer]]:
     }
 
 
-def cases(names=None):
-    for opt in OPTS:
+def cases(names=None, opts=None):
+    for opt in OPTS if opts is None else opts:
         lam = LAM.get(opt, LAM_ADAM)
         for cname, by_layer in regs(lam).items():
             if opt in SCREENABLE_ONLY and not all(r.screenable for r in by_layer.values()):
+                continue
+            if opt in LBI and not all(isinstance(r, ss.GroupLasso) for r in by_layer.values()):
                 continue
             if names is not None and cname not in names:
                 continue
@@ -150,7 +159,9 @@ def fake_grads(shapes, dtype, seed: int):
 
 
 # ----------------------------------------------------------------------------------------------
-def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20) -> None:
+def task_trajectory(
+    rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20, opts=None
+) -> None:
     """Every optimizer x regularizer: FSDP2 shards vs the single-process run, 20 steps, restart at 10."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -162,7 +173,7 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
     zeros: dict[str, list[int]] = {}  # optimizer -> [zero groups, groups] of the regularized weights
     for dname in dtypes:
         dtype = getattr(torch, dname)
-        for k, (opt_name, rname, by_layer) in enumerate(cases(names)):
+        for k, (opt_name, rname, by_layer) in enumerate(cases(names, opts)):
             ref_net = make_net(dtype)
             net = make_net(dtype)
             fully_shard(net, mesh=mesh)
@@ -218,7 +229,11 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
                     z, rz = ss.zero_groups(p, gr), ss.zero_groups(rp, gr)
                     assert torch.equal(z, rz), f"{where} zero groups {gr} {tuple(rp.shape)}"
             for name, r in by_layer.items():
-                z = ss.zero_groups(getattr(ref_net, name).weight, r.grouping)
+                rw, w = getattr(ref_net, name).weight, getattr(net, name).weight
+                if opt_name in LBI:  # W stays dense; the structure is Γ's
+                    rw, w = ref_opt.state[rw]["gamma"], opt.state[w]["gamma"]
+                    assert torch.equal(ss.zero_groups(w, r.grouping), ss.zero_groups(rw, r.grouping)), where
+                z = ss.zero_groups(rw, r.grouping)
                 acc = zeros.setdefault(opt_name, [0, 0])
                 acc[0] += int(z.sum())
                 acc[1] += z.numel()
@@ -231,8 +246,11 @@ def task_trajectory(rank: int, world: int, dtypes=("float32",), names=None, step
             n_split = sum(
                 ssd.splits_groups(g["regularizer"], g["params"][0].shape) for g in ref_opt.param_groups
             )
-            if opt_name in ("rmda", "proxsgd"):
+            if opt_name in ("rmda", "proxsgd", "dessilbi"):
                 assert stats["calls"] == steps * n_split, f"{where} {stats}"
+            if opt_name == "dessilbi_ms":  # + one for ‖W_j‖ and the layer's support counts
+                n_reg = sum(g["regularizer"] is not None for g in ref_opt.param_groups)
+                assert stats["calls"] == steps * (n_split + n_reg), f"{where} {stats}"
     if rank == 0:
         print("worst param rel err", world, dtypes, {k: f"{v:.1e}" for k, v in worst.items()}, flush=True)
         print("worst param max err", world, dtypes, {k: f"{v:.1e}" for k, v in worst_max.items()}, flush=True)
@@ -436,3 +454,58 @@ def task_bad_config(rank: int, world: int) -> None:
 
 TASKS["ddp"] = task_ddp
 TASKS["bad_config"] = task_bad_config
+
+
+def task_lbi_metrics(rank: int, world: int, steps: int = 12) -> None:
+    """DessiLBI's structure read from sharded Γ (structsparse.lbi): masks at every level (mask
+    DTensors equal to the single-process masks), support ratios, Γ sparsity, mask density, the
+    support tracker and the random-ticket baseline are global and equal the single-process ones."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from structsparse import lbi
+
+    mesh = mesh_of(world)
+    for k, cname in enumerate(("A", "B")):
+        by_layer = regs(LAM["dessilbi"])[cname]
+        ref, net = make_net(torch.float64), make_net(torch.float64)
+        fully_shard(net, mesh=mesh)
+        ref_opt = make_opt("dessilbi", param_groups(ref, by_layer))
+        opt = make_opt("dessilbi", param_groups(net, by_layer))
+        ref_tr = {lv: lbi.SupportTracker(ref, ref_opt, lv) for lv in lbi.LEVELS}
+        tr = {lv: lbi.SupportTracker(net, opt, lv) for lv in lbi.LEVELS}
+        ref_ps, ps = list(ref.parameters()), list(net.parameters())
+        for t in range(steps):
+            for p, rp, g in zip(ps, ref_ps, fake_grads([p.shape for p in ref_ps], torch.float64, 77 * k + t)):
+                rp.grad = g.clone()
+                p.grad = distribute_tensor(g, mesh, [Shard(0)], src_data_rank=None)
+            ref_opt.step()
+            opt.step()
+            if t % 4 == 3:
+                for lv in lbi.LEVELS:
+                    assert tr[lv].update(t) == ref_tr[lv].update(t), f"{cname} tracker {lv} step {t}"
+        where = f"[lbi {cname} rank {rank}/{world}]"
+        assert lbi.gamma_sparsity(net, opt) == lbi.gamma_sparsity(ref, ref_opt), where
+        assert 0 < lbi.gamma_sparsity(ref, ref_opt) < 1, where
+        regs_by_name = {f"{n}.weight": r for n, r in by_layer.items()}
+        for lv in lbi.LEVELS:
+            m, rm = lbi.masks(net, opt, lv), lbi.masks(ref, ref_opt, lv)
+            assert set(m) == set(rm), where
+            for name in rm:
+                assert ssd.is_sharded(m[name]), f"{where} {lv} {name}: mask is not a DTensor"
+                assert torch.equal(m[name].full_tensor(), rm[name]), f"{where} mask {lv} {name}"
+            assert lbi.mask_density(m) == lbi.mask_density(rm), f"{where} density {lv}"
+            assert lbi.support_ratio(net, opt, lv) == lbi.support_ratio(ref, ref_opt, lv), f"{where} {lv}"
+            for e in (3, 7, 11):
+                assert tr[lv].entered_by(e) == ref_tr[lv].entered_by(e), f"{where} entered_by {lv} {e}"
+            r, rr = lbi.random_masks(m, lv, 5, regs_by_name), lbi.random_masks(rm, lv, 5, regs_by_name)
+            for name in rr:
+                assert torch.equal(r[name].full_tensor(), rr[name]), f"{where} random mask {lv} {name}"
+        m, rm = lbi.masks(net, opt, "group"), lbi.masks(ref, ref_opt, "group")
+        lbi.apply_masks(net, m)
+        lbi.apply_masks(ref, rm)
+        for name, p in net.named_parameters():
+            assert torch.equal(p.full_tensor(), dict(ref.named_parameters())[name]), f"{where} masked {name}"
+
+
+TASKS["lbi_metrics"] = task_lbi_metrics

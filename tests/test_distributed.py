@@ -10,6 +10,10 @@ Two process launches (gloo on 127.0.0.1, CPU; workers in tests/dist_worker.py):
   loaded on 3 ranks;
 - ``torchrun``: ``structsparse train`` on 2 ranks (a 2-epoch digits run).
 
+DessiLBI (with and without magnitude scaling; L1/GroupLasso cases) is in the trajectory and DDP
+tasks (Z, Γ and the momentum buffer compared; zero groups of Γ identical), and ``lbi_metrics``
+(2 and 3 ranks) checks the structure read from sharded Γ (:mod:`structsparse.lbi`).
+
 Each trajectory runs 20 steps with ``restart()`` at step 10 and compares parameters and all state
 (norm-wise relative error per shard, and ≤ 10x that elementwise relative to the largest entry),
 zero groups (some but not all zero, asserted), group/kernel/unstructured sparsity, and the number of all-reduces of RMDA/ProxSGD.
@@ -53,6 +57,7 @@ def runs(tmp_path_factory):
             ("trajectory", "trajectory", {"dtypes": ("float64",)}),
             ("ddp", "ddp", {}),
             ("checkpoint", "checkpoint", {"ckpt": ckpt, "phase": "save"}),
+            ("lbi_metrics", "lbi_metrics", {}),
         ],
     )
     three = _run(
@@ -61,6 +66,7 @@ def runs(tmp_path_factory):
         [
             ("trajectory", "trajectory", {"dtypes": ("float32",)}),
             ("checkpoint", "checkpoint", {"ckpt": ckpt, "phase": "load"}),
+            ("lbi_metrics", "lbi_metrics", {}),
         ],
     )
     return {2: two, 3: three}
@@ -95,6 +101,12 @@ def test_checkpoint_resumes_bit_exactly(runs):
 
 def test_checkpoint_loads_with_another_rank_count(runs):
     _check(runs, 3, "checkpoint")
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_dessilbi_structure_from_sharded_gamma(runs, world):
+    """structsparse.lbi on sharded Γ: masks (DTensors), ratios, tracker, random masks global."""
+    _check(runs, world, "lbi_metrics")
 
 
 def test_cli_train_under_torchrun_2_ranks(tmp_path):

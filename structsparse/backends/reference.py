@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..distributed import batched, group_max, group_sum, tensor_scope
+from ..distributed import batched, group_max, group_sum, tensor_scope, tensor_sum
 from ..regularizers import Regularizer
 
 # Newton on φ(r) (SPEC §4) stops when a step no longer increases r by more than this many ulps.
@@ -387,11 +387,15 @@ def dessilbi_magnitude_scales(
     - ``β_j = max(floor, min(1, 1/‖W_j‖) · (1 − #supp(Γ)/#supp(W)))`` — the support counts are over
       the whole tensor (the paper's layer), in elements; ``#supp(W) = 0`` counts as ratio 0;
     - ``ε_j = ‖W_j‖`` (``|W_j|`` for an element).
+
+    On a shard (inside ``tensor_scope``) the group norms and both counts are global: per-group
+    partial sums of squares (split groupings) and the two layer-wise counts are all-reduced.
     """
     w3 = reg.as_groups(w)
-    norms = w3.pow(2).sum(dim=(0, 2), keepdim=True).sqrt()
-    nnz_w = int((w != 0).sum())
-    ratio = int((gamma != 0).sum()) / nnz_w if nnz_w else 0.0
+    norms = group_sum(w3.pow(2), keepdim=True).sqrt()
+    nnz_w = int(tensor_sum(w != 0))
+    nnz_gamma = int(tensor_sum(gamma != 0))
+    ratio = nnz_gamma / nnz_w if nnz_w else 0.0
     beta = (1.0 / norms.clamp_min(1.0)) * (1.0 - ratio)
     return beta.clamp_min(floor), norms
 
@@ -418,12 +422,17 @@ def dessilbi_step(
     SGD scaled by κ with the same decoupled decay, ``W ← W − lr·κ·(d + wd·W_old)``.
     Otherwise ``reg`` is L1 or GroupLasso (any grouping) and ``Z``, ``Γ`` are updated as above.
     ``d`` starts at 0, so the first step gives ``d = g`` (torch SGD, dampening 0).
+
+    On shards the group reductions of the whole bucket are batched (``batched``): the prox norms
+    of ``Z`` in one all-reduce per step; with ``magnitude_scaling`` one more for ``‖W_j‖`` and the
+    support counts (which span every shard, so they are reduced for aligned groupings too).
     """
     paired = reg is not None
     if paired and not (len(zs) == len(gammas) == len(params)):
         raise ValueError("dessilbi_step: zs and gammas must match params when reg is given")
     if not paired and (len(zs) or len(gammas)):
         raise ValueError("dessilbi_step: zs and gammas must be empty when reg is None")
+    works, w_olds, resids = [], [], []
     for i, (p, g, d) in enumerate(zip(params, grads, momentum_buffers)):
         w = _work(p, d.dtype)
         w_old = w.clone() if paired or weight_decay != 0 else w
@@ -432,15 +441,35 @@ def dessilbi_step(
         if weight_decay != 0:
             w.add_(w_old, alpha=-lr * kappa * weight_decay)
         if paired:
-            z, gamma = zs[i], gammas[i]
-            resid = w_old - gamma  # W_old − Γ_k
+            resid = w_old - gammas[i]  # W_old − Γ_k
             w.add_(resid, alpha=-lr * kappa / nu)
-            if magnitude_scaling:
-                beta, eps = dessilbi_magnitude_scales(w_old, gamma, reg, scaling_floor)
+            w_olds.append(w_old)
+            resids.append(resid)
+        works.append(w)
+    if paired:
+        assert reg is not None
+        if magnitude_scaling:
+
+            def scales() -> list[tuple[Tensor, Tensor]]:
+                out = []
+                for p, w_old, gamma in zip(params, w_olds, gammas):
+                    with tensor_scope(p):
+                        out.append(dessilbi_magnitude_scales(w_old, gamma, reg, scaling_floor))
+                return out
+
+            sc = batched(scales)
+            for z, resid, (beta, _) in zip(zs, resids, sc):
                 z.add_((reg.as_groups(resid) * beta).view(z.shape), alpha=lr / nu)
-                prox3 = reg.as_groups(reg.prox(z, 1.0))
-                gamma.copy_((prox3 * eps).view(z.shape).mul_(kappa))
-            else:
+            eps: list[Tensor | None] = [e for _, e in sc]
+        else:
+            for z, resid in zip(zs, resids):
                 z.add_(resid, alpha=lr / nu)
-                gamma.copy_(reg.prox(z, 1.0).mul_(kappa))
+            eps = [None] * len(zs)
+        proxes = prox_bucket(reg, params, zs, [1.0] * len(zs))
+        for z, gamma, prox, e in zip(zs, gammas, proxes, eps):
+            if e is not None:
+                gamma.copy_((reg.as_groups(prox) * e).view(z.shape).mul_(kappa))
+            else:
+                gamma.copy_(prox.mul_(kappa))
+    for p, w in zip(params, works):
         _store(p, w)

@@ -91,6 +91,8 @@ class DessiLBI(StructuredOptimizer):
             magnitude_scaling=magnitude_scaling,
             scaling_floor=scaling_floor,
         )
+        #: id(param) -> whether its group has a regularizer (set by _collect, read by init_state)
+        self._regularized: dict[int, bool] = {}
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
 
     def validate_group(self, group: dict[str, Any]) -> None:
@@ -114,21 +116,34 @@ class DessiLBI(StructuredOptimizer):
             return ("momentum_buffer",), self.scalar_state
         return self.tensor_state, self.scalar_state
 
+    @staticmethod
+    def _zeros(p: torch.Tensor) -> torch.Tensor:
+        # zeros_like of a DTensor parameter is a DTensor with its placements (FSDP2 state)
+        return torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.contiguous_format)
+
+    def _collect(self, group: dict[str, Any], gi: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # Z and Γ exist for the parameters of regularized groups. They are created here, on the
+        # (possibly sharded) parameter itself, not in step_bucket, which sees local shards only.
+        pairs = super()._collect(group, gi)
+        regularized = group["regularizer"] is not None
+        for p, _ in pairs:
+            self._regularized[id(p)] = regularized
+            st = self.state.get(p)
+            if regularized and st and "z" not in st:  # a regularizer set on an existing group
+                st["z"], st["gamma"] = self._zeros(p), self._zeros(p)
+        return pairs
+
     def init_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
-        # Z and Γ are added by step_bucket, which knows the param group.
-        state["momentum_buffer"] = torch.zeros_like(
-            p, dtype=state_dtype(p), memory_format=torch.contiguous_format
-        )
+        state["momentum_buffer"] = self._zeros(p)
         state["step"] = 0
+        if self._regularized.get(id(p), False):
+            state["z"], state["gamma"] = self._zeros(p), self._zeros(p)
 
     def step_bucket(self, backend, group, params, grads, states) -> None:
         reg = group["regularizer"]
-        for p, st in zip(params, states):
+        for st in states:
             st["step"] += 1
-            if reg is not None and "z" not in st:
-                for k in ("z", "gamma"):
-                    st[k] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.contiguous_format)
-            elif reg is None and "z" in st:
+            if reg is None and "z" in st:
                 raise RuntimeError(
                     "DessiLBI: a parameter with Z/Γ state is in a group without regularizer; "
                     "regularizers cannot be removed from a group during training"
