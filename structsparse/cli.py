@@ -1607,6 +1607,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
     try:
         with _threads(ns.threads, ns.dataset):
             run_train(_cfg(ns))
+        if dist.is_available() and dist.is_initialized():
+            # every rank done (rank 0 writes the outputs last) before gloo is torn down: a rank
+            # leaving while another is still in the group could abort at exit
+            dist.barrier()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
