@@ -173,7 +173,7 @@ StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
 
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B) {
   const int64_t n = A * B;
-  const int64_t target = 8192, cap = 98304;
+  const int64_t target = 8192, cap = 98304;  // solver tiles: 4096..32768 measured alike
   int64_t tg = std::max<int64_t>(1, target / n);
   if (A > 1) tg = std::max<int64_t>(tg, (64 + B - 1) / B);  // rows of >= 64 elements (4 lines)
   if (tg * n > cap) tg = std::max<int64_t>(1, cap / n);
@@ -346,9 +346,15 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
     // pass 1 writes row block rb's partial; pass 2 reads the totals kept in row block 0
     return partial + goff[tr.job] + (tr.pass == 1 ? tr.rb * jb.G : 0) + tr.j0;
   };
+  // Tiles are handed out dynamically (an atomic counter): tiles cost unequal work (screened groups,
+  // PG iteration counts), and which thread computes a tile never changes its result.
   auto run = [&](const std::vector<TileRef>& list) {
-    at::parallel_for(0, static_cast<int64_t>(list.size()), 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
+    const int64_t n = static_cast<int64_t>(list.size());
+    if (n == 0) return;
+    std::atomic<int64_t> next{0};
+    const int64_t workers = std::min<int64_t>(at::get_num_threads(), n);
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) {
         const TileRef& tr = list[t];
         run_tile<T>(jobs[tr.job], tr, cm, fn, tls_buffer<T>(0), tls_buffer<T>(1), tls_buffer<T>(2), gsum_of(tr));
       }
@@ -358,7 +364,7 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
     size_t job;
     int64_t j0, j1;  // groups of a streamed job whose partial sums are combined
   };
-  std::vector<TileRef> p1, p2;
+  std::vector<TileRef> p0, p1, p2;  // p0: one-pass tiles (independent: run together at the end)
   std::vector<Part> parts;
   int64_t filled = 0;
   auto flush = [&]() {
@@ -402,13 +408,11 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
       }
       continue;
     }
-    for (int64_t j0 = 0; j0 < jb.G; j0 += jb.tg) {
-      p1.push_back(TileRef{static_cast<int64_t>(i), j0, std::min(jb.tg, jb.G - j0)});
-      filled += std::min(jb.tg, jb.G - j0) * jb.A * jb.B;
-      if (filled >= kChunkElems) flush();
-    }
+    for (int64_t j0 = 0; j0 < jb.G; j0 += jb.tg)
+      p0.push_back(TileRef{static_cast<int64_t>(i), j0, std::min(jb.tg, jb.G - j0)});
   }
   flush();
+  run(p0);
 }
 
 void run_jobs(const std::vector<Job>& jobs, const Common& cm, const TileFn* fns, bool stream = false) {
