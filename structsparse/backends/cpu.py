@@ -11,8 +11,14 @@ Same signatures as :mod:`.reference`. What the kernels do:
 - float32/float64 parameters, and fp16/bf16 parameters with fp32 state (math in fp32, one
   rounding into the parameter per step); non-contiguous (e.g. channels_last) parameters and
   gradients are gathered per tile, not copied whole;
-- multi-threaded with ``at::parallel_for`` over tiles of whole groups whose size does not depend
-  on the thread count: results are bit-identical for any ``torch.set_num_threads``;
+- multi-threaded with ``at::parallel_for`` (OpenMP, the extension is built with ``-fopenmp``) over
+  tiles of whole groups whose size does not depend on the thread count, handed out dynamically:
+  results are bit-identical for any ``torch.set_num_threads``;
+- strided groups (``"input"`` grouping: a column of the ``[A, G, B]`` view) are never gathered:
+  RMDA/ProxSGD/DessiLBI stream rows in memory order in two passes (state update + per-group
+  partial sums, then the prox) over chunks of about 2^17 elements, so pass 2 reads from cache;
+  the solvers (Newton, PG) iterate over a tile in row layout with per-group scalars, PG packing the
+  groups still iterating;
 - tile kernels compiled for baseline x86-64, AVX2+FMA and AVX-512; the best one the CPU supports is
   chosen at load (``torch.ops.structsparse.cpu_isa()``; override with
   ``STRUCTSPARSE_CPU_ISA=default|avx2|avx512``). No FMA contraction: all variants round alike.
