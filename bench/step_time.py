@@ -23,6 +23,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -214,23 +216,43 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
     }
 
 
-def rss_check(steps: int = 100, names=("RMDA", "ProxSGD", "RAMDA exact", "ProxGen exact", "ProxSSI")) -> dict:
+def _rss_one(name: str, steps: int) -> dict:
+    params = make_params(transformer_shapes()[:4])
+    opt = make_opt(name, "cpu", params)
+    for _ in range(5):
+        opt.step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(steps):
+        opt.step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"steps": steps, "peak_rss_kib_before": before, "peak_rss_kib_after": after}
+
+
+def rss_check(
+    steps: int = 100, names=("RMDA", "ProxSGD", "RAMDA exact", "RAMDA pg", "ProxGen exact", "ProxSSI")
+) -> dict:
     """Peak RSS (ru_maxrss, KiB) after 5 warm-up steps and after 100 more, per cpu optimizer, on 4
-    transformer weights (9.4 M parameters, input grouping). Flat = no per-step allocation
-    proportional to the model (a leak or a per-step model-sized buffer would raise the peak)."""
+    transformer weights (9.4 M parameters, input grouping), each in a fresh process (ru_maxrss is a
+    process-wide maximum). Flat = no per-step allocation proportional to the model (a leak or a
+    per-step model-sized buffer would raise the peak)."""
     out = {}
     for name in names:
-        params = make_params(transformer_shapes()[:4])
-        opt = make_opt(name, "cpu", params)
-        for _ in range(5):
-            opt.step()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for _ in range(steps):
-            opt.step()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out[name] = {"steps": steps, "peak_rss_kib_before": before, "peak_rss_kib_after": after}
-        print(f"peak RSS {name:14s} {before} KiB -> {after} KiB after {steps} steps", flush=True)
-        del opt, params
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import step_time as s; "
+            "print(json.dumps(s._rss_one(sys.argv[2], int(sys.argv[3]))))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(Path(__file__).parent), name, str(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[name] = r
+        print(
+            f"peak RSS {name:14s} {r['peak_rss_kib_before']} KiB -> {r['peak_rss_kib_after']} KiB after {steps} steps",
+            flush=True,
+        )
     return out
 
 
@@ -273,6 +295,7 @@ def main() -> None:
         default="RMDA,RMDA nocheck,RAMDA exact,RAMDA pg,ProxSGD,ProxSGD nocheck,ProxGen exact,ProxGen pg,ProxSSI",
     )
     ap.add_argument("--rss-steps", type=int, default=100, help="steps of the peak-RSS check (0: skip)")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS check")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     meta = {
@@ -282,7 +305,7 @@ def main() -> None:
         "isa": torch.ops.structsparse.cpu_isa() if ss.backends.cpu.available()[0] else "n/a",
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
-    sets = list(SETS) if args.set == "all" else [args.set]
+    sets = [] if args.rss_only else list(SETS) if args.set == "all" else [args.set]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for s in sets:
@@ -292,8 +315,9 @@ def main() -> None:
         md = to_markdown(res, meta)
         (out / f"step_time_{s}.md").write_text(md)
         print(md)
-    rss = rss_check(args.rss_steps) if args.rss_steps > 0 else {}
-    (out / "rss.json").write_text(json.dumps({**rss, "meta": meta}, indent=1))
+    if args.rss_steps > 0:
+        rss = rss_check(args.rss_steps)
+        (out / "rss.json").write_text(json.dumps({**rss, "meta": meta}, indent=1))
 
 
 if __name__ == "__main__":
