@@ -324,50 +324,6 @@ SS_FN void group_newton(T thr, const T* lin, const T* P, const T* w0, T* x, int6
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] * r / (P[i] * r + thr);
 }
 
-// Same result as group_newton, fewer iterations: Newton on g(r) = 1/s(r) − 1 with
-// s(r)² = Σ_i (P_i Z_i/(P_i r + T))² (= φ(r) + 1). 1/s is concave and increasing in r (the
-// Moré–Sorensen form Σ Z_i²/(r + T/P_i)²), so Newton from r₀ with φ(r₀) ≥ 0 increases monotonically
-// to the root without overshoot, and it is nearly linear when T ≪ P·r (one or two steps), where
-// Newton on φ (≈ ‖Z‖²/r² − 1) gains only a factor 1.5 per step from a low start.
-// Step: δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T).
-template <typename T>
-SS_FN void group_newton_ms(T thr, const T* lin, const T* P, const T* w0, T* x, int64_t n) {
-  if (thr == T(0)) {
-    for (int64_t i = 0; i < n; ++i) x[i] = w0[i] - lin[i] / P[i];
-    return;
-  }
-  T pz2 = lane_sum<T>(n, [&](int64_t i) {
-    T v = P[i] * w0[i] - lin[i];
-    x[i] = v;
-    return v * v;
-  });
-  T pz_norm = std::sqrt(pz2);
-  if (screened(pz_norm, thr)) {
-    for (int64_t i = 0; i < n; ++i) x[i] = T(0);
-    return;
-  }
-  T pmax = array_max(P, n);
-  T r = newton_start(pz_norm, thr, pmax);
-  const T tol = T(NEWTON_ULPS) * Eps<T>::value;
-  for (int it = 0; it < NEWTON_MAX_ITERS; ++it) {
-    T s2, d, unused;
-    lane_sum3<T>(
-        n,
-        [&](int64_t i, T& a1, T& a2, T&) {
-          T inv = T(1) / (P[i] * r + thr);
-          T q = x[i] * inv;
-          T q2 = q * q;
-          a1 += q2;
-          a2 += q2 * P[i] * inv;
-        },
-        s2, d, unused);
-    T delta = s2 * (std::sqrt(s2) - T(1)) / d;
-    if (!(delta > tol * r)) break;
-    r = r + delta;
-  }
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * r / (P[i] * r + thr);
-}
-
 // Screened proximal gradient of one group (solver="pg", RAMDA Algorithm 2), per-group stopping
 // rule: stop when (Q_prev − Q)/(|Q| + 1) < rtol after ≥ 2 iterations or after max_iters; a
 // result worse than the warm start x0 is replaced by x0. y is scratch.
