@@ -69,13 +69,12 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       T* __restrict sx = acc + row;
       if (t.mode != 2) {
         for (int64_t k = 0; k < row; ++k) acc[k] = T(0);
-        for (int64_t a = 0; a < A; ++a) {
+        for (int64_t a = 0; a < A; ++a)
           for (int64_t k = 0; k < row; ++k) {
             T z = upd(a, k);
             T y = sgl ? soft_threshold(z, t1) : z;
             acc[k] += y * y;
           }
-        }
         if (B == 1) {
           for (int64_t j = 0; j < ng; ++j) gs[j] = acc[j];
         } else {
@@ -156,7 +155,7 @@ inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd u
 #include "solve_rows.h"
 
 // Subproblem of every group of a tile (row layout): lin, P, w0, x0 views; result into x (rows of
-// ng·B); scr: row_solve_scratch elements.
+// ng·B); scr: the larger of row_newton_scratch and row_pg_scratch (tile.h).
 template <typename T>
 inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin, RowView<T> P, RowView<T> w0,
                        RowView<T> x0, T* x, T* scr) {

@@ -17,12 +17,6 @@ struct RowView {
   int64_t rs;
 };
 
-// Scratch of row_newton (in elements of float, the larger count): 2 double position arrays and 2
-// double group arrays, then pz (A·row), 2 position arrays, 3 group arrays.
-inline int64_t row_newton_scratch(int64_t A, int64_t ng, int64_t B) {
-  return A * ng * B + 6 * ng * B + 7 * ng + 64;
-}
-
 namespace rows {
 
 // out[j] = Σ_b acc[j·B + b] (lanes combined in a fixed order).
@@ -129,7 +123,7 @@ inline void zero(T* __restrict p, int64_t n) {
 // increasing, so Newton from r₀ = max(0, (‖P⊙Z‖ − T)/max P) (where φ(r₀) ≥ 0) climbs to the root
 // without overshoot; step δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T), q_i = P_i Z_i/(P_i r + T).
 // A group stops after a step below NEWTON_ULPS ulps of r (NEWTON_MAX_ITERS max).
-// x: result (contiguous rows of length row); scr: row_newton_scratch elements.
+// x: result (contiguous rows of length row); scr: row_newton_scratch elements (tile.h).
 template <typename T>
 inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, RowView<T> P, RowView<T> w0, T* x,
                        T* scr) {
@@ -144,8 +138,8 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
     }
     return;
   }
-  // Sums in double (per-position accumulators over the rows): with float sums the rounding noise
-  // of s² exceeds the NEWTON_ULPS stopping threshold and Newton would run to NEWTON_MAX_ITERS.
+  // Sums in double (per-position accumulators over the rows), like the reference's group sums: the
+  // step is stopped at NEWTON_ULPS ulps of r, so s² must carry more than float's rounding.
   double* __restrict acc1 = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(scr) + 63) & ~uintptr_t(63));
   double* __restrict acc2 = acc1 + row;
   double* __restrict g1 = acc2 + row;
@@ -206,10 +200,7 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
 // Groups need very different iteration counts, so the iterating groups are packed into contiguous
 // rows (lin, P, W0, x of nc groups, row length nc·B) and repacked whenever half of them have
 // stopped: the work is at most about twice Σ_g iterations_g · |g|.
-// scr: row_pg_scratch elements.
-inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
-  return 5 * A * ng * B + 8 * ng * B + 8 * ng + 2 * ng * int64_t(sizeof(int64_t)) + 64;
-}
+// scr: row_pg_scratch elements (tile.h).
 
 template <int KIND, typename T>
 inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
@@ -399,10 +390,4 @@ inline void row_pg(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, Ro
     default:
       return row_pg_k<REG_NONE>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);
   }
-}
-
-// Scratch of either solver.
-inline int64_t row_solve_scratch(int64_t A, int64_t ng, int64_t B) {
-  const int64_t a = row_newton_scratch(A, ng, B), b = row_pg_scratch(A, ng, B);
-  return a > b ? a : b;
 }

@@ -2,15 +2,14 @@
 //
 // One call per bucket of tensors. Each tensor, viewed as [A, G, B] (SPEC §1), is cut into tiles
 // of whole groups whose size depends only on (A, G, B), never on the thread count; the tiles of
-// all tensors run under at::parallel_for, a chunk of about a million elements at a time (see
-// run_jobs_t). Every tile is computed by one thread in a fixed order, so results are
+// all tensors run under at::parallel_for (streamed prox jobs a chunk of about 2^17 elements at a
+// time, see run_jobs_t). Every tile is computed by one thread in a fixed order, so results are
 // bit-identical for any torch.set_num_threads.
 //
 // State tensors are contiguous and of the math dtype (fp32 for fp16/bf16 parameters). The
 // parameter and gradient are used in place when contiguous and of the math dtype; otherwise the
 // tile's elements are gathered into a per-thread buffer (strided / channels_last tensors,
 // fp16/bf16 rounding) and the parameter is scattered back: buffers are per tile, never per model.
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Version.h>
@@ -19,7 +18,6 @@
 #include <torch/library.h>
 
 #include <atomic>
-#include <type_traits>
 #include <cmath>
 #include <cstdlib>
 #include <string>

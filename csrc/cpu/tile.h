@@ -38,10 +38,24 @@ struct TileArgs {
   void* gsum = nullptr;  // ng elements of the math dtype
 };
 
+// Scratch of the row-layout solvers (solve_rows.h), counted in elements of float (an upper bound
+// for double). row_newton: 2 double position arrays and 2 double group arrays (64-byte aligned),
+// then pz (A·row), 2 position arrays, 3 group arrays. row_pg: 5 packed tiles, 8 position arrays,
+// 8 group arrays and the int64 original group indices.
+inline int64_t row_newton_scratch(int64_t A, int64_t ng, int64_t B) {
+  return A * ng * B + 6 * ng * B + 7 * ng + 64;
+}
+inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
+  return 5 * A * ng * B + 8 * ng * B + 8 * ng + 2 * ng * int64_t(sizeof(int64_t)) + 64;
+}
+
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
-  // solvers: P, L, X tiles + the PG scratch (solve_rows.h: 5 tiles, 8 rows, 8·ng + 16·ng bytes);
-  // prox: ng + 2 chunks or 2 rows
-  return 8 * A * ng * B + 9 * ng * B + 13 * ng + 2 * (B + 1024) + 128;
+  // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the solver's scratch;
+  // prox kernels: ng group sums + 2 chunks or 2 rows
+  const int64_t nt = row_newton_scratch(A, ng, B), pg = row_pg_scratch(A, ng, B);
+  const int64_t solver = 3 * A * ng * B + (nt > pg ? nt : pg);
+  const int64_t prox = ng + 2 * (ng * B + B + 1024) + 64;
+  return solver > prox ? solver : prox;
 }
 
 using TileFn = void (*)(const TileArgs&);
