@@ -145,13 +145,23 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return group.get("solver") == "exact"
 
     # -- state -------------------------------------------------------------------------------------
+    @staticmethod
+    def zero_state(p: Tensor) -> Tensor:
+        """A zero state tensor for ``p``: contiguous, fp32 for half parameters; a DTensor with
+        ``p``'s placements when ``p`` is one (FSDP2 state)."""
+        return torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.contiguous_format)
+
     def init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         """Create the state of ``p`` (override to set anchors etc.)."""
-        dt = state_dtype(p)
         for k in self.tensor_state:
-            state[k] = torch.zeros_like(p, dtype=dt, memory_format=torch.contiguous_format)
+            state[k] = self.zero_state(p)
         for k in self.scalar_state:
             state[k] = 0 if k == "step" else 0.0
+
+    def group_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Called every step, before the step, for each parameter with a gradient (the parameter
+        itself, not a shard's local view): override to add state that depends on the param group
+        (DessiLBI's Z and Γ for regularized groups)."""
 
     def state_keys(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """``(tensor keys, scalar keys)`` of the state of a parameter of ``group`` (override when
@@ -233,6 +243,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 st = self.state[p]
                 if len(st) == 0:
                     self.init_state(p, st)
+                self.group_state(p, st, group)
                 buckets[(p.device, p.dtype)].append((p, g))
             for (device, _), bucket in buckets.items():
                 backend = resolve(group["backend"], device)

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from .._optimizer import StructuredOptimizer, check_number, state_dtype
+from .._optimizer import StructuredOptimizer, check_number
 from ..backends import reference
 from ..regularizers import GroupLasso
 
@@ -91,8 +91,6 @@ class DessiLBI(StructuredOptimizer):
             magnitude_scaling=magnitude_scaling,
             scaling_floor=scaling_floor,
         )
-        #: id(param) -> whether its group has a regularizer (set by _collect, read by init_state)
-        self._regularized: dict[int, bool] = {}
         super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
 
     def validate_group(self, group: dict[str, Any]) -> None:
@@ -116,28 +114,15 @@ class DessiLBI(StructuredOptimizer):
             return ("momentum_buffer",), self.scalar_state
         return self.tensor_state, self.scalar_state
 
-    @staticmethod
-    def _zeros(p: torch.Tensor) -> torch.Tensor:
-        # zeros_like of a DTensor parameter is a DTensor with its placements (FSDP2 state)
-        return torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.contiguous_format)
-
-    def _collect(self, group: dict[str, Any], gi: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        # Z and Γ exist for the parameters of regularized groups. They are created here, on the
-        # (possibly sharded) parameter itself, not in step_bucket, which sees local shards only.
-        pairs = super()._collect(group, gi)
-        regularized = group["regularizer"] is not None
-        for p, _ in pairs:
-            self._regularized[id(p)] = regularized
-            st = self.state.get(p)
-            if regularized and st and "z" not in st:  # a regularizer set on an existing group
-                st["z"], st["gamma"] = self._zeros(p), self._zeros(p)
-        return pairs
-
     def init_state(self, p: torch.Tensor, state: dict[str, Any]) -> None:
-        state["momentum_buffer"] = self._zeros(p)
+        state["momentum_buffer"] = self.zero_state(p)
         state["step"] = 0
-        if self._regularized.get(id(p), False):
-            state["z"], state["gamma"] = self._zeros(p), self._zeros(p)
+
+    def group_state(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        # Z and Γ for parameters of regularized groups (also when a regularizer is set on an
+        # existing group), created on the parameter itself: step_bucket sees local shards only.
+        if group["regularizer"] is not None and "z" not in state:
+            state["z"], state["gamma"] = self.zero_state(p), self.zero_state(p)
 
     def step_bucket(self, backend, group, params, grads, states) -> None:
         reg = group["regularizer"]
