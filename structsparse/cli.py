@@ -1610,7 +1610,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         if dist.is_available() and dist.is_initialized():
             # every rank done (rank 0 writes the outputs last) before gloo is torn down: a rank
             # leaving while another is still in the group could abort at exit
-            dist.barrier()
+            _barrier()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
