@@ -103,3 +103,24 @@ def test_dessilbi_cpu_thread_count_determinism():
     finally:
         torch.set_num_threads(n)
     assert compare(a, b, 0.0) > 0
+
+
+@pytest.mark.parametrize("name,mk", REGS, ids=[r[0] for r in REGS])
+@pytest.mark.parametrize("layout", ["channels_last", "bf16", "fp16"])
+def test_dessilbi_cpu_gathered_params(name, mk, layout):
+    """Parameters the kernel gathers per tile (channels_last, fp16/bf16 with fp32 state): W's update
+    happens in the first pass of the streamed prox and must be scattered back (it once was not)."""
+    shapes = [(6, 5, 3, 3), (18, 40, 3, 3)]
+    dtype = {"channels_last": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[layout]
+    ws, bs = tensors(shapes, dtype), tensors(BIAS, dtype, seed=3)
+    if layout == "channels_last":
+        ws = [w.to(memory_format=torch.channels_last) for w in ws]
+    a = run(mk(), ws, bs, "cpu")
+    b = run(mk(), ws, bs, "reference")
+    for w, pa in zip(ws, a[0]):
+        assert pa.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+        assert (pa.detach().double() - w.double()).abs().max() > 0.1  # W moved
+    # float32 math in both; a half parameter may round one ulp apart where the fp32 values differ
+    # in their last bit
+    tol = TOL[torch.float32] if layout == "channels_last" else {"bf16": 2**-7, "fp16": 2**-10}[layout]
+    assert compare(a, b, tol) > 0

@@ -183,6 +183,9 @@ struct Common {
   double lam = 0, lam2 = 0, omega = 1;
   int exact = 0, max_iters = 0;
   double rtol = 0;
+  // the kernel's pass 1 already writes the parameter (DessiLBI's W update); a gathered parameter
+  // must then be scattered back after pass 1 too
+  bool w_pass1 = false;
 };
 
 int parse_reg(c10::string_view reg) {
@@ -303,7 +306,7 @@ void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std
   ta.mode = tr.pass;
   ta.gsum = gsum;
   fn(ta);
-  if (!jb.p_direct && tr.pass != 1)
+  if (!jb.p_direct && (tr.pass != 1 || cm.w_pass1))
     for (int64_t a = 0; a < A; ++a) move_rows<T, false>(jb.p, a * GB + off, row, wbuf.data() + a * row);
 }
 
@@ -528,6 +531,7 @@ void dessilbi_step(at::TensorList params, at::TensorList grads, at::TensorList m
                    double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
   Common cm;
   set_reg(cm, reg, reg_params);
+  cm.w_pass1 = true;
   TORCH_CHECK(cm.reg_kind == REG_NONE || cm.reg_kind == REG_GROUP_LASSO,
               "dessilbi_step: reg must be 'none' or 'group_lasso' (L1 = group LASSO by element)");
   const bool paired = cm.reg_kind != REG_NONE;
