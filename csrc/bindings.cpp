@@ -43,6 +43,23 @@ TORCH_LIBRARY(structsparse, m) {
       "dessilbi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] zs, "
       "Tensor(d!)[] gammas, int[] views, float lr, float kappa, float nu, float momentum, float weight_decay, "
       "str reg, float[] reg_params) -> ()");
+  // Sharded twins of the streamed prox steps (FSDP2; csrc/cpu/steps.cpp, Shard): the plain op's
+  // arguments, then split (1 per param whose groups span ranks), group_weights (w_g of the global
+  // shape, per param), phase (1: state update + per-group partial sums into `sums`, float64, G per
+  // split param; 2: the prox from the all-reduced `sums`, and the whole step of unsplit params).
+  m.def(
+      "rmda_step_sharded(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums, "
+      "int[] steps, float[] alphas, int[] views, float lr, float c, str reg, float[] reg_params, int[] split, "
+      "float[] group_weights, int phase, Tensor(c!) sums) -> ()");
+  m.def(
+      "proxsgd_step_sharded(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] views, "
+      "float lr, float c, str reg, float[] reg_params, int[] split, float[] group_weights, int phase, "
+      "Tensor(c!) sums) -> ()");
+  m.def(
+      "dessilbi_step_sharded(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "Tensor(c!)[] zs, Tensor(d!)[] gammas, int[] views, float lr, float kappa, float nu, float momentum, "
+      "float weight_decay, str reg, float[] reg_params, int[] split, float[] group_weights, int phase, "
+      "Tensor(e!) sums) -> ()");
   // True when every element of every tensor is finite (the optimizers' skip_nonfinite check).
   m.def("all_finite(Tensor[] tensors) -> bool");
   // The instruction set the CPU tile kernels were selected for ("default", "avx2", "avx512").

@@ -49,8 +49,13 @@ Never an all-gather of parameters. :func:`comm_stats` counts calls and bytes by 
 **Backends.** A backend module that sets ``supports_shards = True`` promises to route its
 per-group reductions through :func:`group_sum`/:func:`group_max`/:func:`reduce_groups` (or to
 call :func:`reduce_groups` on its own ``[G]`` partial sums between its reduction and apply phases)
-inside :func:`tensor_scope`. Sharded buckets on any other backend run on ``reference`` (the fused
-backends do not support shards yet).
+inside :func:`tensor_scope`. Sharded buckets on any other backend run on ``reference``.
+The ``cpu`` backend supports shards: aligned tensors run its fused kernels unchanged (whole groups
+are local); RMDA, ProxSGD and DessiLBI buckets with split tensors run the fused kernels in two
+phases (``*_step_sharded`` ops: state update + per-group partial sums, one :func:`all_reduce_sums`
+of ``G`` float64 per bucket, then the prox); RAMDA, ProxGen, ProxSSI and magnitude-scaled DessiLBI
+buckets with split tensors run on ``reference``. The CUDA and Triton backends do not support
+shards yet.
 
 **DDP** needs nothing: gradients are averaged by DDP, parameters and state are replicated, every
 rank computes the same step.
@@ -80,6 +85,8 @@ __all__ = [
     "check_param",
     "sharded_bucket",
     "tensor_scope",
+    "shard_info",
+    "all_reduce_sums",
     "global_shape",
     "group_sum",
     "group_max",
@@ -260,6 +267,18 @@ def sharded_bucket(
                         st[k] = v
         for loc in lp:
             _scopes.pop(id(loc), None)
+
+
+def shard_info(t: Tensor) -> ShardInfo | None:
+    """The :class:`ShardInfo` of a local shard of the bucket being stepped (registered by
+    :func:`sharded_bucket`); None for any other tensor."""
+    return _scopes.get(id(t))
+
+
+def all_reduce_sums(sums: Tensor, group: Any) -> Tensor:
+    """All-reduce (SUM) of a backend's per-group partial sums over ``group`` (counted under
+    ``"groups"`` in :func:`comm_stats`, like the reference backend's reductions)."""
+    return _all_reduce(sums, "sum", group, "groups")
 
 
 @contextmanager

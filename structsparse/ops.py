@@ -45,6 +45,9 @@ except ImportError as e:  # built without a compiler, or an ABI mismatch
     _LOAD_ERROR = f"structsparse._C could not be imported ({e})"
 
 STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step", "dessilbi_step")
+#: CPU-only sharded twins (FSDP2): the plain op's arguments + ``int[] split, float[] group_weights,
+#: int phase, Tensor(x!) sums`` (see csrc/bindings.cpp and structsparse/backends/cpu.py)
+SHARDED_OPS = ("rmda_step_sharded", "proxsgd_step_sharded", "dessilbi_step_sharded")
 
 #: Step ops whose CUDA kernel is the Triton backend's (registered at import when CUDA and triton
 #: are available and the extension has no compiled CUDA kernel for them; see
@@ -68,7 +71,7 @@ def _fake_step(*args, **kwargs) -> None:
 
 
 if _LOAD_ERROR is None:
-    for _name in STEP_OPS:
+    for _name in STEP_OPS + SHARDED_OPS:
         torch.library.register_fake(f"structsparse::{_name}")(_fake_step)
     from .backends.triton import register_cuda_ops as _register_triton
 

@@ -35,6 +35,14 @@ OPTS = {
     ),
 }
 SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")
+# backend="cpu" on shards: buckets whose groups are split across ranks run the solvers (RAMDA,
+# ProxGen, ProxSSI) on the reference backend (the fused solvers do not reduce across ranks), so in
+# float32 a sharded run differs from the single-process cpu run by the cpu-vs-reference float32 gap
+# of the solvers (tests/test_cpu_backend.py allows 1e-5 over 10 steps; the PG stopping rule
+# compares objectives at float32 noise). Measured after 20 steps at 3 ranks (norm-wise /
+# elementwise): Newton (exact, ProxSSI) ≤ 1.8e-6; RAMDA pg 3.6e-5 / 3.9e-5, ProxGen pg
+# 1.2e-4 / 1.6e-4. RMDA, ProxSGD and DessiLBI (fused on shards) are bitwise equal.
+CPU_F32_SPLIT_SOLVER_TOL = {"exact": 1e-5, "pg": 5e-4}
 LBI = ("dessilbi", "dessilbi_ms")  # L1 and GroupLasso only; sparsity is read from Γ, not W
 
 
@@ -160,9 +168,11 @@ def fake_grads(shapes, dtype, seed: int):
 
 # ----------------------------------------------------------------------------------------------
 def task_trajectory(
-    rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20, opts=None
+    rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20, opts=None, backend="reference"
 ) -> None:
-    """Every optimizer x regularizer: FSDP2 shards vs the single-process run, 20 steps, restart at 10."""
+    """Every optimizer x regularizer: FSDP2 shards vs the single-process run, 20 steps, restart at 10,
+    both on ``backend`` (``"cpu"``: the fused kernels on shards; RMDA/ProxSGD/DessiLBI buckets with
+    split groups in two phases around one all-reduce, the solvers of such buckets on reference)."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -183,8 +193,14 @@ def task_trajectory(
             # reference.cbrt) and the same group sums (float64 accumulation, distributed.group_sum).
             # Measured: every float32 case matches the single-process run bitwise (2 and 3 ranks).
             ctol = tol[dname]
-            ref_opt = make_opt(opt_name, param_groups(ref_net, by_layer))
-            opt = make_opt(opt_name, param_groups(net, by_layer))
+            if (
+                backend == "cpu"
+                and dname == "float32"
+                and opt_name.startswith(("ramda", "proxgen", "proxssi"))
+            ):
+                ctol = CPU_F32_SPLIT_SOLVER_TOL["pg" if opt_name.endswith("_pg") else "exact"]
+            ref_opt = make_opt(opt_name, param_groups(ref_net, by_layer), backend=backend)
+            opt = make_opt(opt_name, param_groups(net, by_layer), backend=backend)
             ref_ps = list(ref_net.parameters())
             ps = list(net.parameters())
             ssd.reset_comm_stats()
@@ -199,7 +215,7 @@ def task_trajectory(
                 ref_opt.step()
                 opt.step()
             stats = ssd.comm_stats().get("groups", {"calls": 0, "bytes": 0})
-            where = f"[{dname} {opt_name} {rname} rank {rank}/{world}]"
+            where = f"[{backend} {dname} {opt_name} {rname} rank {rank}/{world}]"
             # parameters and all state, shard by shard
             for p, rp in zip(ps, ref_ps):
                 off = ssd._row_offset(p)
@@ -252,6 +268,7 @@ def task_trajectory(
                 n_reg = sum(g["regularizer"] is not None for g in ref_opt.param_groups)
                 assert stats["calls"] == steps * (n_split + n_reg), f"{where} {stats}"
     if rank == 0:
+        print("backend", backend, flush=True)
         print("worst param rel err", world, dtypes, {k: f"{v:.1e}" for k, v in worst.items()}, flush=True)
         print("worst param max err", world, dtypes, {k: f"{v:.1e}" for k, v in worst_max.items()}, flush=True)
     for name, (z, tot) in zeros.items():  # a test where nothing or everything is zero sees no prox bug

@@ -8,6 +8,7 @@ Two process launches (gloo on 127.0.0.1, CPU; workers in tests/dist_worker.py):
 - 3 ranks (uneven shards and an empty one): every optimizer x grouping in float32 (≤ 1e-6, the PG
   solvers included; measured: bitwise equal to the single-process run), and the 2-rank checkpoint
   loaded on 3 ranks;
+- both again with ``backend="cpu"`` (the fused kernels on shards, against the single-process cpu run);
 - ``torchrun``: ``structsparse train`` on 2 ranks (a 2-epoch digits run).
 
 DessiLBI (with and without magnitude scaling; L1/GroupLasso cases) is in the trajectory and DDP
@@ -55,6 +56,7 @@ def runs(tmp_path_factory):
         [
             ("bad_config", "bad_config", {}),
             ("trajectory", "trajectory", {"dtypes": ("float64",)}),
+            ("trajectory_cpu", "trajectory", {"dtypes": ("float64",), "backend": "cpu"}),
             ("ddp", "ddp", {}),
             ("checkpoint", "checkpoint", {"ckpt": ckpt, "phase": "save"}),
             ("lbi_metrics", "lbi_metrics", {}),
@@ -65,6 +67,7 @@ def runs(tmp_path_factory):
         str(base / "w3"),
         [
             ("trajectory", "trajectory", {"dtypes": ("float32",)}),
+            ("trajectory_cpu", "trajectory", {"dtypes": ("float32",), "backend": "cpu"}),
             ("checkpoint", "checkpoint", {"ckpt": ckpt, "phase": "load"}),
             ("lbi_metrics", "lbi_metrics", {}),
         ],
@@ -89,6 +92,16 @@ def test_fsdp2_trajectories_2_ranks_float64(runs):
 
 def test_fsdp2_trajectories_3_ranks_float32(runs):
     _check(runs, 3, "trajectory")
+
+
+@pytest.mark.skipif(os.environ.get("STRUCTSPARSE_NO_EXT") == "1", reason="STRUCTSPARSE_NO_EXT=1")
+@pytest.mark.parametrize("world", [2, 3])
+def test_fsdp2_trajectories_cpu_backend(runs, world):
+    """backend="cpu" on shards against the single-process cpu run: 2 ranks float64 ≤ 1e-12, 3 ranks
+    float32 ≤ 1e-6 for RMDA/ProxSGD/DessiLBI (fused on shards, measured bitwise, one all-reduce per
+    split bucket); the solvers' split buckets run on reference, within the cpu-vs-reference float32
+    gap (dist_worker.CPU_F32_SPLIT_SOLVER_TOL)."""
+    _check(runs, world, "trajectory_cpu")
 
 
 def test_ddp_replicas_identical_and_match_single_process(runs):

@@ -42,7 +42,10 @@ inline Reg<T> make_reg(const TileArgs& t) {
 //   rez(a, k) -> z   second pass: recomputes z from the updated state (no state writes)
 //   fin(a, k, x)     stores the prox value x of element (a, k)
 // Rows are processed in chunks of whole groups through a small buffer so that every loop is a
-// plain vectorizable loop. scratch: ng group sums + 2·chunk elements.
+// plain vectorizable loop. The squares z² (rounded in T) are summed in double and the group sum is
+// rounded to T once, as the reference's group_sum does: the norm then hardly depends on the
+// summation order (tiles, row blocks, ranks of a sharded tensor). scratch (see scratch_elems):
+// ng + row doubles, then row (or 2 chunks of) T.
 template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
 inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
   const int64_t A = t.A, ng = t.ng, B = t.B, row = ng * B;
@@ -61,32 +64,33 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       }
       return;
     }
+    double* __restrict dscr = reinterpret_cast<double*>(scr);
     if (A > 1 || t.mode != 0) {
       // Many rows: per-position sums over the rows (vectorized along the row), reduced per group
-      // once; the scale is expanded to positions once. scratch: ng + 2·row.
-      T* __restrict gs = t.mode == 1 ? static_cast<T*>(t.gsum) : scr;
-      T* __restrict acc = scr + ng;
-      T* __restrict sx = acc + row;
+      // once; the scale is expanded to positions once.
+      double* __restrict gs = t.mode == 1 ? static_cast<double*>(t.gsum) : dscr;
+      double* __restrict acc = dscr + ng;
+      T* __restrict sx = reinterpret_cast<T*>(acc + row);
       if (t.mode != 2) {
-        for (int64_t k = 0; k < row; ++k) acc[k] = T(0);
+        for (int64_t k = 0; k < row; ++k) acc[k] = 0.0;
         for (int64_t a = 0; a < A; ++a)
           for (int64_t k = 0; k < row; ++k) {
             T z = upd(a, k);
             T y = sgl ? soft_threshold(z, t1) : z;
-            acc[k] += y * y;
+            acc[k] += double(y * y);
           }
         if (B == 1) {
           for (int64_t j = 0; j < ng; ++j) gs[j] = acc[j];
         } else {
-          for (int64_t j = 0; j < ng; ++j) gs[j] = lane_sum<T>(B, [&](int64_t b) { return acc[j * B + b]; });
+          for (int64_t j = 0; j < ng; ++j) gs[j] = lane_sum<double>(B, [&](int64_t b) { return acc[j * B + b]; });
         }
         if (t.mode == 1) return;
       } else {
-        const T* __restrict tot = static_cast<const T*>(t.gsum);
+        const double* __restrict tot = static_cast<const double*>(t.gsum);
         for (int64_t j = 0; j < ng; ++j) gs[j] = tot[j];
       }
       for (int64_t j = 0; j < ng; ++j) {
-        const T f = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
+        const T f = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
         for (int64_t b = 0; b < B; ++b) sx[j * B + b] = f;
       }
       for (int64_t a = 0; a < A; ++a)
@@ -98,10 +102,11 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       return;
     }
     const int64_t CH = B >= 1024 ? B : B * (1024 / B);  // whole groups per chunk
-    T* __restrict gs = scr;
-    T* __restrict zb = scr + ng;
+    double* __restrict gs = dscr;
+    T* __restrict zb = reinterpret_cast<T*>(dscr + ng);
     T* __restrict sb = zb + CH;
-    for (int64_t j = 0; j < ng; ++j) gs[j] = T(0);
+    T* __restrict sg = sb + CH;  // the groups' scales
+    for (int64_t j = 0; j < ng; ++j) gs[j] = 0.0;
     for (int64_t a = 0; a < A; ++a)
       for (int64_t c0 = 0; c0 < row; c0 += CH) {
         const int64_t cnt = row - c0 < CH ? row - c0 : CH;
@@ -110,23 +115,24 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
           T y = sgl ? soft_threshold(z, t1) : z;
           zb[k] = y * y;
         }
-        T* __restrict g = gs + c0 / B;
+        double* __restrict g = gs + c0 / B;
         if (B == 1) {
-          for (int64_t k = 0; k < cnt; ++k) g[k] += zb[k];
+          for (int64_t k = 0; k < cnt; ++k) g[k] += double(zb[k]);
         } else {
-          for (int64_t jj = 0; jj < cnt / B; ++jj) g[jj] += lane_sum<T>(B, [&](int64_t b) { return zb[jj * B + b]; });
+          for (int64_t jj = 0; jj < cnt / B; ++jj)
+            g[jj] += lane_sum<double>(B, [&](int64_t b) { return double(zb[jj * B + b]); });
         }
       }
-    for (int64_t j = 0; j < ng; ++j) gs[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
+    for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
     for (int64_t a = 0; a < A; ++a)
       for (int64_t c0 = 0; c0 < row; c0 += CH) {
         const int64_t cnt = row - c0 < CH ? row - c0 : CH;
         const T* __restrict sc;
         if (B == 1) {
-          sc = gs + c0;
+          sc = sg + c0;
         } else {
           for (int64_t jj = 0; jj < cnt / B; ++jj)
-            for (int64_t b = 0; b < B; ++b) sb[jj * B + b] = gs[c0 / B + jj];
+            for (int64_t b = 0; b < B; ++b) sb[jj * B + b] = sg[c0 / B + jj];
           sc = sb;
         }
         for (int64_t k = 0; k < cnt; ++k) {

@@ -188,6 +188,20 @@ struct Common {
   bool w_pass1 = false;
 };
 
+// A sharded step (FSDP2, structsparse/distributed.py) of a streamed prox kernel. A tensor whose
+// groups are split across ranks (split[i] != 0: its local view [A_loc, G, B] holds a slice of
+// every group's rows) needs the global group sums before its prox:
+//   phase 1: pass 1 of the split tensors (state update, per-group partial sums of this rank);
+//            their sums go to `sums` (float64, G per split tensor, in bucket order);
+//   (the caller all-reduces `sums` over the ranks)
+//   phase 2: pass 2 of the split tensors from the global sums, then the whole step of the other
+//            tensors. Group weights come from the global shapes (wgs, one per tensor).
+struct Shard {
+  int phase = 0;
+  const int64_t* split = nullptr;
+  double* sums = nullptr;
+};
+
 int parse_reg(c10::string_view reg) {
   if (reg == "none") return REG_NONE;
   if (reg == "group_lasso") return REG_GROUP_LASSO;
@@ -262,7 +276,7 @@ std::vector<Job> make_jobs(const char* op, at::TensorList params, at::TensorList
 
 template <typename T>
 void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std::vector<T>& scr,
-              std::vector<T>& wbuf, std::vector<T>& gbuf, T* gsum) {
+              std::vector<T>& wbuf, std::vector<T>& gbuf, double* gsum) {
   const int64_t A = tr.na < 0 ? jb.A : tr.na, ng = tr.ng, B = jb.B, GB = jb.G * jb.B, row = ng * B;
   const int64_t off = tr.a0 * GB + tr.j0 * B;
   const size_t need = static_cast<size_t>(scratch_elems(A, ng, B));
@@ -325,23 +339,25 @@ std::vector<T>& tls_buffer(int which) {
 // only, so results stay independent of the thread count.
 
 template <typename T>
-void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool stream) {
+void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool stream, const Shard* sh) {
+  // jobs whose groups are split across ranks (sharded steps: phases 1 and 2 below)
+  auto split = [&](size_t i) { return sh != nullptr && sh->split[i] != 0 && cm.reg_kind != REG_NONE; };
   std::vector<int64_t> goff(jobs.size() + 1, 0);  // offsets of the jobs' partial sums [nrb][G]
   std::vector<StreamLayout> lay(jobs.size());
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& jb = jobs[i];
     goff[i + 1] = goff[i];
-    if (jb.p.numel() && stream && jb.A > 1 && cm.reg_kind != REG_NONE) {
+    if (jb.p.numel() && (split(i) || (stream && jb.A > 1 && cm.reg_kind != REG_NONE))) {
       lay[i] = stream_layout(jb.A, jb.G, jb.B);
       goff[i + 1] = goff[i] + lay[i].nrb * jb.G;
     }
   }
   // per-row-block group sums, bounded by numel/(16·B). A thread_local of the calling thread: the
   // workers must use this pointer (a thread_local named inside the lambda would be their own).
-  thread_local std::vector<T> partial_buf;
+  thread_local std::vector<double> partial_buf;
   if (partial_buf.size() < static_cast<size_t>(goff.back())) partial_buf.resize(goff.back());
-  T* const partial = partial_buf.data();
-  auto gsum_of = [&](const TileRef& tr) -> T* {
+  double* const partial = partial_buf.data();
+  auto gsum_of = [&](const TileRef& tr) -> double* {
     if (tr.pass == 0) return nullptr;
     const Job& jb = jobs[tr.job];
     // pass 1 writes row block rb's partial; pass 2 reads the totals kept in row block 0
@@ -368,12 +384,61 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
   std::vector<TileRef> p0, p1, p2;  // p0: one-pass tiles (independent: run together at the end)
   std::vector<Part> parts;
   int64_t filled = 0;
+  if (sh != nullptr) {
+    // Sharded step (see Shard): phase 1 runs pass 1 of the split jobs only and returns their
+    // per-group sums; phase 2 takes the all-reduced sums, runs pass 2 of the split jobs, then
+    // everything of the other jobs (whole groups on this rank) as in a plain call.
+    int64_t so = 0;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      if (!split(i)) continue;
+      const Job& jb = jobs[i];
+      double* base = partial + goff[i];
+      if (sh->phase == 2 && jb.p.numel())
+        for (int64_t j = 0; j < jb.G; ++j) base[j] = sh->sums[so + j];
+      if (jb.p.numel()) {
+        const StreamLayout& L = lay[i];
+        for (int64_t rb = 0; rb < L.nrb; ++rb)
+          for (int64_t j0 = 0; j0 < jb.G; j0 += L.cb) {
+            TileRef tr{static_cast<int64_t>(i), j0, std::min(L.cb, jb.G - j0)};
+            tr.a0 = rb * L.rows;
+            tr.na = std::min(L.rows, jb.A - tr.a0);
+            tr.rb = rb;
+            tr.pass = sh->phase;
+            (sh->phase == 1 ? p1 : p2).push_back(tr);
+          }
+      }
+      so += jb.G;
+    }
+    if (sh->phase == 1) {
+      run(p1);
+      so = 0;
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        if (!split(i)) continue;
+        const Job& jb = jobs[i];
+        double* out = sh->sums + so;
+        so += jb.G;
+        if (jb.p.numel() == 0) {
+          for (int64_t j = 0; j < jb.G; ++j) out[j] = 0.0;
+          continue;
+        }
+        const double* base = partial + goff[i];
+        for (int64_t j = 0; j < jb.G; ++j) {  // row blocks combined in a fixed order
+          double acc = base[j];
+          for (int64_t rb = 1; rb < lay[i].nrb; ++rb) acc += base[rb * jb.G + j];
+          out[j] = acc;
+        }
+      }
+      return;
+    }
+    run(p2);
+    p2.clear();
+  }
   auto flush = [&]() {
     if (!p1.empty()) run(p1);
     // totals per group, row blocks combined in a fixed order (deterministic for any thread count)
     for (const Part& pt : parts) {
       const int64_t G = jobs[pt.job].G, nrb = lay[pt.job].nrb;
-      T* base = partial + goff[pt.job];
+      double* base = partial + goff[pt.job];
       for (int64_t rb = 1; rb < nrb; ++rb)
         for (int64_t j = pt.j0; j < pt.j1; ++j) base[j] += base[rb * G + j];
     }
@@ -385,7 +450,7 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
   };
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& jb = jobs[i];
-    if (jb.p.numel() == 0) continue;
+    if (jb.p.numel() == 0 || split(i)) continue;
     if (goff[i + 1] > goff[i]) {
       const StreamLayout& L = lay[i];
       const int64_t col = jb.A * jb.B;  // elements per group
@@ -416,16 +481,47 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
   run(p0);
 }
 
-void run_jobs(const std::vector<Job>& jobs, const Common& cm, const TileFn* fns, bool stream = false) {
+void run_jobs(const std::vector<Job>& jobs, const Common& cm, const TileFn* fns, bool stream = false,
+              const Shard* sh = nullptr) {
   if (jobs.empty()) return;
   const bool dbl = jobs[0].p.scalar_type() == at::kDouble;
   for (const Job& jb : jobs)
     TORCH_CHECK((jb.p.scalar_type() == at::kDouble) == dbl,
                 "structsparse: a bucket must not mix float64 with other parameter dtypes");
   if (dbl)
-    run_jobs_t<double>(jobs, cm, fns[1], stream);
+    run_jobs_t<double>(jobs, cm, fns[1], stream, sh);
   else
-    run_jobs_t<float>(jobs, cm, fns[0], stream);
+    run_jobs_t<float>(jobs, cm, fns[0], stream, sh);
+}
+
+// Arguments of a *_sharded op (see Shard).
+struct ShardArgs {
+  at::IntArrayRef split;
+  at::ArrayRef<double> group_weights;
+  int64_t phase;
+  at::Tensor sums;
+};
+
+// Validates a sharded call against its jobs, sets the global group weights; nullptr for a plain call.
+const Shard* prepare_shard(const char* op, std::vector<Job>& jobs, const ShardArgs* sa, Shard& sh) {
+  if (sa == nullptr) return nullptr;
+  const size_t n = jobs.size();
+  TORCH_CHECK(sa->phase == 1 || sa->phase == 2, op, ": phase must be 1 or 2, got ", sa->phase);
+  TORCH_CHECK(sa->split.size() == n && sa->group_weights.size() == n, op,
+              ": split and group_weights need one value per param");
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(sa->group_weights[i] > 0, op, ": group_weights[", i, "] must be > 0");
+    jobs[i].wg = sa->group_weights[i];
+    if (sa->split[i]) total += jobs[i].G;
+  }
+  const at::Tensor& s = sa->sums;
+  TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kDouble && s.is_contiguous() && s.numel() == total, op,
+              ": sums must be a contiguous float64 CPU tensor of ", total, " elements (G per split param)");
+  sh.phase = static_cast<int>(sa->phase);
+  sh.split = sa->split.data();
+  sh.sums = static_cast<double*>(s.data_ptr());
+  return &sh;
 }
 
 }  // namespace
@@ -434,9 +530,9 @@ void run_jobs(const std::vector<Job>& jobs, const Common& cm, const TileFn* fns,
 // Ops
 // ---------------------------------------------------------------------------------------------
 
-void rmda_step(at::TensorList params, at::TensorList grads, at::TensorList anchors, at::TensorList grad_sums,
-               at::IntArrayRef steps, at::ArrayRef<double> alphas, at::IntArrayRef views, double lr, double c,
-               c10::string_view reg, at::ArrayRef<double> reg_params) {
+static void rmda_impl(at::TensorList params, at::TensorList grads, at::TensorList anchors, at::TensorList grad_sums,
+                      at::IntArrayRef steps, at::ArrayRef<double> alphas, at::IntArrayRef views, double lr, double c,
+                      c10::string_view reg, at::ArrayRef<double> reg_params, const ShardArgs* sa) {
   TORCH_CHECK(steps.size() == params.size() && alphas.size() == params.size(),
               "rmda_step: steps and alphas need one value per param");
   Common cm;
@@ -448,7 +544,22 @@ void rmda_step(at::TensorList params, at::TensorList grads, at::TensorList ancho
     sc[2] = c;
     sc[3] = alphas[i] / sqt;
   });
-  run_jobs(jobs, cm, kernels().rmda, true);
+  Shard sh;
+  run_jobs(jobs, cm, kernels().rmda, true, prepare_shard("rmda_step_sharded", jobs, sa, sh));
+}
+
+void rmda_step(at::TensorList params, at::TensorList grads, at::TensorList anchors, at::TensorList grad_sums,
+               at::IntArrayRef steps, at::ArrayRef<double> alphas, at::IntArrayRef views, double lr, double c,
+               c10::string_view reg, at::ArrayRef<double> reg_params) {
+  rmda_impl(params, grads, anchors, grad_sums, steps, alphas, views, lr, c, reg, reg_params, nullptr);
+}
+
+void rmda_step_sharded(at::TensorList params, at::TensorList grads, at::TensorList anchors, at::TensorList grad_sums,
+                       at::IntArrayRef steps, at::ArrayRef<double> alphas, at::IntArrayRef views, double lr, double c,
+                       c10::string_view reg, at::ArrayRef<double> reg_params, at::IntArrayRef split,
+                       at::ArrayRef<double> group_weights, int64_t phase, at::Tensor sums) {
+  ShardArgs sa{split, group_weights, phase, sums};
+  rmda_impl(params, grads, anchors, grad_sums, steps, alphas, views, lr, c, reg, reg_params, &sa);
 }
 
 void ramda_step(at::TensorList params, at::TensorList grads, at::TensorList anchors, at::TensorList grad_sums,
@@ -472,15 +583,30 @@ void ramda_step(at::TensorList params, at::TensorList grads, at::TensorList anch
   run_jobs(jobs, cm, kernels().ramda);
 }
 
-void proxsgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                  at::IntArrayRef views, double lr, double c, c10::string_view reg, at::ArrayRef<double> reg_params) {
+static void proxsgd_impl(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                         at::IntArrayRef views, double lr, double c, c10::string_view reg,
+                         at::ArrayRef<double> reg_params, const ShardArgs* sa) {
   Common cm;
   set_reg(cm, reg, reg_params);
   auto jobs = make_jobs("proxsgd_step", params, grads, {momentum_buffers}, views, [&](size_t, double* sc) {
     sc[0] = lr;
     sc[1] = c;
   });
-  run_jobs(jobs, cm, kernels().proxsgd, true);
+  Shard sh;
+  run_jobs(jobs, cm, kernels().proxsgd, true, prepare_shard("proxsgd_step_sharded", jobs, sa, sh));
+}
+
+void proxsgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                  at::IntArrayRef views, double lr, double c, c10::string_view reg, at::ArrayRef<double> reg_params) {
+  proxsgd_impl(params, grads, momentum_buffers, views, lr, c, reg, reg_params, nullptr);
+}
+
+void proxsgd_step_sharded(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                          at::IntArrayRef views, double lr, double c, c10::string_view reg,
+                          at::ArrayRef<double> reg_params, at::IntArrayRef split, at::ArrayRef<double> group_weights,
+                          int64_t phase, at::Tensor sums) {
+  ShardArgs sa{split, group_weights, phase, sums};
+  proxsgd_impl(params, grads, momentum_buffers, views, lr, c, reg, reg_params, &sa);
 }
 
 static void adam_prox(const char* op, const TileFn* fns, at::TensorList params, at::TensorList grads,
@@ -526,9 +652,10 @@ void proxssi_step(at::TensorList params, at::TensorList grads, at::TensorList ex
             eps, weight_decay, cm);
 }
 
-void dessilbi_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList zs,
-                   at::TensorList gammas, at::IntArrayRef views, double lr, double kappa, double nu, double momentum,
-                   double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
+static void dessilbi_impl(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                          at::TensorList zs, at::TensorList gammas, at::IntArrayRef views, double lr, double kappa,
+                          double nu, double momentum, double weight_decay, c10::string_view reg,
+                          at::ArrayRef<double> reg_params, const ShardArgs* sa) {
   Common cm;
   set_reg(cm, reg, reg_params);
   cm.w_pass1 = true;
@@ -552,7 +679,25 @@ void dessilbi_step(at::TensorList params, at::TensorList grads, at::TensorList m
     sc[4] = kappa;
     sc[5] = momentum;
   });
-  run_jobs(jobs, cm, kernels().dessilbi, true);
+  Shard sh;
+  run_jobs(jobs, cm, kernels().dessilbi, true, prepare_shard("dessilbi_step_sharded", jobs, sa, sh));
+}
+
+void dessilbi_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList zs,
+                   at::TensorList gammas, at::IntArrayRef views, double lr, double kappa, double nu, double momentum,
+                   double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
+  dessilbi_impl(params, grads, momentum_buffers, zs, gammas, views, lr, kappa, nu, momentum, weight_decay, reg,
+                reg_params, nullptr);
+}
+
+void dessilbi_step_sharded(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                           at::TensorList zs, at::TensorList gammas, at::IntArrayRef views, double lr, double kappa,
+                           double nu, double momentum, double weight_decay, c10::string_view reg,
+                           at::ArrayRef<double> reg_params, at::IntArrayRef split, at::ArrayRef<double> group_weights,
+                           int64_t phase, at::Tensor sums) {
+  ShardArgs sa{split, group_weights, phase, sums};
+  dessilbi_impl(params, grads, momentum_buffers, zs, gammas, views, lr, kappa, nu, momentum, weight_decay, reg,
+                reg_params, &sa);
 }
 
 // True when every element of every tensor is finite: one vectorized read pass per chunk through
@@ -604,6 +749,9 @@ TORCH_LIBRARY_IMPL(structsparse, CPU, m) {
   m.impl("proxgen_step", &proxgen_step);
   m.impl("proxssi_step", &proxssi_step);
   m.impl("dessilbi_step", &dessilbi_step);
+  m.impl("rmda_step_sharded", &rmda_step_sharded);
+  m.impl("proxsgd_step_sharded", &proxsgd_step_sharded);
+  m.impl("dessilbi_step_sharded", &dessilbi_step_sharded);
 }
 
 }  // namespace cpu

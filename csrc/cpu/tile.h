@@ -35,7 +35,7 @@ struct TileArgs {
   // tile's per-group partial sums of z² to `gsum`); 2 = pass 2 (`gsum` holds the complete sums:
   // apply the prox, no state update).
   int mode = 0;
-  void* gsum = nullptr;  // ng elements of the math dtype
+  void* gsum = nullptr;  // ng doubles
 };
 
 // Scratch of the row-layout solvers (solve_rows.h), counted in elements of float (an upper bound
@@ -51,10 +51,11 @@ inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
 
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
   // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the solver's scratch;
-  // prox kernels: ng group sums + 2 chunks or 2 rows
+  // prox kernels: ng double group sums + a double row, or 2 chunks + ng scales (prox_tile_k);
+  // 2 floats per double, an upper bound for double tiles
   const int64_t nt = row_newton_scratch(A, ng, B), pg = row_pg_scratch(A, ng, B);
   const int64_t solver = 3 * A * ng * B + (nt > pg ? nt : pg);
-  const int64_t prox = ng + 2 * (ng * B + B + 1024) + 64;
+  const int64_t prox = 2 * ng + 2 * ng * B + ng * B + 2 * (B + 1024) + ng + 64;
   return solver > prox ? solver : prox;
 }
 

@@ -11,6 +11,11 @@ Same signatures as :mod:`.reference`. What the kernels do:
 - float32/float64 parameters, and fp16/bf16 parameters with fp32 state (math in fp32, one
   rounding into the parameter per step); non-contiguous (e.g. channels_last) parameters and
   gradients are gathered per tile, not copied whole;
+- FSDP2 shards (``supports_shards``): tensors whose groups are whole on the rank run unchanged;
+  RMDA/ProxSGD/DessiLBI buckets with groups split across ranks run the ``*_step_sharded`` ops in
+  two phases (state update + per-group partial sums; one all-reduce of ``G`` float64 per bucket;
+  the prox) — the solver steps (RAMDA, ProxGen, ProxSSI) of such buckets and magnitude-scaled
+  DessiLBI delegate to the reference backend, which reduces per Newton/PG iteration;
 - multi-threaded with ``at::parallel_for`` (OpenMP, the extension is built with ``-fopenmp``) over
   tiles of whole groups whose size does not depend on the thread count, handed out dynamically:
   results are bit-identical for any ``torch.set_num_threads``;
@@ -26,18 +31,70 @@ Same signatures as :mod:`.reference`. What the kernels do:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import ops
+from .. import distributed, ops
 from ..regularizers import GroupLasso, GroupMCP, Regularizer, SparseGroupLasso
 from . import reference
+
+#: FSDP2 shards (structsparse.distributed): tensors whose groups are whole on this rank run the
+#: kernels unchanged; RMDA/ProxSGD/DessiLBI buckets with split groups run in two phases around one
+#: all-reduce (:func:`_call`); the solver steps of such buckets run on the reference backend.
+supports_shards = True
 
 
 def available() -> tuple[bool, str]:
     return ops.loaded()
+
+
+def _split_plan(
+    params: Sequence[Tensor], reg: Regularizer | None
+) -> tuple[list[int], list[float], Any] | None:
+    """For a bucket with FSDP2 shards whose groups span ranks: (split flag per tensor, w_g of each
+    tensor's *global* view, the process group); None when every group is whole on this rank."""
+    if reg is None:
+        return None
+    infos = [distributed.shard_info(p) for p in params]
+    if not any(i is not None and i.split for i in infos):
+        return None
+    groups = {id(i.group): i.group for i in infos if i is not None and i.split}
+    if len(groups) > 1:
+        raise ValueError(
+            "backend='cpu': a bucket's sharded parameters span several process groups; put them in "
+            "separate param groups (or use backend='reference')"
+        )
+    split, weights = [], []
+    for p, i in zip(params, infos):
+        a, _, b = reg.view_shape(i.global_shape if i is not None else p.shape)
+        split.append(int(i is not None and i.split))
+        weights.append(math.sqrt(max(a * b, 1)))
+    return split, weights, next(iter(groups.values()))
+
+
+def _has_split(params: Sequence[Tensor], reg: Regularizer | None) -> bool:
+    return _split_plan(params, reg) is not None
+
+
+def _call(name: str, params: Sequence[Tensor], reg: Regularizer | None, views: list[int], *args: Any) -> None:
+    """``torch.ops.structsparse.<name>(*args)``; for a bucket with split shards, its ``_sharded``
+    twin in two phases around one all-reduce of the per-group partial sums (float64, ``G`` per
+    split tensor)."""
+    plan = _split_plan(params, reg)
+    if plan is None:
+        getattr(torch.ops.structsparse, name)(*args)
+        return
+    split, weights, group = plan
+    n = sum(views[3 * i + 1] for i, s in enumerate(split) if s)
+    sums = torch.empty(n, dtype=torch.float64)
+    op = getattr(torch.ops.structsparse, name + "_sharded")
+    op(*args, split, weights, 1, sums)
+    sums = distributed.all_reduce_sums(sums, group)
+    op(*args, split, weights, 2, sums)
 
 
 def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
@@ -69,14 +126,19 @@ def rmda_step(params, grads, anchors, grad_sums, *, steps, alphas, lr, c, reg) -
         return reference.rmda_step(
             params, grads, anchors, grad_sums, steps=steps, alphas=alphas, lr=lr, c=c, reg=reg
         )
-    torch.ops.structsparse.rmda_step(
+    views = _views(params, reg)
+    _call(
+        "rmda_step",
+        params,
+        reg,
+        views,
         list(params),
         list(grads),
         list(anchors),
         list(grad_sums),
         [int(t) for t in steps],
         [float(a) for a in alphas],
-        _views(params, reg),
+        views,
         float(lr),
         float(c),
         ra[0],
@@ -102,7 +164,7 @@ def ramda_step(
     rtol,
 ) -> None:
     ra = _reg_args(reg)
-    if ra is None:
+    if ra is None or _has_split(params, reg):
         return reference.ramda_step(
             params,
             grads,
@@ -143,11 +205,16 @@ def proxsgd_step(params, grads, momentum_buffers, *, lr, c, reg) -> None:
     ra = _reg_args(reg)
     if ra is None:
         return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
-    torch.ops.structsparse.proxsgd_step(
+    views = _views(params, reg)
+    _call(
+        "proxsgd_step",
+        params,
+        reg,
+        views,
         list(params),
         list(grads),
         list(momentum_buffers),
-        _views(params, reg),
+        views,
         float(lr),
         float(c),
         ra[0],
@@ -173,7 +240,7 @@ def proxgen_step(
     rtol,
 ) -> None:
     ra = _reg_args(reg)
-    if ra is None:
+    if ra is None or _has_split(params, reg):
         return reference.proxgen_step(
             params,
             grads,
@@ -214,7 +281,7 @@ def proxssi_step(
     params, grads, exp_avgs, exp_avg_sqs, *, steps, lr, beta1, beta2, eps, weight_decay, reg
 ) -> None:
     ra = _reg_args(reg)
-    if ra is None or ra[0] not in ("none", "group_lasso"):
+    if ra is None or ra[0] not in ("none", "group_lasso") or _has_split(params, reg):
         return reference.proxssi_step(
             params,
             grads,
@@ -281,13 +348,18 @@ def dessilbi_step(
             scaling_floor=scaling_floor,
         )
     ra = _reg_args(reg)
-    torch.ops.structsparse.dessilbi_step(
+    views = _views(params, reg)
+    _call(
+        "dessilbi_step",
+        params,
+        reg,
+        views,
         list(params),
         list(grads),
         list(momentum_buffers),
         list(zs),
         list(gammas),
-        _views(params, reg),
+        views,
         float(lr),
         float(kappa),
         float(nu),
