@@ -125,9 +125,13 @@ Reading the table:
   (group sums of float32 tensors accumulate in float64 so that they do not depend on the summation order):
   per block 768+768+768+3072 = 5,376 groups = 43,008 B (12 blocks: 516,096 B). Their 2-rank overhead comes from the collective on an
   oversubscribed machine and from `batched()` running the (cheap) prox of the bucket twice (record, replay).
-- DessiLBI: the prox of Z as RMDA (one all-reduce of G float64 per bucket per step for `input`, none for
-  `output`); `magnitude_scaling=True` adds one all-reduce per bucket per step of the group norms of W
-  (`input` only) and 2 float64 support counts per tensor (every grouping: the counts span all rows).
+- DessiLBI: the prox of Z as RMDA: one all-reduce per bucket per step of one float64 partial sum per group
+  for `input` (12 blocks: 516,096 B, as RMDA), none for `output`. `magnitude_scaling=True` adds one
+  all-reduce per bucket per step carrying the group sums of W² (G float64, `input` only) and 2 float64
+  support counts per tensor (nnz of W and of Γ; every grouping, the counts span all rows): 12 blocks
+  (48 tensors) `input` 516,096 + 516,096 + 768 = 1,032,960 B in 2 all-reduces, `output` 768 B in 1.
+  Both reductions go through `batched()`, which runs the bucket's prox (and the scales) twice (record,
+  replay): most of DessiLBI's 2-rank overhead besides the collective itself.
 - RAMDA/ProxGen `exact` and ProxSSI `input`: per tensor one SUM (float64) + one MAX (float32) all-reduce of G,
   then one all-reduce of 2G float64 per Newton iteration.
 - RAMDA/ProxGen `pg` `input`: per tensor 6 setup all-reduces of G plus 3 per PG iteration (prox norms, smooth
@@ -173,8 +177,9 @@ def write_md(path: str, d: dict) -> None:
             f"{r['time_ratio_2v1']:.2f} | {r['allreduce_calls_per_step']:.1f} | "
             f"{r['bytes_per_step_per_rank']:,.0f} |"
         )
+    note = f"\n{m['note']}\n" if m.get("note") else ""
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n" + NOTES)
+        f.write("\n".join(lines) + "\n" + NOTES + note)
 
 
 def main() -> None:
@@ -185,6 +190,9 @@ def main() -> None:
     ap.add_argument("--opts", nargs="*", default=list(OPTS))
     ap.add_argument("--groupings", nargs="*", default=["input", "output"])
     ap.add_argument("--out", default="bench/results/distributed.json")
+    ap.add_argument(
+        "--note", default="", help="a paragraph appended to the .md (e.g. how the machine was used)"
+    )
     a = ap.parse_args()
     args = {
         "blocks": a.blocks,
@@ -234,6 +242,7 @@ def main() -> None:
         "load_after": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "threads_per_rank": 1,
         "backend": "reference",
+        "note": a.note,
     }
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

@@ -5,7 +5,9 @@ variable ``Γ`` (state key ``"gamma"``) whose support grows from empty. This mod
 structure (Fu et al., TPAMI, §5):
 
 - :func:`masks`: ``1[Γ ≠ 0]`` at the level of weights (eq. 21), groups of the regularizer, output
-  filters (eq. 22) or whole layers; :func:`apply_masks` makes the sparse network ``W ⊙ mask``;
+  filters (eq. 22) or whole layers; :func:`apply_masks` makes the sparse network ``W ⊙ mask``, and
+  :func:`masked` does so for the duration of a ``with`` block (e.g. to evaluate it), restoring
+  ``W`` exactly afterwards — no copy of the model, so it works on FSDP2-sharded models;
 - :func:`support_ratio` and :func:`gamma_sparsity`: how much of each layer is selected;
 - :class:`SupportTracker`: the epoch at which each weight/filter entered the support;
 - tickets (§5.2): :func:`train_masked` retrains a masked network with SGD keeping the masked
@@ -19,9 +21,10 @@ name), so that a command line can call it directly. Masks cover only the paramet
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +44,7 @@ __all__ = [
     "gammas",
     "masks",
     "apply_masks",
+    "masked",
     "support_ratio",
     "gamma_sparsity",
     "mask_density",
@@ -181,10 +185,10 @@ def masks(model: nn.Module, optimizer: torch.optim.Optimizer, level: str = "weig
     }
 
 
-@torch.no_grad()
-def apply_masks(model: nn.Module, mask: dict[str, Tensor]) -> None:
-    """``W ← W ⊙ mask`` for every named parameter in ``mask`` (in place)."""
+def _masked_params(model: nn.Module, mask: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``[(parameter, mask)]`` for the names of ``mask``, checked against ``model``."""
     params = dict(model.named_parameters())
+    out = []
     for name, m in mask.items():
         if name not in params:
             raise ValueError(f"masks: model has no parameter {name!r}")
@@ -193,7 +197,52 @@ def apply_masks(model: nn.Module, mask: dict[str, Tensor]) -> None:
             raise ValueError(
                 f"masks: mask of {name!r} has shape {tuple(m.shape)}, parameter {tuple(p.shape)}"
             )
+        if ssd.is_sharded(p) != ssd.is_sharded(m):
+            raise ValueError(
+                f"masks: mask of {name!r} must be sharded like its parameter (a DTensor with the same "
+                "placements, as masks() returns for a sharded Γ) or both plain tensors"
+            )
+        out.append((p, m))
+    return out
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, mask: dict[str, Tensor]) -> None:
+    """``W ← W ⊙ mask`` for every named parameter in ``mask`` (in place)."""
+    for p, m in _masked_params(model, mask):
         p.mul_(m.to(device=p.device, dtype=p.dtype))
+
+
+@contextlib.contextmanager
+def masked(model: nn.Module, mask: dict[str, Tensor]) -> Iterator[nn.Module]:
+    """``with masked(model, mask): ...`` runs the block on the sparse network ``W ⊙ mask`` (as
+    :func:`apply_masks`, in place) and then restores every masked ``W`` bit for bit, also when the
+    block raises. Yields ``model``.
+
+    No copy of the model is made (``copy.deepcopy`` of an FSDP2 model is not supported): only the
+    masked parameters are saved, and of a sharded parameter (FSDP2 DTensor, with the DTensor mask
+    :func:`masks` returns for a sharded Γ) only this rank's local shard — memory is one copy of the
+    masked weights' local values, no communication. Not for use while an optimizer steps the
+    model (the restore would overwrite its updates)::
+
+        saved ← [local(W) for W in mask]        # clones
+        W ← W ⊙ mask                            # under no_grad
+        yield model
+        local(W) ← saved                        # exact: copy_, not a division
+    """
+    pairs = _masked_params(model, mask)
+    saved: list[tuple[Tensor, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for p, m in pairs:
+                loc = ssd.local(p)  # shares storage with p (the DTensor's local shard)
+                saved.append((loc, loc.clone()))
+                p.mul_(m.to(device=p.device, dtype=p.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for loc, s in saved:
+                loc.copy_(s)
 
 
 def support_ratio(

@@ -248,6 +248,50 @@ def test_masks_levels_and_apply():
         lbi.apply_masks(model, {"fc.weight": torch.ones(2, 2, dtype=torch.bool)})
 
 
+def test_masked_context_equals_deep_copy_and_restores_bit_exactly():
+    """``lbi.masked`` evaluates ``W ⊙ mask`` in place: the same logits and accuracy as a deep copy
+    with :func:`apply_masks` (what the CLI did before), every parameter bit-identical afterwards
+    (also when the block raises), and the CLI's DessiLBI metrics give the deep-copy figures."""
+    from structsparse.cli import _dessilbi_metrics
+
+    torch.manual_seed(8)
+    train, test = _blobs()
+    model = Tiny()
+    run = lbi.train_dessilbi(model, train, epochs=2, lam=0.02, lr=0.1, nu=5.0)
+    opt = run["optimizer"]
+    m = lbi.masks(model, opt, "weight")
+    assert 0 < lbi.mask_density(m) < 1  # a partial support: masking changes the network
+    x, y = test[0]
+    sparse = copy.deepcopy(model)
+    lbi.apply_masks(sparse, m)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        dense_out = model(x)
+        want = sparse(x)
+    assert not torch.equal(want, dense_out)
+    with lbi.masked(model, m) as mm:
+        assert mm is model
+        for n, p in model.named_parameters():  # W ⊙ mask in place; others untouched
+            assert torch.equal(p, before[n] * m[n] if n in m else before[n])
+        with torch.no_grad():
+            got = model(x)
+        acc = lbi.evaluate(model, test)
+    assert torch.equal(got, want)
+    assert acc == lbi.evaluate(sparse, test)
+    for n, p in model.named_parameters():  # bit for bit (int view: also signs of zeros, NaNs)
+        assert torch.equal(p.detach().view(torch.int32), before[n].view(torch.int32)), n
+    with pytest.raises(RuntimeError, match="inside"):
+        with lbi.masked(model, m):
+            raise RuntimeError("inside")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    metrics = _dessilbi_metrics(opt, model, lambda net: lbi.evaluate(net, test))
+    assert metrics == {"gamma_sparsity": lbi.gamma_sparsity(model, opt), "sparse_val_acc": acc}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="no parameter"):
+        with lbi.masked(model, {"nope.weight": m["fc.weight"]}):
+            pass
+
+
 def test_random_masks_keep_counts_per_layer():
     torch.manual_seed(5)
     model = Tiny()
