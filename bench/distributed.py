@@ -4,8 +4,9 @@ Parameter set: ``--blocks`` transformer blocks of Linear weights (out, in) =
 (2304, 768), (768, 768), (3072, 768), (768, 3072) (GPT-2 small's attention qkv/proj and MLP), all
 regularized with GroupLasso; ``"input"`` grouping (groups split across dim-0 shards: partial sums +
 all-reduce) and ``"output"`` grouping (aligned with the shards: no communication). Gradients are
-fixed random tensors (no forward/backward), the backend is ``reference`` (sharded buckets run
-there; the fused backends do not take shards yet).
+fixed random tensors (no forward/backward), the backend is ``--backend`` (default ``reference``;
+``cpu``: the fused kernels, two-phase on split shards for RMDA/ProxSGD/DessiLBI, solver buckets
+with split groups on reference).
 
 1 rank: plain tensors in one process. 2 ranks: ``fully_shard`` DTensor parameters, each rank
 steps its half. Bytes are what structsparse's own collectives send per step per rank (the
@@ -18,6 +19,11 @@ The issue's set is 12 blocks (the default, 84.9 M parameters); on 2 shared cores
 the fewest repetitions (one warm-up step, one timed step):
 
     PYTHONPATH=$PWD python bench/distributed.py --warmup 1 --steps 1 --out bench/results/distributed.json
+
+and the fused CPU backend's sharded steps:
+
+    PYTHONPATH=$PWD python bench/distributed.py --backend cpu --opts RMDA ProxSGD DessiLBI \
+        --warmup 2 --steps 5 --out bench/results/distributed_cpu.json
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ def run(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 grads = [distribute_tensor(g, mesh, [Shard(0)], src_data_rank=None) for g in grads]
             params = list(layers.parameters())
             reg = ss.GroupLasso(LAM.get(name, 1e-6), grouping)
-            opt = cls(params, regularizer=reg, backend="reference", **kw)
+            opt = cls(params, regularizer=reg, backend=args["backend"], **kw)
             for p, g in zip(params, grads):
                 p.grad = g
             times = []
@@ -146,7 +152,11 @@ def write_md(path: str, d: dict) -> None:
         "# Sharded steps: communication and 2-rank vs 1-rank step time",
         "",
         "Command: `PYTHONPATH=$PWD python bench/distributed.py --blocks "
-        f"{m['blocks']} --warmup {m['warmup']} --steps {m['steps']}`",
+        f"{m['blocks']} --warmup {m['warmup']} --steps {m['steps']}"
+        + (f" --backend {m['backend']}" if m["backend"] != "reference" else "")
+        + (f" --opts {' '.join(m['opts'])}" if m.get("opts") else "")
+        + (" --quiet" if not m.get("shared", True) else "")
+        + "`",
         "",
         f"Machine: {m['machine']}; torch {m['torch']}; backend `{m['backend']}`; "
         f"{m['threads_per_rank']} thread per rank; {m['date']}.",
@@ -164,9 +174,14 @@ def write_md(path: str, d: dict) -> None:
         "here gathers.",
         "",
         "`ratio` = 2-rank / 1-rank step time (each rank steps half of the rows). "
-        f"{m['warmup']} warm-up step(s), median of {m['steps']} timed step(s). **The machine was shared** "
-        f"while this was measured (other jobs ran concurrently on its 2 cores; load average "
-        f"{m['load_before']} before, {m['load_after']} after): timings are rough, the bytes are exact.",
+        f"{m['warmup']} warm-up step(s), median of {m['steps']} timed step(s). "
+        + (
+            "**The machine was shared** while this was measured (other jobs ran concurrently on its 2 cores; "
+            if m.get("shared", True)
+            else "Nothing else ran on the machine (2 cores: the 2 ranks take one each; "
+        )
+        + f"load average {m['load_before']} before, {m['load_after']} after): "
+        + ("timings are rough, the bytes are exact." if m.get("shared", True) else "the bytes are exact."),
         "",
         "| optimizer | grouping | 1 rank (s) | 2 ranks (s) | ratio | all-reduces/step | bytes/step/rank |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -190,6 +205,8 @@ def main() -> None:
     ap.add_argument("--opts", nargs="*", default=list(OPTS))
     ap.add_argument("--groupings", nargs="*", default=["input", "output"])
     ap.add_argument("--out", default="bench/results/distributed.json")
+    ap.add_argument("--backend", default="reference", choices=["reference", "cpu"])
+    ap.add_argument("--quiet", action="store_true", help="nothing else ran on the machine (said in the .md)")
     ap.add_argument(
         "--note", default="", help="a paragraph appended to the .md (e.g. how the machine was used)"
     )
@@ -200,6 +217,7 @@ def main() -> None:
         "steps": a.steps,
         "opts": a.opts,
         "groupings": a.groupings,
+        "backend": a.backend,
     }
     load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = {}
@@ -232,8 +250,10 @@ def main() -> None:
         )
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs "
-        "(shared with other jobs while measured: timings are noisy)",
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs"
+        + ("" if a.quiet else " (shared with other jobs while measured: timings are noisy)"),
+        "shared": not a.quiet,
+        "opts": a.opts if a.opts != list(OPTS) else None,
         "torch": torch.__version__,
         "blocks": a.blocks,
         "warmup": a.warmup,
@@ -241,7 +261,7 @@ def main() -> None:
         "load_before": load_before,
         "load_after": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "threads_per_rank": 1,
-        "backend": "reference",
+        "backend": a.backend,
         "note": a.note,
     }
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
