@@ -7,6 +7,7 @@ torch.multiprocessing.spawn re-raises in the test.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -161,6 +162,23 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300) if a.numel() else 0.0
 
 
+@contextlib.contextmanager
+def agreed():
+    """Rank-local checks inside; every rank raises if they failed on any rank (one all-reduce), so
+    that a failure never leaves the other ranks waiting in a later collective."""
+    err = None
+    try:
+        yield
+    except AssertionError as e:
+        err = e
+    flag = torch.tensor([0.0 if err is None else 1.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if err is not None:
+        raise err
+    if flag.item() != 0:
+        raise AssertionError("the local checks failed on another rank (see its report)")
+
+
 def fake_grads(shapes, dtype, seed: int):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
@@ -216,27 +234,30 @@ def task_trajectory(
                 opt.step()
             stats = ssd.comm_stats().get("groups", {"calls": 0, "bytes": 0})
             where = f"[{backend} {dname} {opt_name} {rname} rank {rank}/{world}]"
-            # parameters and all state, shard by shard
-            for p, rp in zip(ps, ref_ps):
-                off = ssd._row_offset(p)
-                loc = p.to_local()
-                sl = slice(off, off + loc.shape[0])
-                err, merr = rel_err(loc, rp.detach()[sl]), max_err(loc, rp.detach()[sl])
-                assert err <= ctol, f"{where} param {tuple(rp.shape)}: rel err {err:.3e}"
-                # elementwise, near-threshold groups amplify rounding (n = ‖z‖ − τλw_g cancels)
-                assert merr <= 10 * ctol, f"{where} param {tuple(rp.shape)}: max err {merr:.3e}"
-                worst[opt_name] = max(worst.get(opt_name, 0.0), err)
-                worst_max[opt_name] = max(worst_max.get(opt_name, 0.0), merr)
-                st, rst = opt.state[p], ref_opt.state[rp]
-                assert set(st) == set(rst), where
-                for key, v in rst.items():
-                    if isinstance(v, torch.Tensor):
-                        e = rel_err(st[key].to_local(), v[sl])
-                        me = max_err(st[key].to_local(), v[sl])
-                        assert me <= 10 * ctol, f"{where} state {key} {tuple(rp.shape)}: max err {me:.3e}"
-                        assert e <= ctol, f"{where} state {key} {tuple(rp.shape)}: rel err {e:.3e}"
-                    else:
-                        assert st[key] == v, f"{where} scalar {key}: {st[key]} != {v}"
+
+            # parameters and all state, shard by shard (local checks: every rank learns whether any
+            # rank failed before the collectives below, so a failure never leaves ranks waiting)
+            with agreed():
+                for p, rp in zip(ps, ref_ps):
+                    off = ssd._row_offset(p)
+                    loc = p.to_local()
+                    sl = slice(off, off + loc.shape[0])
+                    err, merr = rel_err(loc, rp.detach()[sl]), max_err(loc, rp.detach()[sl])
+                    assert err <= ctol, f"{where} param {tuple(rp.shape)}: rel err {err:.3e}"
+                    # elementwise, near-threshold groups amplify rounding (n = ‖z‖ − τλw_g cancels)
+                    assert merr <= 10 * ctol, f"{where} param {tuple(rp.shape)}: max err {merr:.3e}"
+                    worst[opt_name] = max(worst.get(opt_name, 0.0), err)
+                    worst_max[opt_name] = max(worst_max.get(opt_name, 0.0), merr)
+                    st, rst = opt.state[p], ref_opt.state[rp]
+                    assert set(st) == set(rst), where
+                    for key, v in rst.items():
+                        if isinstance(v, torch.Tensor):
+                            e = rel_err(st[key].to_local(), v[sl])
+                            me = max_err(st[key].to_local(), v[sl])
+                            assert me <= 10 * ctol, f"{where} state {key} {tuple(rp.shape)}: max err {me:.3e}"
+                            assert e <= ctol, f"{where} state {key} {tuple(rp.shape)}: rel err {e:.3e}"
+                        else:
+                            assert st[key] == v, f"{where} scalar {key}: {st[key]} != {v}"
             # identical zero groups and global metrics
             for p, rp in zip(ps, ref_ps):
                 for gr in ("input", "output", "element", "kernel"):
