@@ -216,23 +216,37 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
     }
 
 
+def _peak_rss_kib() -> int:
+    """This process's peak RSS in KiB: VmHWM (Linux; the high-water mark of this address space,
+    reset by exec) or ru_maxrss, which a child started by fork + exec inherits from its parent (a
+    benchmark parent holding GBs of tensors would mask the child's own peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _rss_one(name: str, steps: int) -> dict:
     params = make_params(transformer_shapes()[:4])
     opt = make_opt(name, "cpu", params)
     for _ in range(5):
         opt.step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     for _ in range(steps):
         opt.step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _peak_rss_kib()
     return {"steps": steps, "peak_rss_kib_before": before, "peak_rss_kib_after": after}
 
 
 def rss_check(
     steps: int = 100, names=("RMDA", "ProxSGD", "RAMDA exact", "RAMDA pg", "ProxGen exact", "ProxSSI")
 ) -> dict:
-    """Peak RSS (ru_maxrss, KiB) after 5 warm-up steps and after 100 more, per cpu optimizer, on 4
-    transformer weights (9.4 M parameters, input grouping), each in a fresh process (ru_maxrss is a
+    """Peak RSS (VmHWM, KiB) after 5 warm-up steps and after 100 more, per cpu optimizer, on 4
+    transformer weights (9.4 M parameters, input grouping), each in a fresh process (the peak is a
     process-wide maximum). Flat = no per-step allocation proportional to the model (a leak or a
     per-step model-sized buffer would raise the peak)."""
     out = {}
