@@ -540,6 +540,17 @@ def task_lbi_metrics(rank: int, world: int, steps: int = 12) -> None:
             for name in rr:
                 assert torch.equal(r[name].full_tensor(), rr[name]), f"{where} random mask {lv} {name}"
         m, rm = lbi.masks(net, opt, "group"), lbi.masks(ref, ref_opt, "group")
+        # lbi.masked on shards: inside, the masked sharded weights equal the single-process masked
+        # ones; after, every shard is restored bit for bit (no copy of the model, no communication)
+        before = {n: p.to_local().clone() for n, p in net.named_parameters()}
+        with lbi.masked(net, m), lbi.masked(ref, rm):
+            for name, p in net.named_parameters():
+                assert torch.equal(p.full_tensor(), dict(ref.named_parameters())[name]), (
+                    f"{where} in masked {name}"
+                )
+            assert any(bool((p.full_tensor() == 0).any()) for p in net.parameters()), where
+        for name, p in net.named_parameters():
+            assert torch.equal(p.to_local(), before[name]), f"{where} not restored {name}"
         lbi.apply_masks(net, m)
         lbi.apply_masks(ref, rm)
         for name, p in net.named_parameters():
