@@ -136,3 +136,23 @@ def test_sharded_op_errors():
         ops.proxsgd_step_sharded(*base, [1, 0], [2.0], 1, torch.zeros(3, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="group_weights\\[0\\] must be > 0"):
         ops.proxsgd_step_sharded(*base, [1], [0.0], 1, torch.zeros(3, dtype=torch.float64))
+
+
+def test_bucket_spanning_process_groups_is_refused():
+    """backend='cpu' reduces a bucket's split groups in one all-reduce: shards of one bucket on two
+    process groups get a clear error (checked before any collective, in one process)."""
+    import structsparse as ss
+    from structsparse import distributed as ssd
+
+    reg = ss.GroupLasso(0.1, "input")
+    ps = [torch.zeros(3, 4), torch.zeros(2, 4)]
+    grads = [torch.ones_like(p) for p in ps]
+    for p, grp in zip(ps, (object(), object())):
+        ssd._scopes[id(p)] = ssd.ShardInfo(torch.Size((6, 4)), grp, True)
+    try:
+        with pytest.raises(ValueError, match="several process groups"):
+            cpu_backend.proxsgd_step(ps, grads, [torch.zeros_like(p) for p in ps], lr=0.1, c=1.0, reg=reg)
+    finally:
+        for p in ps:
+            ssd._scopes.pop(id(p), None)
+    assert all(bool((p == 0).all()) for p in ps)  # nothing was stepped
