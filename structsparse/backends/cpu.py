@@ -52,16 +52,21 @@ def available() -> tuple[bool, str]:
     return ops.loaded()
 
 
+def _has_split(params: Sequence[Tensor], reg: Regularizer | None) -> bool:
+    """Whether some tensor of the bucket is a shard whose groups span ranks."""
+    if reg is None:
+        return False
+    return any((i := distributed.shard_info(p)) is not None and i.split for p in params)
+
+
 def _split_plan(
     params: Sequence[Tensor], reg: Regularizer | None
 ) -> tuple[list[int], list[float], Any] | None:
     """For a bucket with FSDP2 shards whose groups span ranks: (split flag per tensor, w_g of each
     tensor's *global* view, the process group); None when every group is whole on this rank."""
-    if reg is None:
+    if not _has_split(params, reg):
         return None
     infos = [distributed.shard_info(p) for p in params]
-    if not any(i is not None and i.split for i in infos):
-        return None
     groups = {id(i.group): i.group for i in infos if i is not None and i.split}
     if len(groups) > 1:
         raise ValueError(
@@ -74,10 +79,6 @@ def _split_plan(
         split.append(int(i is not None and i.split))
         weights.append(math.sqrt(max(a * b, 1)))
     return split, weights, next(iter(groups.values()))
-
-
-def _has_split(params: Sequence[Tensor], reg: Regularizer | None) -> bool:
-    return _split_plan(params, reg) is not None
 
 
 def _call(name: str, params: Sequence[Tensor], reg: Regularizer | None, views: list[int], *args: Any) -> None:
