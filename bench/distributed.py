@@ -101,6 +101,7 @@ def run(rank: int, world: int, port: int, args: dict, out: str) -> None:
             stats = ssd.comm_stats()
             n = args["steps"]
             grp = stats.get("groups", {"calls": 0, "bytes": 0})
+            red = stats.get("redistribute", {"calls": 0, "bytes": 0})
             results.append(
                 {
                     "optimizer": name,
@@ -109,6 +110,8 @@ def run(rank: int, world: int, port: int, args: dict, out: str) -> None:
                     "step_s": statistics.median(times[w:]),
                     "allreduce_calls_per_step": grp["calls"] / n,
                     "bytes_per_step": grp["bytes"] / n,
+                    "alltoall_calls_per_step": red["calls"] / n,
+                    "alltoall_bytes_per_step": red["bytes"] / n,
                     "finite_check_bytes_per_step": stats.get("finite", {"bytes": 0})["bytes"] / n,
                     "params": sum(p.numel() for p in params),
                 }
@@ -183,14 +186,16 @@ def write_md(path: str, d: dict) -> None:
         + f"load average {m['load_before']} before, {m['load_after']} after): "
         + ("timings are rough, the bytes are exact." if m.get("shared", True) else "the bytes are exact."),
         "",
-        "| optimizer | grouping | 1 rank (s) | 2 ranks (s) | ratio | all-reduces/step | bytes/step/rank |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| optimizer | grouping | 1 rank (s) | 2 ranks (s) | ratio | all-reduces/step | bytes/step/rank "
+        "| all-to-alls/step | all-to-all bytes/step/rank |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in d["rows"]:
         lines.append(
             f"| {r['optimizer']} | {r['grouping']} | {r['step_s_1rank']:.3f} | {r['step_s_2ranks']:.3f} | "
             f"{r['time_ratio_2v1']:.2f} | {r['allreduce_calls_per_step']:.1f} | "
-            f"{r['bytes_per_step_per_rank']:,.0f} |"
+            f"{r['bytes_per_step_per_rank']:,.0f} | {r.get('alltoall_calls_per_step', 0.0):.1f} | "
+            f"{r.get('alltoall_bytes_per_step_per_rank', 0.0):,.0f} |"
         )
     note = f"\n{m['note']}\n" if m.get("note") else ""
     with open(path, "w") as f:
@@ -245,6 +250,8 @@ def main() -> None:
                 "time_ratio_2v1": r2["step_s"] / r1["step_s"],
                 "allreduce_calls_per_step": r2["allreduce_calls_per_step"],
                 "bytes_per_step_per_rank": r2["bytes_per_step"],
+                "alltoall_calls_per_step": r2.get("alltoall_calls_per_step", 0.0),
+                "alltoall_bytes_per_step_per_rank": r2.get("alltoall_bytes_per_step", 0.0),
                 "finite_check_bytes_per_step": r2["finite_check_bytes_per_step"],
             }
         )
@@ -270,11 +277,13 @@ def main() -> None:
     write_md(a.out.rsplit(".", 1)[0] + ".md", {"meta": meta, "rows": table})
     print(
         f"{'optimizer':14} {'grouping':8} {'1 rank s':>9} {'2 ranks s':>9} {'ratio':>6} {'calls':>6} {'bytes/step':>11}"
+        f" {'a2a':>4} {'a2a bytes':>12}"
     )
     for r in table:
         print(
             f"{r['optimizer']:14} {r['grouping']:8} {r['step_s_1rank']:9.3f} {r['step_s_2ranks']:9.3f} "
             f"{r['time_ratio_2v1']:6.2f} {r['allreduce_calls_per_step']:6.1f} {r['bytes_per_step_per_rank']:11.0f}"
+            f" {r['alltoall_calls_per_step']:4.1f} {r['alltoall_bytes_per_step_per_rank']:12.0f}"
         )
 
 

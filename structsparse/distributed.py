@@ -44,6 +44,15 @@ unregularized params send nothing):
   smooth part and ψ of the objective).
 - Skipping non-finite steps (``skip_nonfinite=True``) adds one 1-element all-reduce per step.
 
+The ``cpu`` backend's solver steps (RAMDA, ProxGen, ProxSSI) use the other scheme instead,
+**redistribution to whole-group owners** (:func:`owned_groups`): per split bucket two
+``all_to_all`` calls per step (counted under ``"redistribute"``), no group reduction at all; per
+rank ``n·(w−1)/w`` elements of its ``n`` local ones travel, times the summed element sizes of the
+lists sent there (gradient, parameter and state: 20 B for float32 RAMDA, 16 B for ProxGen/ProxSSI)
+plus back (parameter and state: 12 B). More bytes than the per-iteration reductions, two latencies
+instead of hundreds, and the owners run the single-process kernels on whole groups: bitwise the
+single-process result.
+
 Never an all-gather of parameters. :func:`comm_stats` counts calls and bytes by purpose.
 
 **Backends.** A backend module that sets ``supports_shards = True`` promises to route its
@@ -53,9 +62,10 @@ inside :func:`tensor_scope`. Sharded buckets on any other backend run on ``refer
 The ``cpu`` backend supports shards: aligned tensors run its fused kernels unchanged (whole groups
 are local); RMDA, ProxSGD and DessiLBI buckets with split tensors run the fused kernels in two
 phases (``*_step_sharded`` ops: state update + per-group partial sums, one :func:`all_reduce_sums`
-of ``G`` float64 per bucket, then the prox); RAMDA, ProxGen, ProxSSI and magnitude-scaled DessiLBI
-buckets with split tensors run on ``reference``. The CUDA and Triton backends do not support
-shards yet.
+of ``G`` float64 per bucket, then the prox); RAMDA, ProxGen and ProxSSI buckets with split tensors are redistributed
+to whole-group owners (:func:`owned_groups`) and run the single-process kernels there;
+magnitude-scaled DessiLBI buckets with split tensors run on ``reference``. The CUDA and Triton
+backends do not support shards yet.
 
 **DDP** needs nothing: gradients are averaged by DDP, parameters and state are replicated, every
 rank computes the same step.
@@ -87,6 +97,7 @@ __all__ = [
     "tensor_scope",
     "shard_info",
     "all_reduce_sums",
+    "owned_groups",
     "global_shape",
     "group_sum",
     "group_max",
@@ -279,6 +290,202 @@ def all_reduce_sums(sums: Tensor, group: Any) -> Tensor:
     """All-reduce (SUM) of a backend's per-group partial sums over ``group`` (counted under
     ``"groups"`` in :func:`comm_stats`, like the reference backend's reductions)."""
     return _all_reduce(sums, "sum", group, "groups")
+
+
+def _all_to_all(send: Tensor, send_sizes: list[int], recv: Tensor, recv_sizes: list[int], group: Any) -> None:
+    """``all_to_all_single`` of byte buffers, counted in :func:`comm_stats` under
+    ``"redistribute"`` (bytes: what this rank sends to the *other* ranks)."""
+    me = dist.get_rank(group)
+    st = _stats.setdefault("redistribute", {"calls": 0, "bytes": 0})
+    st["calls"] += 1
+    st["bytes"] += sum(n for r, n in enumerate(send_sizes) if r != me)
+    dist.all_to_all_single(recv, send, recv_sizes, send_sizes, group=group)
+
+
+# communication and work buffers of owned_groups(), kept across steps (grown to the largest bucket):
+# a fused path allocates nothing proportional to the model per step
+_buffers: dict[str, Tensor] = {}
+
+
+def _buffer(name: str, nbytes: int) -> Tensor:
+    buf = _buffers.get(name)
+    if buf is None or buf.numel() < nbytes:
+        buf = _buffers[name] = torch.empty(max(nbytes, 8), dtype=torch.uint8)
+    return buf
+
+
+def _pad8(n: int) -> int:
+    return -(-n // 8) * 8
+
+
+def _chunk_rows(rows: int, world: int) -> list[int]:
+    """Rows of each rank under ``Shard(0)`` (torch.chunk's rule, FSDP2's layout: ⌈rows/world⌉ per
+    rank, the last ones shorter or empty)."""
+    c = -(-rows // world) if world else 0
+    return [max(0, min(c, rows - r * c)) for r in range(world)]
+
+
+@dataclass
+class _Owned:
+    """One split tensor of a bucket under :func:`owned_groups`."""
+
+    index: int  # position in the bucket
+    rows: list[int]  # R of each rank's local [R, G, K] view
+    share: list[tuple[int, int]]  # groups [g0, g1) owned by each rank
+    g: int
+    k: int
+    view: tuple[int, int, int]  # the op's [A, G_own, B] view of the owned tensors
+
+
+@contextmanager
+def owned_groups(
+    reg: Any, lists: Sequence[Sequence[Tensor]], written: Sequence[int]
+) -> Iterator[tuple[list[list[Tensor]], list[tuple[int, int, int]]]]:
+    """Redistribution to whole-group owners, for solvers that iterate per group (RAMDA/ProxGen
+    ``"pg"``/``"exact"``, ProxSSI on the ``cpu`` backend).
+
+    ``lists`` are a bucket's per-element tensor lists (``lists[0]``: the local parameter shards of a
+    :func:`sharded_bucket`, then gradients and state, in the same order). For every tensor whose
+    groups are split across ranks, rank ``s`` becomes the owner of the groups
+    :func:`rank_slice` ``(G, s, world)``: one ``all_to_all`` sends each owner the rows of its groups
+    held here, of every list, and yields them as contiguous ``[A, G_s, B]`` tensors (all rows, the
+    global view) with their views — the single-process kernel then runs on whole groups and computes
+    bitwise what it computes on the full tensor. On exit a second ``all_to_all`` returns the
+    ``written`` lists' updated rows to the ranks holding them. Aligned and plain tensors are yielded
+    unchanged with ``reg.view_shape`` of their local shape.
+
+    Bytes sent per rank and step, over the split tensors' local elements ``n``: ``n·(w−1)/w`` (groups
+    spread evenly) times the summed element sizes of all lists (there) plus of the written lists
+    (back) — e.g. 32 B·n·(w−1)/w for float32 RAMDA (5 lists there, 3 back). Never an all-gather. The
+    send/receive/work buffers are kept across steps (:data:`_buffers`)."""
+    params = lists[0]
+    infos = [shard_info(p) for p in params]
+    split = [
+        i for i, info in enumerate(infos) if info is not None and info.split and info.global_shape.numel()
+    ]
+    views = [tuple(reg.view_shape(p.shape)) if reg is not None else (1, p.numel(), 1) for p in params]
+    if not split:
+        yield [list(x) for x in lists], views
+        return
+    groups = {id(infos[i].group): infos[i].group for i in split}
+    if len(groups) > 1:
+        raise ValueError(
+            "a bucket's sharded parameters span several process groups; put them in separate param "
+            "groups (or use backend='reference')"
+        )
+    group = next(iter(groups.values()))
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    owned: list[_Owned] = []
+    for i in split:
+        shape = infos[i].global_shape
+        a, g, b = reg.view_shape(shape)
+        rows = _chunk_rows(shape[0], world)
+        if params[i].shape[0] != rows[me]:
+            raise ValueError(
+                f"param: local shard of {tuple(params[i].shape)} has {params[i].shape[0]} rows, expected "
+                f"{rows[me]} of {shape[0]} (Shard(0) over {world} ranks, torch.chunk's layout)"
+            )
+        if a > 1:  # dim 0 is the view's A: R = rows·(A/rows), K = B
+            r, k = [n * (a // shape[0]) for n in rows], b
+        else:  # the whole tensor is one group (dim 0 in B): R = rows, K = B/rows
+            r, k = rows, b // shape[0]
+        share = [(s * g // world, (s + 1) * g // world) for s in range(world)]
+        g_own = share[me][1] - share[me][0]
+        owned.append(_Owned(i, r, share, g, k, (a, g_own, b)))
+    dtypes = [[lst[o.index].dtype for o in owned] for lst in lists]
+    # each list's local tensors as [R_me, G, K] (a view; a logical-order copy if non-contiguous)
+    local3 = [[lst[o.index].contiguous().view(o.rows[me], o.g, o.k) for o in owned] for lst in lists]
+
+    def nbytes(o: _Owned, src: int, dst: int, dt: torch.dtype) -> int:
+        """Padded bytes of the rows held by rank src of the groups owned by rank dst."""
+        g0, g1 = o.share[dst]
+        return _pad8(o.rows[src] * (g1 - g0) * o.k * dt.itemsize)
+
+    def exchange(which: Sequence[int], pieces: Callable[[int], Iterator[Tensor]], there: bool) -> Tensor:
+        """One all_to_all: ``pieces(s)`` are the tensors for rank s (in (tensor, list) order);
+        returns the receive buffer (by source rank, same order, 8-byte aligned pieces). This
+        rank's own piece does not go through the buffers (see ``direct``)."""
+
+        def total(src: int, dst: int) -> int:
+            if src == dst:
+                return 0
+            return sum(nbytes(o, src, dst, dtypes[l][j]) for j, o in enumerate(owned) for l in which)
+
+        send_sizes = [total(me, s) if there else total(s, me) for s in range(world)]
+        recv_sizes = [total(s, me) if there else total(me, s) for s in range(world)]
+        send, recv = _buffer("send", sum(send_sizes)), _buffer("recv", sum(recv_sizes))
+        pos = 0
+        for s in range(world):
+            if s == me:
+                continue
+            end = pos + send_sizes[s]
+            for x in pieces(s):
+                nb = x.numel() * x.element_size()
+                send[pos : pos + nb].view(x.dtype).view(x.shape).copy_(x)
+                pos += _pad8(nb)
+            assert pos == end
+        _all_to_all(send[:pos], send_sizes, recv[: sum(recv_sizes)], recv_sizes, group)
+        return recv
+
+    def unpack(recv: Tensor, targets: Callable[[int], Iterator[Tensor]]) -> None:
+        pos = 0
+        for s in range(world):
+            if s == me:
+                continue
+            for x in targets(s):
+                nb = x.numel() * x.element_size()
+                x.copy_(recv[pos : pos + nb].view(x.dtype).view(x.shape))
+                pos += _pad8(nb)
+
+    # work tensors [R, G_own, K] (all rows of the owned groups) per list, carved from one buffer
+    every = range(len(lists))
+    spans = [
+        [sum(o.rows) * o.view[1] * o.k * dtypes[l][j].itemsize for j, o in enumerate(owned)] for l in every
+    ]
+    wbuf = _buffer("work", sum(_pad8(n) for row in spans for n in row))
+    work: list[list[Tensor]] = []
+    pos = 0
+    for l in every:
+        row = []
+        for j, o in enumerate(owned):
+            n = spans[l][j]
+            row.append(wbuf[pos : pos + n].view(dtypes[l][j]).view(sum(o.rows), o.view[1], o.k))
+            pos += _pad8(n)
+        work.append(row)
+
+    def local_piece(s: int, ls: Sequence[int]) -> Iterator[Tensor]:  # my rows of s's groups
+        for j, o in enumerate(owned):
+            g0, g1 = o.share[s]
+            for l in ls:
+                yield local3[l][j][:, g0:g1]
+
+    def owned_piece(s: int, ls: Sequence[int]) -> Iterator[Tensor]:  # rank s's rows of my groups
+        for j, o in enumerate(owned):
+            r0 = sum(o.rows[:s])
+            for l in ls:
+                yield work[l][j][r0 : r0 + o.rows[s]]
+
+    def direct(ls: Sequence[int], there: bool) -> None:  # my rows of my groups: one copy
+        for x, y in zip(local_piece(me, ls), owned_piece(me, ls)):
+            (y if there else x).copy_(x if there else y)
+
+    recv = exchange(every, lambda s: local_piece(s, every), there=True)
+    direct(every, there=True)
+    unpack(recv, lambda s: owned_piece(s, every))
+    out = [list(x) for x in lists]
+    for j, o in enumerate(owned):
+        views[o.index] = o.view
+        for l in every:
+            out[l][o.index] = work[l][j]
+    yield out, views
+    recv = exchange(written, lambda s: owned_piece(s, written), there=False)
+    direct(written, there=False)
+    unpack(recv, lambda s: local_piece(s, written))
+    for l in written:  # non-contiguous tensors were updated through a copy
+        for j, o in enumerate(owned):
+            t = lists[l][o.index]
+            if not t.is_contiguous():
+                t.copy_(local3[l][j].view(t.shape))
 
 
 @contextmanager

@@ -8,7 +8,8 @@ Two process launches (gloo on 127.0.0.1, CPU; workers in tests/dist_worker.py):
 - 3 ranks (uneven shards and an empty one): every optimizer x grouping in float32 (≤ 1e-6, the PG
   solvers included; measured: bitwise equal to the single-process run), and the 2-rank checkpoint
   loaded on 3 ranks;
-- both again with ``backend="cpu"`` (the fused kernels on shards, against the single-process cpu run);
+- both again with ``backend="cpu"`` (the fused kernels on shards, against the single-process cpu run),
+  and the cpu solvers' redistribution to whole-group owners on a multi-tensor bucket;
 - ``torchrun``: ``structsparse train`` on 2 ranks (2-epoch digits runs, RAMDA and DessiLBI).
 
 DessiLBI (with and without magnitude scaling; L1/GroupLasso cases) is in the trajectory and DDP
@@ -57,6 +58,7 @@ def runs(tmp_path_factory):
             ("bad_config", "bad_config", {}),
             ("trajectory", "trajectory", {"dtypes": ("float64",)}),
             ("trajectory_cpu", "trajectory", {"dtypes": ("float64",), "backend": "cpu"}),
+            ("owned_groups", "owned_groups", {}),
             ("ddp", "ddp", {}),
             ("checkpoint", "checkpoint", {"ckpt": ckpt, "phase": "save"}),
             ("lbi_metrics", "lbi_metrics", {}),
@@ -68,6 +70,7 @@ def runs(tmp_path_factory):
         [
             ("trajectory", "trajectory", {"dtypes": ("float32",)}),
             ("trajectory_cpu", "trajectory", {"dtypes": ("float32",), "backend": "cpu"}),
+            ("owned_groups", "owned_groups", {}),
             ("checkpoint", "checkpoint", {"ckpt": ckpt, "phase": "load"}),
             ("lbi_metrics", "lbi_metrics", {}),
         ],
@@ -98,10 +101,19 @@ def test_fsdp2_trajectories_3_ranks_float32(runs):
 @pytest.mark.parametrize("world", [2, 3])
 def test_fsdp2_trajectories_cpu_backend(runs, world):
     """backend="cpu" on shards against the single-process cpu run: 2 ranks float64 ≤ 1e-12, 3 ranks
-    float32 ≤ 1e-6 for RMDA/ProxSGD/DessiLBI (fused on shards, measured bitwise, one all-reduce per
-    split bucket); the solvers' split buckets run on reference, within the cpu-vs-reference float32
-    gap (dist_worker.CPU_F32_SPLIT_SOLVER_TOL)."""
+    float32 ≤ 1e-6 for every optimizer (measured: bitwise equal). RMDA/ProxSGD/DessiLBI run fused on
+    the shards (one all-reduce per split bucket); the solvers' (RAMDA, ProxGen, ProxSSI) split
+    buckets are redistributed to whole-group owners (two all_to_alls per bucket, no all-reduce)."""
     _check(runs, world, "trajectory_cpu")
+
+
+@pytest.mark.skipif(os.environ.get("STRUCTSPARSE_NO_EXT") == "1", reason="STRUCTSPARSE_NO_EXT=1")
+@pytest.mark.parametrize("world", [2, 3])
+def test_cpu_solvers_redistributed_to_group_owners(runs, world):
+    """distributed.owned_groups on one multi-tensor bucket (input-wise 2-D/4-D shards, a whole-tensor
+    group, an empty shard, a channels_last shard, a replicated tensor; float32/float64/bf16):
+    bitwise equal to one single-process call, two all_to_alls per step with the documented bytes."""
+    _check(runs, world, "owned_groups")
 
 
 def test_ddp_replicas_identical_and_match_single_process(runs):

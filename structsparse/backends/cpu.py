@@ -14,8 +14,10 @@ Same signatures as :mod:`.reference`. What the kernels do:
 - FSDP2 shards (``supports_shards``): tensors whose groups are whole on the rank run unchanged;
   RMDA/ProxSGD/DessiLBI buckets with groups split across ranks run the ``*_step_sharded`` ops in
   two phases (state update + per-group partial sums; one all-reduce of ``G`` float64 per bucket;
-  the prox) — the solver steps (RAMDA, ProxGen, ProxSSI) of such buckets and magnitude-scaled
-  DessiLBI delegate to the reference backend, which reduces per Newton/PG iteration;
+  the prox); the solver steps (RAMDA, ProxGen, ProxSSI) of such buckets are redistributed to
+  whole-group owners (``distributed.owned_groups``: one all_to_all there, the plain kernels on
+  whole groups, one back — bitwise the single-process result); magnitude-scaled DessiLBI delegates
+  to the reference backend;
 - multi-threaded with ``at::parallel_for`` (OpenMP, the extension is built with ``-fopenmp``) over
   tiles of whole groups whose size does not depend on the thread count, handed out dynamically:
   results are bit-identical for any ``torch.set_num_threads``;
@@ -44,7 +46,8 @@ from . import reference
 
 #: FSDP2 shards (structsparse.distributed): tensors whose groups are whole on this rank run the
 #: kernels unchanged; RMDA/ProxSGD/DessiLBI buckets with split groups run in two phases around one
-#: all-reduce (:func:`_call`); the solver steps of such buckets run on the reference backend.
+#: all-reduce (:func:`_call`); the solver steps of such buckets run on whole-group owners
+#: (distributed.owned_groups).
 supports_shards = True
 
 
@@ -121,6 +124,10 @@ def _views(params: Sequence[Tensor], reg: Regularizer | None) -> list[int]:
     return out
 
 
+def _flat(views: Sequence[Sequence[int]]) -> list[int]:
+    return [int(x) for v in views for x in v]
+
+
 def rmda_step(params, grads, anchors, grad_sums, *, steps, alphas, lr, c, reg) -> None:
     ra = _reg_args(reg)
     if ra is None:
@@ -165,7 +172,7 @@ def ramda_step(
     rtol,
 ) -> None:
     ra = _reg_args(reg)
-    if ra is None or _has_split(params, reg):
+    if ra is None:
         return reference.ramda_step(
             params,
             grads,
@@ -182,24 +189,22 @@ def ramda_step(
             max_iters=max_iters,
             rtol=rtol,
         )
-    torch.ops.structsparse.ramda_step(
-        list(params),
-        list(grads),
-        list(anchors),
-        list(grad_sums),
-        list(sq_grad_sums),
-        [int(t) for t in steps],
-        [float(a) for a in alphas],
-        _views(params, reg),
-        float(lr),
-        float(c),
-        float(eps),
-        ra[0],
-        ra[1],
-        str(solver),
-        int(max_iters),
-        float(rtol),
-    )
+    lists = [params, grads, anchors, grad_sums, sq_grad_sums]
+    with distributed.owned_groups(reg, lists, written=(0, 3, 4)) as (ls, views):
+        torch.ops.structsparse.ramda_step(
+            *ls,
+            [int(t) for t in steps],
+            [float(a) for a in alphas],
+            _flat(views),
+            float(lr),
+            float(c),
+            float(eps),
+            ra[0],
+            ra[1],
+            str(solver),
+            int(max_iters),
+            float(rtol),
+        )
 
 
 def proxsgd_step(params, grads, momentum_buffers, *, lr, c, reg) -> None:
@@ -241,7 +246,7 @@ def proxgen_step(
     rtol,
 ) -> None:
     ra = _reg_args(reg)
-    if ra is None or _has_split(params, reg):
+    if ra is None:
         return reference.proxgen_step(
             params,
             grads,
@@ -258,31 +263,32 @@ def proxgen_step(
             max_iters=max_iters,
             rtol=rtol,
         )
-    torch.ops.structsparse.proxgen_step(
-        list(params),
-        list(grads),
-        list(exp_avgs),
-        list(exp_avg_sqs),
-        [int(t) for t in steps],
-        _views(params, reg),
-        float(lr),
-        float(beta1),
-        float(beta2),
-        float(eps),
-        float(weight_decay),
-        ra[0],
-        ra[1],
-        str(solver),
-        int(max_iters),
-        float(rtol),
-    )
+    with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
+        ls,
+        views,
+    ):
+        torch.ops.structsparse.proxgen_step(
+            *ls,
+            [int(t) for t in steps],
+            _flat(views),
+            float(lr),
+            float(beta1),
+            float(beta2),
+            float(eps),
+            float(weight_decay),
+            ra[0],
+            ra[1],
+            str(solver),
+            int(max_iters),
+            float(rtol),
+        )
 
 
 def proxssi_step(
     params, grads, exp_avgs, exp_avg_sqs, *, steps, lr, beta1, beta2, eps, weight_decay, reg
 ) -> None:
     ra = _reg_args(reg)
-    if ra is None or ra[0] not in ("none", "group_lasso") or _has_split(params, reg):
+    if ra is None or ra[0] not in ("none", "group_lasso"):
         return reference.proxssi_step(
             params,
             grads,
@@ -296,21 +302,22 @@ def proxssi_step(
             weight_decay=weight_decay,
             reg=reg,
         )
-    torch.ops.structsparse.proxssi_step(
-        list(params),
-        list(grads),
-        list(exp_avgs),
-        list(exp_avg_sqs),
-        [int(t) for t in steps],
-        _views(params, reg),
-        float(lr),
-        float(beta1),
-        float(beta2),
-        float(eps),
-        float(weight_decay),
-        ra[0],
-        ra[1],
-    )
+    with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
+        ls,
+        views,
+    ):
+        torch.ops.structsparse.proxssi_step(
+            *ls,
+            [int(t) for t in steps],
+            _flat(views),
+            float(lr),
+            float(beta1),
+            float(beta2),
+            float(eps),
+            float(weight_decay),
+            ra[0],
+            ra[1],
+        )
 
 
 def dessilbi_step(
