@@ -6,7 +6,7 @@ regularized with GroupLasso; ``"input"`` grouping (groups split across dim-0 sha
 all-reduce) and ``"output"`` grouping (aligned with the shards: no communication). Gradients are
 fixed random tensors (no forward/backward), the backend is ``--backend`` (default ``reference``;
 ``cpu``: the fused kernels, two-phase on split shards for RMDA/ProxSGD/DessiLBI, solver buckets
-with split groups on reference).
+with split groups redistributed to whole-group owners).
 
 1 rank: plain tensors in one process. 2 ranks: ``fully_shard`` DTensor parameters, each rank
 steps its half. Bytes are what structsparse's own collectives send per step per rank (the
@@ -22,8 +22,8 @@ the fewest repetitions (one warm-up step, one timed step):
 
 and the fused CPU backend's sharded steps:
 
-    PYTHONPATH=$PWD python bench/distributed.py --backend cpu --opts RMDA ProxSGD DessiLBI \
-        --warmup 2 --steps 5 --out bench/results/distributed_cpu.json
+    PYTHONPATH=$PWD python bench/distributed.py --backend cpu --warmup 2 --steps 5 --quiet \
+        --out bench/results/distributed_cpu.json --note "..."
 """
 
 from __future__ import annotations
@@ -144,8 +144,15 @@ Reading the table:
 - RAMDA/ProxGen `exact` and ProxSSI `input`: per tensor one SUM (float64) + one MAX (float32) all-reduce of G,
   then one all-reduce of 2G float64 per Newton iteration.
 - RAMDA/ProxGen `pg` `input`: per tensor 6 setup all-reduces of G plus 3 per PG iteration (prox norms, smooth
-  objective, psi). Latency-bound on a real network; redistributing whole groups to owners (an all-to-all of
-  V, P, W0, W: ~4x the local shard) would trade these for one large exchange (not implemented).
+  objective, psi). Latency-bound on a real network.
+- The two bullets above are the `reference` backend's scheme. The `cpu` backend redistributes the solvers'
+  split buckets to whole-group owners instead (`structsparse.distributed.owned_groups`): two all-to-alls per
+  bucket per step and no all-reduce; each rank sends the rows it holds of the groups the other rank owns, of
+  the gradient, parameter and state (float32: 20 B per element for RAMDA, 16 B for ProxGen/ProxSSI), and
+  receives back the updated parameter and state (12 B): at 2 ranks (20 + 12) x 84,934,656 / 4 = 679,477,248 B
+  for RAMDA and (16 + 12) x 84,934,656 / 4 = 594,542,592 B for ProxGen/ProxSSI per step per rank, the same
+  for `pg` and `exact`. The owners run the single-process kernels on whole groups (bitwise the
+  single-process result).
 """
 
 
