@@ -252,10 +252,22 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 states = [self.state[p] for p in params]
                 # FSDP2 shards: local views + global group reductions (structsparse.distributed)
                 with distributed.sharded_bucket(group["regularizer"], params, grads, states) as local:
-                    if local[0] is not params and not getattr(backend, "supports_shards", False):
-                        backend = reference
-                    self.step_bucket(backend, group, *local)
+                    if local[0] is params or getattr(backend, "supports_shards", False):
+                        self.step_bucket(backend, group, *local)
+                    elif backend is not reference and self.groups_are_independent(group):
+                        # a backend without shard support steps whole groups on their owners
+                        with distributed.owned_bucket(group["regularizer"], *local) as (reg, *owned):
+                            self.step_bucket(backend, {**group, "regularizer": reg}, *owned)
+                    else:
+                        self.step_bucket(reference, group, *local)
         return loss
+
+    def groups_are_independent(self, group: dict[str, Any]) -> bool:
+        """Whether a step of ``group`` computes each group from that group's elements alone (then a
+        backend without shard support can step FSDP2 shards on whole-group owners,
+        :func:`structsparse.distributed.owned_bucket`); False for steps that also need sums over a
+        whole tensor (DessiLBI's magnitude scaling), which run on ``reference``."""
+        return True
 
     def step_bucket(
         self,

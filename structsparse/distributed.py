@@ -64,8 +64,13 @@ are local); RMDA, ProxSGD and DessiLBI buckets with split tensors run the fused 
 phases (``*_step_sharded`` ops: state update + per-group partial sums, one :func:`all_reduce_sums`
 of ``G`` float64 per bucket, then the prox); RAMDA, ProxGen and ProxSSI buckets with split tensors are redistributed
 to whole-group owners (:func:`owned_groups`) and run the single-process kernels there;
-magnitude-scaled DessiLBI buckets with split tensors run on ``reference``. The CUDA and Triton
-backends do not support shards yet.
+magnitude-scaled DessiLBI buckets with split tensors run on ``reference``. Any other backend
+(Triton, CUDA: no ``supports_shards``) steps a bucket with split tensors on whole-group owners
+(:func:`owned_bucket`: the same two ``all_to_all`` calls, carrying the parameter, its gradient and
+every per-element state tensor there and all but the gradient back — e.g. 20 + 16 B per element
+for float32 RAMDA), the backend seeing each tensor as its ``[A, G, B]`` view under an ``"input"``
+regrouping of the same groups; magnitude-scaled DessiLBI (whole-tensor counts) runs on
+``reference``.
 
 **DDP** needs nothing: gradients are averaged by DDP, parameters and state are replicated, every
 rank computes the same step.
@@ -98,6 +103,7 @@ __all__ = [
     "shard_info",
     "all_reduce_sums",
     "owned_groups",
+    "owned_bucket",
     "global_shape",
     "group_sum",
     "group_max",
@@ -304,13 +310,13 @@ def _all_to_all(send: Tensor, send_sizes: list[int], recv: Tensor, recv_sizes: l
 
 # communication and work buffers of owned_groups(), kept across steps (grown to the largest bucket):
 # a fused path allocates nothing proportional to the model per step
-_buffers: dict[str, Tensor] = {}
+_buffers: dict[tuple[str, torch.device], Tensor] = {}
 
 
-def _buffer(name: str, nbytes: int) -> Tensor:
-    buf = _buffers.get(name)
+def _buffer(name: str, nbytes: int, device: torch.device) -> Tensor:
+    buf = _buffers.get((name, device))
     if buf is None or buf.numel() < nbytes:
-        buf = _buffers[name] = torch.empty(max(nbytes, 8), dtype=torch.uint8)
+        buf = _buffers[(name, device)] = torch.empty(max(nbytes, 8), dtype=torch.uint8, device=device)
     return buf
 
 
@@ -375,6 +381,7 @@ def owned_groups(
         )
     group = next(iter(groups.values()))
     world, me = dist.get_world_size(group), dist.get_rank(group)
+    device = params[split[0]].device
     owned: list[_Owned] = []
     for i in split:
         shape = infos[i].global_shape
@@ -413,7 +420,8 @@ def owned_groups(
 
         send_sizes = [total(me, s) if there else total(s, me) for s in range(world)]
         recv_sizes = [total(s, me) if there else total(me, s) for s in range(world)]
-        send, recv = _buffer("send", sum(send_sizes)), _buffer("recv", sum(recv_sizes))
+        send = _buffer("send", sum(send_sizes), device)
+        recv = _buffer("recv", sum(recv_sizes), device)
         pos = 0
         for s in range(world):
             if s == me:
@@ -442,7 +450,7 @@ def owned_groups(
     spans = [
         [sum(o.rows) * o.view[1] * o.k * dtypes[l][j].itemsize for j, o in enumerate(owned)] for l in every
     ]
-    wbuf = _buffer("work", sum(_pad8(n) for row in spans for n in row))
+    wbuf = _buffer("work", sum(_pad8(n) for row in spans for n in row), device)
     work: list[list[Tensor]] = []
     pos = 0
     for l in every:
@@ -486,6 +494,64 @@ def owned_groups(
             t = lists[l][o.index]
             if not t.is_contiguous():
                 t.copy_(local3[l][j].view(t.shape))
+
+
+@contextmanager
+def owned_bucket(
+    reg: Any, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+) -> Iterator[tuple[Any, list[Tensor], list[Tensor], list[dict[str, Any]]]]:
+    """A :func:`sharded_bucket`'s local views for a backend without shard support: the tensors whose
+    groups span ranks are redistributed to whole-group owners (:func:`owned_groups`; the
+    parameter, its gradient and every state tensor of its shape; all of them are sent back) and
+    every tensor of the bucket is yielded as its ``[A, G, B]`` view with ``reg`` regrouped as
+    ``"input"`` (the same groups), so that any backend steps whole groups with global group
+    weights. Scalar state advanced on the yielded dicts is written back on exit. A bucket without
+    split tensors is yielded unchanged."""
+    split = [i for i, p in enumerate(params) if (f := shard_info(p)) is not None and f.split]
+    if not split:
+        yield reg, params, grads, states
+        return
+    import dataclasses
+
+    keys = [
+        k for k, v in states[split[0]].items() if isinstance(v, Tensor) and v.shape == params[split[0]].shape
+    ]
+    for i in range(len(params)):
+        mine = [k for k, v in states[i].items() if isinstance(v, Tensor) and v.shape == params[i].shape]
+        if mine != keys:
+            raise ValueError(
+                f"state: the bucket's tensors hold different per-element state ({mine} vs {keys}); "
+                "cannot redistribute it to group owners"
+            )
+    lists = [params, grads] + [[st[k] for st in states] for k in keys]
+    written = [0] + list(range(2, len(lists)))
+    copies: list[tuple[Tensor, Tensor]] = []  # (non-contiguous original, contiguous copy)
+
+    def view3(t: Tensor, v: tuple[int, int, int]) -> Tensor:
+        if t.is_contiguous():
+            return t.view(v)
+        c = t.contiguous()
+        copies.append((t, c))
+        return c.view(v)
+
+    with owned_groups(reg, lists, written) as (ls, views):
+        out_p = [view3(t, v) for t, v in zip(ls[0], views)]
+        out_g = [view3(t, v) for t, v in zip(ls[1], views)]
+        out_s = []
+        for i, st in enumerate(states):
+            d = dict(st)
+            for m, k in enumerate(keys):
+                d[k] = view3(ls[2 + m][i], views[i])
+            out_s.append(d)
+        regrouped = dataclasses.replace(reg, grouping="input")
+        yield regrouped, out_p, out_g, out_s
+        for t, c in copies:  # before owned_groups sends the owned tensors back
+            if t.data_ptr() != c.data_ptr():
+                t.copy_(c.view(t.shape))
+    for st, d in zip(states, out_s):
+        for k, v in d.items():
+            if not isinstance(v, Tensor):
+                st[k] = v
 
 
 @contextmanager

@@ -124,6 +124,9 @@ class DessiLBI(StructuredOptimizer):
         if group["regularizer"] is not None and "z" not in state:
             state["z"], state["gamma"] = self.zero_state(p), self.zero_state(p)
 
+    def groups_are_independent(self, group: dict[str, Any]) -> bool:
+        return not group["magnitude_scaling"]  # β needs the whole tensor's support counts
+
     def step_bucket(self, backend, group, params, grads, states) -> None:
         reg = group["regularizer"]
         for st in states:
