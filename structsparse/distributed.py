@@ -104,6 +104,7 @@ __all__ = [
     "all_reduce_sums",
     "owned_groups",
     "owned_bucket",
+    "release_buffers",
     "global_shape",
     "group_sum",
     "group_max",
@@ -311,6 +312,12 @@ def _all_to_all(send: Tensor, send_sizes: list[int], recv: Tensor, recv_sizes: l
 # communication and work buffers of owned_groups(), kept across steps (grown to the largest bucket):
 # a fused path allocates nothing proportional to the model per step
 _buffers: dict[tuple[str, torch.device], Tensor] = {}
+
+
+def release_buffers() -> None:
+    """Free the redistribution buffers of :func:`owned_groups` (they are kept across steps, about
+    twice the bytes one split bucket exchanges plus its work tensors; the next step reallocates)."""
+    _buffers.clear()
 
 
 def _buffer(name: str, nbytes: int, device: torch.device) -> Tensor:

@@ -438,8 +438,13 @@ def task_owned_groups(rank: int, world: int, steps: int = 3) -> None:
                             )
                     finally:
                         ssd._scopes.clear()
+                if t == 1:  # the exchange buffers are allocated once, then reused every step
+                    bufs = {k: v.data_ptr() for k, v in ssd._buffers.items()}
             where = f"[owned_groups {pdt} {algo} {solver} rank {rank}/{world}]"
             with agreed():
+                assert bufs and {k: v.data_ptr() for k, v in ssd._buffers.items()} == bufs, where
+                ssd.release_buffers()
+                assert not ssd._buffers
                 zero = 0
                 for i, (x, y) in enumerate(zip(full, shards)):
                     for k, (a, b) in enumerate(zip(x, y)):
