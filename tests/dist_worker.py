@@ -197,12 +197,33 @@ def fake_grads(shapes, dtype, seed: int):
 
 # ----------------------------------------------------------------------------------------------
 def task_trajectory(
-    rank: int, world: int, dtypes=("float32",), names=None, steps: int = 20, opts=None, backend="reference"
+    rank: int,
+    world: int,
+    dtypes=("float32",),
+    names=None,
+    steps: int = 20,
+    opts=None,
+    backend="reference",
+    native_shards=True,
 ) -> None:
     """Every optimizer x regularizer: FSDP2 shards vs the single-process run, 20 steps, restart at 10,
     both on ``backend`` (``"cpu"``: the fused kernels on shards; RMDA/ProxSGD/DessiLBI buckets with
     split groups in two phases around one all-reduce, the solvers' split buckets redistributed to
-    whole-group owners, distributed.owned_groups)."""
+    whole-group owners, distributed.owned_groups). ``native_shards=False``: the backend's shard
+    support is switched off, so every bucket takes the generic path of backends without it
+    (distributed.owned_bucket)."""
+    import importlib
+
+    mod = importlib.import_module(f"structsparse.backends.{backend}")
+    native = getattr(mod, "supports_shards", False)
+    mod.supports_shards = native and native_shards
+    try:
+        _trajectory(rank, world, dtypes, names, steps, opts, backend, native and native_shards)
+    finally:
+        mod.supports_shards = native
+
+
+def _trajectory(rank, world, dtypes, names, steps, opts, backend, native) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -299,7 +320,7 @@ def task_trajectory(
             # redistributed to whole-group owners (two all_to_alls per split bucket and step, no
             # group all-reduce): the cpu backend's solvers, and every step of a backend without shard
             # support (triton, cuda) except magnitude-scaled DessiLBI (which runs on reference)
-            owned = backend != "reference" and opt_name != "dessilbi_ms" and (backend != "cpu" or solver)
+            owned = backend != "reference" and opt_name != "dessilbi_ms" and (not native or solver)
             if owned:
                 assert redist["calls"] == 2 * steps * n_split, f"{where} {redist}"
                 assert stats["calls"] == 0, f"{where} {stats}"
@@ -308,7 +329,7 @@ def task_trajectory(
                 if opt_name in ("rmda", "proxsgd", "dessilbi"):  # one all-reduce per split bucket
                     assert stats["calls"] == steps * n_split, f"{where} {stats}"
             # backend="cpu": RMDA/ProxSGD/DessiLBI's all-reduces come from the fused two-phase path
-            if backend == "cpu" and opt_name in ("rmda", "proxsgd", "dessilbi"):
+            if backend == "cpu" and native and opt_name in ("rmda", "proxsgd", "dessilbi"):
                 assert fused == steps * n_split, f"{where} fused all-reduces {fused}"
             else:
                 assert fused == 0, f"{where} fused all-reduces {fused}"
