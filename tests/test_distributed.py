@@ -9,7 +9,9 @@ Two process launches (gloo on 127.0.0.1, CPU; workers in tests/dist_worker.py):
   solvers included; measured: bitwise equal to the single-process run), and the 2-rank checkpoint
   loaded on 3 ranks;
 - both again with ``backend="cpu"`` (the fused kernels on shards, against the single-process cpu run),
-  and the cpu solvers' redistribution to whole-group owners on a multi-tensor bucket;
+  the cpu solvers' redistribution to whole-group owners on a multi-tensor bucket, and the generic
+  path of backends without shard support (cpu kernels with cpu's shard support switched off);
+- a third launch (2 ranks): the Triton backend on shards under ``TRITON_INTERPRET=1``;
 - ``torchrun``: ``structsparse train`` on 2 ranks (2-epoch digits runs, RAMDA and DessiLBI).
 
 DessiLBI (with and without magnitude scaling; L1/GroupLasso cases) is in the trajectory and DDP
