@@ -78,6 +78,7 @@ rank computes the same step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -102,6 +103,7 @@ __all__ = [
     "tensor_scope",
     "shard_info",
     "all_reduce_sums",
+    "split_group",
     "owned_groups",
     "owned_bucket",
     "release_buffers",
@@ -299,6 +301,18 @@ def all_reduce_sums(sums: Tensor, group: Any) -> Tensor:
     return _all_reduce(sums, "sum", group, "groups")
 
 
+def split_group(infos: Sequence[ShardInfo | None]) -> Any:
+    """The one process group of a bucket's split shards (``infos``: :func:`shard_info` of each
+    tensor); ValueError when they span several (a fused path would need one collective per group)."""
+    groups = {id(i.group): i.group for i in infos if i is not None and i.split}
+    if len(groups) > 1:
+        raise ValueError(
+            "a bucket's sharded parameters span several process groups; put them in separate param "
+            "groups (or use backend='reference')"
+        )
+    return next(iter(groups.values()), None)
+
+
 def _all_to_all(send: Tensor, send_sizes: list[int], recv: Tensor, recv_sizes: list[int], group: Any) -> None:
     """``all_to_all_single`` of byte buffers, counted in :func:`comm_stats` under
     ``"redistribute"`` (bytes: what this rank sends to the *other* ranks)."""
@@ -380,13 +394,7 @@ def owned_groups(
     if not split:
         yield [list(x) for x in lists], views
         return
-    groups = {id(infos[i].group): infos[i].group for i in split}
-    if len(groups) > 1:
-        raise ValueError(
-            "a bucket's sharded parameters span several process groups; put them in separate param "
-            "groups (or use backend='reference')"
-        )
-    group = next(iter(groups.values()))
+    group = split_group(infos)
     world, me = dist.get_world_size(group), dist.get_rank(group)
     device = params[split[0]].device
     owned: list[_Owned] = []
@@ -518,8 +526,6 @@ def owned_bucket(
     if not split:
         yield reg, params, grads, states
         return
-    import dataclasses
-
     keys = [
         k for k, v in states[split[0]].items() if isinstance(v, Tensor) and v.shape == params[split[0]].shape
     ]
@@ -532,29 +538,26 @@ def owned_bucket(
             )
     lists = [params, grads] + [[st[k] for st in states] for k in keys]
     written = [0] + list(range(2, len(lists)))
-    copies: list[tuple[Tensor, Tensor]] = []  # (non-contiguous original, contiguous copy)
+    copies: list[tuple[Tensor, Tensor]] = []  # (non-contiguous written tensor, its contiguous copy)
 
-    def view3(t: Tensor, v: tuple[int, int, int]) -> Tensor:
-        if t.is_contiguous():
-            return t.view(v)
-        c = t.contiguous()
-        copies.append((t, c))
+    def view3(t: Tensor, v: tuple[int, int, int], write: bool = True) -> Tensor:
+        c = t.contiguous()  # t itself when contiguous (owned tensors always are)
+        if write and c is not t:
+            copies.append((t, c))
         return c.view(v)
 
     with owned_groups(reg, lists, written) as (ls, views):
         out_p = [view3(t, v) for t, v in zip(ls[0], views)]
-        out_g = [view3(t, v) for t, v in zip(ls[1], views)]
+        out_g = [view3(t, v, write=False) for t, v in zip(ls[1], views)]
         out_s = []
         for i, st in enumerate(states):
             d = dict(st)
             for m, k in enumerate(keys):
                 d[k] = view3(ls[2 + m][i], views[i])
             out_s.append(d)
-        regrouped = dataclasses.replace(reg, grouping="input")
-        yield regrouped, out_p, out_g, out_s
+        yield dataclasses.replace(reg, grouping="input"), out_p, out_g, out_s
         for t, c in copies:  # before owned_groups sends the owned tensors back
-            if t.data_ptr() != c.data_ptr():
-                t.copy_(c.view(t.shape))
+            t.copy_(c.view(t.shape))
     for st, d in zip(states, out_s):
         for k, v in d.items():
             if not isinstance(v, Tensor):

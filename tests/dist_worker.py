@@ -387,11 +387,7 @@ def task_owned_groups(rank: int, world: int, steps: int = 3) -> None:
                 r0 = sum(n[:rank])
                 return t[r0 : r0 + n[rank]]
 
-            shards = [
-                [local(i, t).clone() if i != channels_last or k else local(i, t) for k, t in enumerate(x)]
-                for i, x in enumerate(full)
-            ]
-            shards[channels_last][0] = local(channels_last, full[channels_last][0].clone())
+            shards = [[local(i, t).clone() for t in x] for i, x in enumerate(full)]  # clone keeps strides
             assert not shards[channels_last][0].is_contiguous()
             full = [[t.clone() for t in x] for x in full]
             ssd.reset_comm_stats()
@@ -426,37 +422,13 @@ def task_owned_groups(rank: int, world: int, steps: int = 3) -> None:
                                 max_iters=50,
                                 rtol=1e-8,
                             )
-                        elif algo == "proxgen":
-                            cpu.proxgen_step(
-                                ps,
-                                gs,
-                                st[0],
-                                st[1],
-                                steps=[t] * 6,
-                                lr=0.05,
-                                beta1=0.9,
-                                beta2=0.999,
-                                eps=1e-8,
-                                weight_decay=1e-3,
-                                reg=reg,
-                                solver=solver,
-                                max_iters=50,
-                                rtol=1e-8,
-                            )
-                        else:
-                            cpu.proxssi_step(
-                                ps,
-                                gs,
-                                st[0],
-                                st[1],
-                                steps=[t] * 6,
-                                lr=0.05,
-                                beta1=0.9,
-                                beta2=0.999,
-                                eps=1e-8,
-                                weight_decay=1e-3,
-                                reg=reg,
-                            )
+                        else:  # ProxGen, ProxSSI: the same Adam moments
+                            adam = dict(steps=[t] * 6, lr=0.05, beta1=0.9, beta2=0.999, eps=1e-8)
+                            adam.update(weight_decay=1e-3, reg=reg)
+                            if algo == "proxgen":
+                                cpu.proxgen_step(ps, gs, *st, **adam, solver=solver, max_iters=50, rtol=1e-8)
+                            else:
+                                cpu.proxssi_step(ps, gs, *st, **adam)
                     finally:
                         ssd._scopes.clear()
                 if t == 1:  # the exchange buffers are allocated once, then reused every step

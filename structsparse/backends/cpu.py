@@ -70,18 +70,13 @@ def _split_plan(
     if not _has_split(params, reg):
         return None
     infos = [distributed.shard_info(p) for p in params]
-    groups = {id(i.group): i.group for i in infos if i is not None and i.split}
-    if len(groups) > 1:
-        raise ValueError(
-            "backend='cpu': a bucket's sharded parameters span several process groups; put them in "
-            "separate param groups (or use backend='reference')"
-        )
+    group = distributed.split_group(infos)
     split, weights = [], []
     for p, i in zip(params, infos):
         a, _, b = reg.view_shape(i.global_shape if i is not None else p.shape)
         split.append(int(i is not None and i.split))
         weights.append(math.sqrt(max(a * b, 1)))
-    return split, weights, next(iter(groups.values()))
+    return split, weights, group
 
 
 def _call(name: str, params: Sequence[Tensor], reg: Regularizer | None, views: list[int], *args: Any) -> None:
