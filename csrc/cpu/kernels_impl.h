@@ -162,11 +162,17 @@ inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd u
 
 // Subproblem of every group of a tile (row layout): lin, P, w0, x0 views; result into x (rows of
 // ng·B); scr: the larger of row_newton_scratch and row_pg_scratch (tile.h).
+// Threshold T = a·λ·w_g of the exact group-LASSO solve.
+template <typename T>
+inline T exact_thr(const TileArgs& t, T a) {
+  return T(double(a) * t.lam * t.wg);
+}
+
 template <typename T>
 inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin, RowView<T> P, RowView<T> w0,
                        RowView<T> x0, T* x, T* scr) {
   if (t.exact)
-    row_newton<T>(t.A, t.ng, t.B, T(double(a) * t.lam * t.wg), lin, P, w0, x, scr);
+    row_newton<T>(t.A, t.ng, t.B, exact_thr<T>(t, a), lin, P, w0, x, scr);
   else
     row_pg<T>(t.A, t.ng, t.B, reg, a, lin, P, w0, x0, x, scr, t.max_iters, T(t.rtol));
 }
@@ -215,6 +221,66 @@ void proxsgd_tile(const TileArgs& t) {
       [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = x; });
 }
 
+// Row loops of the fused exact solves (restrict-qualified parameters: these vectorize). Each
+// updates the state of a row, stores P and pz = P⊙W0 − lin and accumulates Σ pz² (double) and
+// max P per position: the state pass and row_newton's first pass in one.
+template <typename T>
+inline void ramda_pz_row(int64_t n, const T* __restrict g, const T* __restrict w0, T* __restrict v, T* __restrict u,
+                         T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm, T s, T eps) {
+  for (int64_t k = 0; k < n; ++k) {
+    T gg = g[k];
+    T vv = v[k] + s * gg;
+    T uu = u[k] + s * gg * gg;
+    v[k] = vv;
+    u[k] = uu;
+    const T pk = cbrt_nonneg(uu) + eps;
+    p[k] = pk;
+    const T zz = pk * w0[k] - vv;
+    z[k] = zz;
+    acc[k] += double(zz) * double(zz);
+    pm[k] = pk > pm[k] ? pk : pm[k];
+  }
+}
+// ProxGen (SSI false): c1 = 1 − lr·wd, c2 = sqrt(bc2); ProxSSI: c1 = −lr·sqrt(bc2)/bc1 (the Adam
+// step), c2 = −lr·wd (the decay); ls = lr/bc1 (ProxGen's linear term).
+template <typename T, bool SSI>
+inline void adam_pz_row(int64_t n, const T* __restrict g, const T* __restrict w, T* __restrict m, T* __restrict v,
+                        T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm, T b1, T omb1, T b2,
+                        T omb2, T eps, T c1, T c2, T ls) {
+  for (int64_t k = 0; k < n; ++k) {
+    T gg = g[k];
+    T mm = m[k] * b1 + omb1 * gg;
+    T vv = v[k] * b2 + omb2 * gg * gg;
+    m[k] = mm;
+    v[k] = vv;
+    T pk, zz;
+    if (SSI) {
+      pk = std::sqrt(vv) + eps;
+      T ww = w[k] + c1 * (mm / pk);
+      ww = ww + c2 * ww;
+      zz = pk * ww - T(0);
+    } else {
+      T ww = w[k] * c1;
+      pk = std::sqrt(vv) / c2 + eps;
+      T li = mm * ls;
+      zz = pk * ww - li;
+    }
+    p[k] = pk;
+    z[k] = zz;
+    acc[k] += double(zz) * double(zz);
+    pm[k] = pk > pm[k] ? pk : pm[k];
+  }
+}
+// Final pass of the fused exact solves: x = r>0 ? pz·r/(P·r + thr) : 0 into w (RAMDA: w ← w(1−c) + c·x).
+template <typename T, bool AVG>
+inline void newton_x_row(int64_t n, T* __restrict w, const T* __restrict p, const T* __restrict z,
+                         const T* __restrict r, T thr, T one_c, T c) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T x = r[k] > T(0) ? z[k] * r[k] / (p[k] * r[k] + thr) : T(0);
+    w[k] = AVG ? w[k] * one_c + c * x : x;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // RAMDA (SPEC §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
 // ---------------------------------------------------------------------------------------------
@@ -251,6 +317,43 @@ void ramda_tile(const TileArgs& t) {
   T* P = static_cast<T*>(t.scratch);  // row layout (stride row)
   T* X = P + tot;
   const int64_t pd = pf_dist<T>(row);
+  const T thr = exact_thr<T>(t, T(t.sc[3]));
+  if (t.exact && thr > T(0)) {
+    // Exact solve, fused: the state pass also stores pz = P⊙W0 − V and accumulates Σ pz² and
+    // max P (the first pass of row_newton); after Newton, x is computed inside the W update.
+    // Bitwise the same as the unfused path (same operations in the same order).
+    NewtonScratch<T> ns(X, A, t.ng, t.B);
+    double* __restrict acc = ns.acc1;
+    T* __restrict pm = ns.pm;
+    zero(acc, row);
+    zero(pm, row);
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict g = Gr + a * grs;
+      const T* __restrict w0 = W0 + a * srs;
+      T* __restrict v = V + a * srs;
+      T* __restrict u = U + a * srs;
+      T* __restrict p = P + a * row;
+      T* __restrict z = ns.pz + a * row;
+      if (A > 1 && a + pd < A) {
+        const int64_t an = a + pd;
+        pf_row(Gr + an * grs, row);
+        pf_row(V + an * srs, row);
+        pf_row(U + an * srs, row);
+        pf_row(W0 + an * srs, row);
+        pf_row(W + an * wrs, row);
+      }
+      ramda_pz_row<T>(row, g, w0, v, u, p, z, acc, pm, s, eps);
+    }
+    newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
+    const T* __restrict rp = ns.rpos;
+    for (int64_t a = 0; a < A; ++a) {
+      T* __restrict w = W + a * wrs;
+      const T* __restrict p = P + a * row;
+      const T* __restrict z = ns.pz + a * row;
+      newton_x_row<T, true>(row, w, p, z, rp, thr, one_c, c);
+    }
+    return;
+  }
   for (int64_t a = 0; a < A; ++a) {
     const T* __restrict g = Gr + a * grs;
     T* __restrict v = V + a * srs;
@@ -306,6 +409,42 @@ void adam_prox_tile(const TileArgs& t) {
   T* X = L + tot;
   T* Y = X + tot;  // solver scratch
   const int64_t pd = pf_dist<T>(row);
+  const T thr = exact_thr<T>(t, T(lr_d));
+  if (solve && t.exact && thr > T(0)) {
+    // Exact solve, fused as in ramda_tile: pz = D⊙W − lin (ProxSSI: denom⊙W) stored with the
+    // state pass, x written straight to W. Bitwise the same as the unfused path.
+    NewtonScratch<T> ns(L, A, t.ng, t.B);
+    double* __restrict acc = ns.acc1;
+    T* __restrict pm = ns.pm;
+    zero(acc, row);
+    zero(pm, row);
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict w = W + a * wrs;
+      const T* __restrict g = Gr + a * grs;
+      T* __restrict m = M + a * srs;
+      T* __restrict v = Vs + a * srs;
+      T* __restrict p = P + a * row;
+      T* __restrict z = ns.pz + a * row;
+      if (A > 1 && a + pd < A) {
+        const int64_t an = a + pd;
+        pf_row(Gr + an * grs, row);
+        pf_row(M + an * srs, row);
+        pf_row(Vs + an * srs, row);
+        pf_row(W + an * wrs, row);
+      }
+      adam_pz_row<T, SSI>(row, g, w, m, v, p, z, acc, pm, b1, omb1, b2, omb2, eps, SSI ? ssi_step : decay,
+                          SSI ? ssi_decay : sq_bc2, lin_scale);
+    }
+    newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
+    const T* __restrict rp = ns.rpos;
+    for (int64_t a = 0; a < A; ++a) {
+      T* __restrict w = W + a * wrs;
+      const T* __restrict p = P + a * row;
+      const T* __restrict z = ns.pz + a * row;
+      newton_x_row<T, false>(row, w, p, z, rp, thr, T(0), T(0));
+    }
+    return;
+  }
   for (int64_t a = 0; a < A; ++a) {
     T* __restrict w = W + a * wrs;
     const T* __restrict g = Gr + a * grs;

@@ -123,39 +123,46 @@ inline void zero(T* __restrict p, int64_t n) {
 // increasing, so Newton from r₀ = max(0, (‖P⊙Z‖ − T)/max P) (where φ(r₀) ≥ 0) climbs to the root
 // without overshoot; step δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T), q_i = P_i Z_i/(P_i r + T).
 // A group stops after a step below NEWTON_ULPS ulps of r (NEWTON_MAX_ITERS max).
-// x: result (contiguous rows of length row); scr: row_newton_scratch elements (tile.h).
+// The solution is x_i = r>0 ? pz_i·r/(P_i r + T) : 0 with pz = P⊙W0 − lin.
+//
+// Scratch of the Newton solve (row_newton_scratch elements, tile.h): per-position double sums
+// (64-byte aligned), then pz (A·row), and per-position / per-group arrays.
 template <typename T>
-inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, RowView<T> P, RowView<T> w0, T* x,
-                       T* scr) {
-  const int64_t row = ng * B;
-  if (thr == T(0)) {
-    for (int64_t a = 0; a < A; ++a) {
-      const T* __restrict l = lin.p + a * lin.rs;
-      const T* __restrict p = P.p + a * P.rs;
-      const T* __restrict w = w0.p + a * w0.rs;
-      T* __restrict xr = x + a * row;
-      for (int64_t k = 0; k < row; ++k) xr[k] = w[k] - l[k] / p[k];
-    }
-    return;
+struct NewtonScratch {
+  double *acc1, *acc2, *g1, *g2;
+  T *pz, *pm, *rpos, *gm, *r, *act;
+  NewtonScratch(T* scr, int64_t A, int64_t ng, int64_t B) {
+    const int64_t row = ng * B;
+    acc1 = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(scr) + 63) & ~uintptr_t(63));
+    acc2 = acc1 + row;
+    g1 = acc2 + row;
+    g2 = g1 + ng;
+    pz = reinterpret_cast<T*>(g2 + ng);  // P⊙W0 − lin, A·row
+    pm = pz + A * row;
+    rpos = pm + row;
+    gm = rpos + row;
+    r = gm + ng;
+    act = r + ng;  // 1: Newton still running
   }
-  // Sums in double (per-position accumulators over the rows), like the reference's group sums: the
-  // step is stopped at NEWTON_ULPS ulps of r, so s² must carry more than float's rounding.
-  double* __restrict acc1 = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(scr) + 63) & ~uintptr_t(63));
-  double* __restrict acc2 = acc1 + row;
-  double* __restrict g1 = acc2 + row;
-  double* __restrict g2 = g1 + ng;
-  T* __restrict pz = reinterpret_cast<T*>(g2 + ng);  // P⊙W0 − lin, A·row
-  T* __restrict pm = pz + A * row;
-  T* __restrict rpos = pm + row;
-  T* __restrict gm = rpos + row;
-  T* __restrict r = gm + ng;
-  T* __restrict act = r + ng;  // 1: Newton still running
-  zero(acc1, row);
-  zero(pm, row);
-  for (int64_t a = 0; a < A; ++a)
-    pz_row<T, double>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, pz + a * row, acc1, pm);
+};
+
+// Screening and Newton of every group of a tile, thr > 0. On entry ns.acc1 holds the per-position
+// Σ_a pz² (double) and ns.pm the per-position max P over the rows; pz is read from {pz, pzs} (rows
+// a·pzs). On exit ns.rpos holds r of each position's group (0: screened).
+template <typename T>
+inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, const T* pz, int64_t pzs,
+                         NewtonScratch<T>& ns) {
+  const int64_t row = ng * B;
+  double* __restrict acc1 = ns.acc1;
+  double* __restrict acc2 = ns.acc2;
+  double* __restrict g1 = ns.g1;
+  double* __restrict g2 = ns.g2;
+  T* __restrict rpos = ns.rpos;
+  T* __restrict gm = ns.gm;
+  T* __restrict r = ns.r;
+  T* __restrict act = ns.act;
   rows::reduce_pos(acc1, ng, B, g1);
-  rows::max_pos(pm, ng, B, gm);
+  rows::max_pos(ns.pm, ng, B, gm);
   int64_t n_act = 0;
   for (int64_t j = 0; j < ng; ++j) {
     const T pzn = T(std::sqrt(g1[j]));
@@ -173,7 +180,7 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
     rows::expand(r, ng, B, rpos);
     zero(acc1, row);
     zero(acc2, row);
-    for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * row, rpos, thr, acc1, acc2);
+    for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2);
     rows::reduce_pos(acc1, ng, B, g1);
     rows::reduce_pos(acc2, ng, B, g2);
     n_act = 0;
@@ -190,7 +197,32 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
     }
   }
   rows::expand(r, ng, B, rpos);
-  for (int64_t a = 0; a < A; ++a) newton_final_row<T>(row, P.p + a * P.rs, pz + a * row, rpos, thr, x + a * row);
+}
+
+// x: result (contiguous rows of length row); scr: row_newton_scratch elements (tile.h).
+template <typename T>
+inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, RowView<T> P, RowView<T> w0, T* x,
+                       T* scr) {
+  const int64_t row = ng * B;
+  if (thr == T(0)) {
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict l = lin.p + a * lin.rs;
+      const T* __restrict p = P.p + a * P.rs;
+      const T* __restrict w = w0.p + a * w0.rs;
+      T* __restrict xr = x + a * row;
+      for (int64_t k = 0; k < row; ++k) xr[k] = w[k] - l[k] / p[k];
+    }
+    return;
+  }
+  // Sums in double (per-position accumulators over the rows), like the reference's group sums: the
+  // step is stopped at NEWTON_ULPS ulps of r, so s² must carry more than float's rounding.
+  NewtonScratch<T> ns(scr, A, ng, B);
+  zero(ns.acc1, row);
+  zero(ns.pm, row);
+  for (int64_t a = 0; a < A; ++a)
+    pz_row<T, double>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, ns.pz + a * row, ns.acc1, ns.pm);
+  newton_roots<T>(A, ng, B, thr, P, ns.pz, row, ns);
+  for (int64_t a = 0; a < A; ++a) newton_final_row<T>(row, P.p + a * P.rs, ns.pz + a * row, ns.rpos, thr, x + a * row);
 }
 
 // Screened proximal gradient (solver="pg", RAMDA Algorithm 2) of every group of the tile, with

@@ -29,7 +29,7 @@ struct TileArgs {
   int exact;  // 1: solver "exact", 0: "pg"
   int max_iters;
   double rtol;
-  void* scratch;  // at least scratch_elems(A, ng, B) elements of the math dtype
+  void* scratch;  // at least scratch_elems(A, ng, B, exact) elements of the math dtype
   // Two-pass streaming of the prox kernels (RMDA, ProxSGD) for A > 1, where the tile is a block
   // of rows of its groups: 0 = whole groups in one tile; 1 = pass 1 (update the state, write the
   // tile's per-group partial sums of z² to `gsum`); 2 = pass 2 (`gsum` holds the complete sums:
@@ -49,12 +49,13 @@ inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
   return 5 * A * ng * B + 8 * ng * B + 8 * ng + 2 * ng * int64_t(sizeof(int64_t)) + 64;
 }
 
-inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B) {
-  // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the solver's scratch;
+inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B, bool exact) {
+  // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the solver's scratch (exact: the
+  // Newton scratch only);
   // prox kernels: ng double group sums + a double row, or 2 chunks + ng scales (prox_tile_k);
   // 2 floats per double, an upper bound for double tiles
   const int64_t nt = row_newton_scratch(A, ng, B), pg = row_pg_scratch(A, ng, B);
-  const int64_t solver = 3 * A * ng * B + (nt > pg ? nt : pg);
+  const int64_t solver = 3 * A * ng * B + (exact || nt > pg ? nt : pg);
   const int64_t prox = 2 * ng + 2 * ng * B + ng * B + 2 * (B + 1024) + ng + 64;
   return solver > prox ? solver : prox;
 }
