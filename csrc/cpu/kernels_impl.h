@@ -18,7 +18,10 @@ namespace {
 
 // Software prefetch of one row segment (n elements) of a strided tile array. A tile with A > 1 is
 // A short segments (ng·B elements) a row stride apart, which the hardware prefetchers do not
-// follow; the first-touch loops fetch row a + pf_dist(row) while computing row a.
+// follow; the first-touch loops of the narrow (PG) tiles fetch row a + pf_dist(row) while
+// computing row a. The wide tiles of the exact solves (rows >= 1024 elements or 2^20 elements a
+// tile, see groups_per_tile) do without: there it measured slower (RAMDA exact, ResNet50-CIFAR,
+// 2 threads: 66-69 ms with, 56-60 ms without; also without for rows of 512 when the cap binds).
 template <typename T>
 inline void pf_row(const T* p, int64_t n) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -334,14 +337,6 @@ void ramda_tile(const TileArgs& t) {
       T* __restrict u = U + a * srs;
       T* __restrict p = P + a * row;
       T* __restrict z = ns.pz + a * row;
-      if (A > 1 && a + pd < A) {
-        const int64_t an = a + pd;
-        pf_row(Gr + an * grs, row);
-        pf_row(V + an * srs, row);
-        pf_row(U + an * srs, row);
-        pf_row(W0 + an * srs, row);
-        pf_row(W + an * wrs, row);
-      }
       ramda_pz_row<T>(row, g, w0, v, u, p, z, acc, pm, s, eps);
     }
     newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
@@ -359,7 +354,7 @@ void ramda_tile(const TileArgs& t) {
     T* __restrict v = V + a * srs;
     T* __restrict u = U + a * srs;
     T* __restrict p = P + a * row;
-    if (A > 1 && a + pd < A) {
+    if (!t.exact && A > 1 && a + pd < A) {
       const int64_t an = a + pd;
       pf_row(Gr + an * grs, row);
       pf_row(V + an * srs, row);
@@ -425,13 +420,6 @@ void adam_prox_tile(const TileArgs& t) {
       T* __restrict v = Vs + a * srs;
       T* __restrict p = P + a * row;
       T* __restrict z = ns.pz + a * row;
-      if (A > 1 && a + pd < A) {
-        const int64_t an = a + pd;
-        pf_row(Gr + an * grs, row);
-        pf_row(M + an * srs, row);
-        pf_row(Vs + an * srs, row);
-        pf_row(W + an * wrs, row);
-      }
       adam_pz_row<T, SSI>(row, g, w, m, v, p, z, acc, pm, b1, omb1, b2, omb2, eps, SSI ? ssi_step : decay,
                           SSI ? ssi_decay : sq_bc2, lin_scale);
     }
@@ -452,7 +440,7 @@ void adam_prox_tile(const TileArgs& t) {
     T* __restrict v = Vs + a * srs;
     T* __restrict p = P + a * row;
     T* __restrict l = L + a * row;
-    if (A > 1 && a + pd < A) {
+    if (!t.exact && A > 1 && a + pd < A) {
       const int64_t an = a + pd;
       pf_row(Gr + an * grs, row);
       pf_row(M + an * srs, row);
