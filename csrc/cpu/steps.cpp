@@ -172,15 +172,18 @@ StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
 // Tiles of whole groups (solver kernels, and prox kernels on tensors that are not streamed). Rows
 // of a tile with A > 1 are strided segments of ng·B elements; the exact solves (RAMDA/ProxGen
 // "exact", ProxSSI) run a few passes over the tile, so they take wide tiles whose rows are long
-// enough for the hardware prefetchers (>= 1024 elements, <= 2^20 elements a tile; on the
-// ResNet50-CIFAR set with 2 threads RAMDA exact 85 -> 72 ms, ProxGen exact 64 -> 57 ms against rows
-// of >= 64). The PG solvers iterate ~40 times over a tile and keep small, cache-resident tiles
-// (wide tiles measured RAMDA pg 667 -> 922 ms). The tile size never changes a result: every group
-// is computed on its own, with sums over the rows in row order.
+// enough for the hardware prefetchers (>= 1024 elements, <= 2^21 elements a tile). Measured with
+// 2 threads, RAMDA exact: ResNet50-CIFAR 85 -> 72 ms (rows >= 1024, <= 2^20, against rows >= 64,
+// <= 98304), transformer set 223 -> 184 ms (<= 2^21 against <= 2^20: rows of 910 and 682 instead
+// of 455 and 341 for A = 2304, 3072; <= 2^22 gave 171-179 ms at twice the scratch, rows >= 512
+// 225 ms). The scratch of a wide float tile is 3 tiles, 24 MiB per thread at the cap. The PG
+// solvers iterate ~40 times over a tile and keep small, cache-resident tiles (wide tiles measured
+// RAMDA pg 667 -> 922 ms). The tile size never changes a result: every group is computed on its
+// own, with sums over the rows in row order.
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B, bool wide) {
   const int64_t n = A * B;
   const int64_t target = 8192;  // solver tiles: 4096..32768 measured alike
-  const int64_t cap = wide ? (int64_t(1) << 20) : 98304, row_min = wide ? 1024 : 64;
+  const int64_t cap = wide ? (int64_t(1) << 21) : 98304, row_min = wide ? 1024 : 64;
   int64_t tg = std::max<int64_t>(1, target / n);
   if (A > 1) tg = std::max<int64_t>(tg, (row_min + B - 1) / B);  // rows of >= row_min elements
   if (tg * n > cap) tg = std::max<int64_t>(1, cap / n);

@@ -50,12 +50,13 @@ inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
 }
 
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B, bool exact) {
-  // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the solver's scratch (exact: the
-  // Newton scratch only);
+  // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the PG solver's scratch; the exact
+  // solves need at most 3 tiles (fused: P, then the Newton scratch; λ·α = 0: P, L, X, no solver);
   // prox kernels: ng double group sums + a double row, or 2 chunks + ng scales (prox_tile_k);
   // 2 floats per double, an upper bound for double tiles
   const int64_t nt = row_newton_scratch(A, ng, B), pg = row_pg_scratch(A, ng, B);
-  const int64_t solver = 3 * A * ng * B + (exact || nt > pg ? nt : pg);
+  const int64_t tot = A * ng * B;
+  const int64_t solver = exact ? (tot + nt > 3 * tot ? tot + nt : 3 * tot) : 3 * tot + (nt > pg ? nt : pg);
   const int64_t prox = 2 * ng + 2 * ng * B + ng * B + 2 * (B + 1024) + ng + 64;
   return solver > prox ? solver : prox;
 }
