@@ -53,6 +53,13 @@ def _ext_modules():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     include_dirs = [os.path.join(here, "csrc", "include"), os.path.join(here, "csrc", "cpu")]
+    # headers as dependencies: without them an in-place rebuild after a header-only edit is skipped
+    # (setuptools compares the sources' times with the built library's, before ninja runs)
+    depends = sorted(
+        os.path.relpath(f, here)
+        for pat in ("*.h", "*/*.h", "*/*/*.h", "*/*.cuh")
+        for f in glob.glob(os.path.join(here, "csrc", pat))
+    )
     if _with_cuda():
         from torch.utils.cpp_extension import CUDAExtension
 
@@ -65,6 +72,7 @@ def _ext_modules():
             include_dirs=include_dirs + [os.path.join(here, "csrc")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
             extra_link_args=link,
+            depends=depends,
         )
     else:
         ext = CppExtension(
@@ -73,6 +81,7 @@ def _ext_modules():
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx},
             extra_link_args=link,
+            depends=depends,
         )
 
     class OptionalBuild(BuildExtension):
