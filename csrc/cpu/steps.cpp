@@ -383,7 +383,20 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
     if (n == 0) return;
     std::atomic<int64_t> next{0};
     const int64_t workers = std::min<int64_t>(at::get_num_threads(), n);
+    // Every worker sizes its buffers for the largest tile of the list up front: which worker gets
+    // which tile varies from step to step, and a buffer first grown in a later step would show as
+    // growth of the peak RSS (24 MiB of a wide exact tile, measured). Buffers only grow.
+    size_t need[3] = {0, 0, 0};
+    for (const TileRef& tr : list) {
+      const Job& jb = jobs[tr.job];
+      const int64_t A = tr.na < 0 ? jb.A : tr.na, elems = A * tr.ng * jb.B;
+      need[0] = std::max(need[0], static_cast<size_t>(scratch_elems(A, tr.ng, jb.B, cm.exact != 0)));
+      if (!jb.p_direct) need[1] = std::max(need[1], static_cast<size_t>(elems));
+      if (!jb.g_direct) need[2] = std::max(need[2], static_cast<size_t>(elems));
+    }
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int k = 0; k < 3; ++k)
+        if (tls_buffer<T>(k).size() < need[k]) tls_buffer<T>(k).resize(need[k]);
       for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) {
         const TileRef& tr = list[t];
         run_tile<T>(jobs[tr.job], tr, cm, fn, tls_buffer<T>(0), tls_buffer<T>(1), tls_buffer<T>(2), gsum_of(tr));
