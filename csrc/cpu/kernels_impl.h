@@ -19,9 +19,9 @@ namespace {
 // Software prefetch of one row segment (n elements) of a strided tile array. A tile with A > 1 is
 // A short segments (ng·B elements) a row stride apart, which the hardware prefetchers do not
 // follow; the first-touch loops of the narrow (PG) tiles fetch row a + pf_dist(row) while
-// computing row a. The wide tiles of the exact solves (rows >= 1024 elements or 2^20 elements a
-// tile, see groups_per_tile) do without: there it measured slower (RAMDA exact, ResNet50-CIFAR,
-// 2 threads: 66-69 ms with, 56-60 ms without; also without for rows of 512 when the cap binds).
+// computing row a. The wide tiles of the exact solves (TileArgs::wide, see groups_per_tile) do
+// without: there it measured slower (RAMDA exact, ResNet50-CIFAR, 2 threads: 66-69 ms with,
+// 56-60 ms without).
 template <typename T>
 inline void pf_row(const T* p, int64_t n) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -163,14 +163,14 @@ inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd u
 
 #include "solve_rows.h"
 
-// Subproblem of every group of a tile (row layout): lin, P, w0, x0 views; result into x (rows of
-// ng·B); scr: the larger of row_newton_scratch and row_pg_scratch (tile.h).
 // Threshold T = a·λ·w_g of the exact group-LASSO solve.
 template <typename T>
 inline T exact_thr(const TileArgs& t, T a) {
   return T(double(a) * t.lam * t.wg);
 }
 
+// Subproblem of every group of a tile (row layout): lin, P, w0, x0 views; result into x (rows of
+// ng·B); scr: the larger of row_newton_scratch and row_pg_scratch (tile.h).
 template <typename T>
 inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin, RowView<T> P, RowView<T> w0,
                        RowView<T> x0, T* x, T* scr) {
@@ -284,6 +284,21 @@ inline void newton_x_row(int64_t n, T* __restrict w, const T* __restrict p, cons
   }
 }
 
+// Fused exact solve of a tile (thr > 0): state(a, p, z, acc, pm) runs the state pass of row a,
+// storing P and pz and accumulating Σ pz² and max P (the first pass of row_newton); Newton on
+// every group; fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then
+// the Newton scratch at scr. Bitwise the same as the unfused path (same operations, same order).
+template <typename T, typename State, typename Fin>
+inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, State state, Fin fin) {
+  const int64_t A = t.A, row = t.ng * t.B;
+  NewtonScratch<T> ns(scr, A, t.ng, t.B);
+  zero(ns.acc1, row);
+  zero(ns.pm, row);
+  for (int64_t a = 0; a < A; ++a) state(a, P + a * row, ns.pz + a * row, ns.acc1, ns.pm);
+  newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
+  for (int64_t a = 0; a < A; ++a) fin(a, P + a * row, ns.pz + a * row, ns.rpos);
+}
+
 // ---------------------------------------------------------------------------------------------
 // RAMDA (SPEC §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
 // ---------------------------------------------------------------------------------------------
@@ -321,32 +336,15 @@ void ramda_tile(const TileArgs& t) {
   T* X = P + tot;
   const int64_t pd = pf_dist<T>(row);
   const T thr = exact_thr<T>(t, T(t.sc[3]));
-  if (t.exact && thr > T(0)) {
-    // Exact solve, fused: the state pass also stores pz = P⊙W0 − V and accumulates Σ pz² and
-    // max P (the first pass of row_newton); after Newton, x is computed inside the W update.
-    // Bitwise the same as the unfused path (same operations in the same order).
-    NewtonScratch<T> ns(X, A, t.ng, t.B);
-    double* __restrict acc = ns.acc1;
-    T* __restrict pm = ns.pm;
-    zero(acc, row);
-    zero(pm, row);
-    for (int64_t a = 0; a < A; ++a) {
-      const T* __restrict g = Gr + a * grs;
-      const T* __restrict w0 = W0 + a * srs;
-      T* __restrict v = V + a * srs;
-      T* __restrict u = U + a * srs;
-      T* __restrict p = P + a * row;
-      T* __restrict z = ns.pz + a * row;
-      ramda_pz_row<T>(row, g, w0, v, u, p, z, acc, pm, s, eps);
-    }
-    newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
-    const T* __restrict rp = ns.rpos;
-    for (int64_t a = 0; a < A; ++a) {
-      T* __restrict w = W + a * wrs;
-      const T* __restrict p = P + a * row;
-      const T* __restrict z = ns.pz + a * row;
-      newton_x_row<T, true>(row, w, p, z, rp, thr, one_c, c);
-    }
+  if (t.exact && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
+    exact_fused<T>(
+        t, thr, P, X,
+        [&](int64_t a, T* p, T* z, double* acc, T* pm) {
+          ramda_pz_row<T>(row, Gr + a * grs, W0 + a * srs, V + a * srs, U + a * srs, p, z, acc, pm, s, eps);
+        },
+        [&](int64_t a, const T* p, const T* z, const T* r) {
+          newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
+        });
     return;
   }
   for (int64_t a = 0; a < A; ++a) {
@@ -354,7 +352,7 @@ void ramda_tile(const TileArgs& t) {
     T* __restrict v = V + a * srs;
     T* __restrict u = U + a * srs;
     T* __restrict p = P + a * row;
-    if (!t.exact && A > 1 && a + pd < A) {
+    if (!t.wide && A > 1 && a + pd < A) {
       const int64_t an = a + pd;
       pf_row(Gr + an * grs, row);
       pf_row(V + an * srs, row);
@@ -405,32 +403,16 @@ void adam_prox_tile(const TileArgs& t) {
   T* Y = X + tot;  // solver scratch
   const int64_t pd = pf_dist<T>(row);
   const T thr = exact_thr<T>(t, T(lr_d));
-  if (solve && t.exact && thr > T(0)) {
-    // Exact solve, fused as in ramda_tile: pz = D⊙W − lin (ProxSSI: denom⊙W) stored with the
-    // state pass, x written straight to W. Bitwise the same as the unfused path.
-    NewtonScratch<T> ns(L, A, t.ng, t.B);
-    double* __restrict acc = ns.acc1;
-    T* __restrict pm = ns.pm;
-    zero(acc, row);
-    zero(pm, row);
-    for (int64_t a = 0; a < A; ++a) {
-      const T* __restrict w = W + a * wrs;
-      const T* __restrict g = Gr + a * grs;
-      T* __restrict m = M + a * srs;
-      T* __restrict v = Vs + a * srs;
-      T* __restrict p = P + a * row;
-      T* __restrict z = ns.pz + a * row;
-      adam_pz_row<T, SSI>(row, g, w, m, v, p, z, acc, pm, b1, omb1, b2, omb2, eps, SSI ? ssi_step : decay,
-                          SSI ? ssi_decay : sq_bc2, lin_scale);
-    }
-    newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
-    const T* __restrict rp = ns.rpos;
-    for (int64_t a = 0; a < A; ++a) {
-      T* __restrict w = W + a * wrs;
-      const T* __restrict p = P + a * row;
-      const T* __restrict z = ns.pz + a * row;
-      newton_x_row<T, false>(row, w, p, z, rp, thr, T(0), T(0));
-    }
+  if (solve && t.exact && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W), x straight to W
+    exact_fused<T>(
+        t, thr, P, L,
+        [&](int64_t a, T* p, T* z, double* acc, T* pm) {
+          adam_pz_row<T, SSI>(row, Gr + a * grs, W + a * wrs, M + a * srs, Vs + a * srs, p, z, acc, pm, b1, omb1, b2,
+                              omb2, eps, SSI ? ssi_step : decay, SSI ? ssi_decay : sq_bc2, lin_scale);
+        },
+        [&](int64_t a, const T* p, const T* z, const T* r) {
+          newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));
+        });
     return;
   }
   for (int64_t a = 0; a < A; ++a) {
@@ -440,7 +422,7 @@ void adam_prox_tile(const TileArgs& t) {
     T* __restrict v = Vs + a * srs;
     T* __restrict p = P + a * row;
     T* __restrict l = L + a * row;
-    if (!t.exact && A > 1 && a + pd < A) {
+    if (!t.wide && A > 1 && a + pd < A) {
       const int64_t an = a + pd;
       pf_row(Gr + an * grs, row);
       pf_row(M + an * srs, row);

@@ -134,6 +134,7 @@ struct Job {
   at::Tensor p, g;
   void* s[3];
   int64_t A, G, B, tg;
+  bool wide;  // wide tiles (groups_per_tile)
   bool p_direct, g_direct;
   double sc[8];
   double wg;
@@ -239,6 +240,11 @@ void set_solver(Common& cm, c10::string_view solver, int64_t max_iters, double r
   cm.rtol = rtol;
 }
 
+// The exact solves with a regularizer take wide tiles (groups_per_tile).
+bool wide_tiles(const Common& cm) {
+  return cm.exact != 0 && cm.reg_kind != REG_NONE;
+}
+
 // Validates a bucket and builds its jobs; `scal(i, sc)` fills the per-tensor scalars.
 template <typename Scal>
 std::vector<Job> make_jobs(const char* op, at::TensorList params, at::TensorList grads,
@@ -278,6 +284,7 @@ std::vector<Job> make_jobs(const char* op, at::TensorList params, at::TensorList
     j.g = g;
     j.p_direct = p.is_contiguous() && pt == acc;
     j.g_direct = g.is_contiguous() && g.scalar_type() == acc;
+    j.wide = wide_tiles;
     j.tg = p.numel() == 0 ? 0 : groups_per_tile(j.A, j.G, j.B, wide_tiles);
     j.wg = std::sqrt(static_cast<double>(j.A * j.B));
     for (double& x : j.sc) x = 0;
@@ -292,8 +299,8 @@ void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std
               std::vector<T>& wbuf, std::vector<T>& gbuf, double* gsum) {
   const int64_t A = tr.na < 0 ? jb.A : tr.na, ng = tr.ng, B = jb.B, GB = jb.G * jb.B, row = ng * B;
   const int64_t off = tr.a0 * GB + tr.j0 * B;
-  const size_t need = static_cast<size_t>(scratch_elems(A, ng, B, cm.exact != 0));
-  if (scr.size() < need) scr.resize(need);
+  // the buffers are sized by the caller (run_jobs_t: every worker, for the list's largest tile)
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(scr.size() >= static_cast<size_t>(scratch_elems(A, ng, B, jb.wide)));
   TileArgs ta;
   ta.A = A;
   ta.ng = ng;
@@ -306,7 +313,7 @@ void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std
     ta.w = static_cast<T*>(jb.p.data_ptr()) + off;
     ta.w_rs = GB;
   } else {
-    if (wbuf.size() < static_cast<size_t>(A * row)) wbuf.resize(A * row);
+    TORCH_INTERNAL_ASSERT_DEBUG_ONLY(wbuf.size() >= static_cast<size_t>(A * row));
     for (int64_t a = 0; a < A; ++a) move_rows<T, true>(jb.p, a * GB + off, row, wbuf.data() + a * row);
     ta.w = wbuf.data();
     ta.w_rs = row;
@@ -315,7 +322,7 @@ void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std
     ta.g = static_cast<const T*>(jb.g.data_ptr()) + off;
     ta.g_rs = GB;
   } else {
-    if (gbuf.size() < static_cast<size_t>(A * row)) gbuf.resize(A * row);
+    TORCH_INTERNAL_ASSERT_DEBUG_ONLY(gbuf.size() >= static_cast<size_t>(A * row));
     for (int64_t a = 0; a < A; ++a) move_rows<T, true>(jb.g, a * GB + off, row, gbuf.data() + a * row);
     ta.g = gbuf.data();
     ta.g_rs = row;
@@ -327,6 +334,7 @@ void run_tile(const Job& jb, const TileRef& tr, const Common& cm, TileFn fn, std
   ta.omega = cm.omega;
   ta.wg = jb.wg;
   ta.exact = cm.exact;
+  ta.wide = jb.wide;
   ta.max_iters = cm.max_iters;
   ta.rtol = cm.rtol;
   ta.scratch = scr.data();
@@ -390,7 +398,7 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
     for (const TileRef& tr : list) {
       const Job& jb = jobs[tr.job];
       const int64_t A = tr.na < 0 ? jb.A : tr.na, elems = A * tr.ng * jb.B;
-      need[0] = std::max(need[0], static_cast<size_t>(scratch_elems(A, tr.ng, jb.B, cm.exact != 0)));
+      need[0] = std::max(need[0], static_cast<size_t>(scratch_elems(A, tr.ng, jb.B, jb.wide)));
       if (!jb.p_direct) need[1] = std::max(need[1], static_cast<size_t>(elems));
       if (!jb.g_direct) need[2] = std::max(need[2], static_cast<size_t>(elems));
     }
@@ -606,7 +614,7 @@ void ramda_step(at::TensorList params, at::TensorList grads, at::TensorList anch
                           sc[2] = eps;
                           sc[3] = alphas[i];
                         },
-                        cm.exact != 0 && cm.reg_kind != REG_NONE);
+                        wide_tiles(cm));
   run_jobs(jobs, cm, kernels().ramda);
 }
 
@@ -650,7 +658,7 @@ static void adam_prox(const char* op, const TileFn* fns, at::TensorList params, 
     sc[4] = weight_decay;
     sc[5] = 1.0 - std::pow(beta1, t);
     sc[6] = 1.0 - std::pow(beta2, t);
-  }, cm.exact != 0 && cm.reg_kind != REG_NONE);
+  }, wide_tiles(cm));
   run_jobs(jobs, cm, fns);
 }
 

@@ -27,9 +27,10 @@ struct TileArgs {
   int reg_kind;     // structsparse::RegKind
   double lam, lam2, omega, wg;
   int exact;  // 1: solver "exact", 0: "pg"
+  int wide = 0;  // wide tiles (exact solver with a regularizer, see groups_per_tile): no prefetch
   int max_iters;
   double rtol;
-  void* scratch;  // at least scratch_elems(A, ng, B, exact) elements of the math dtype
+  void* scratch;  // at least scratch_elems(A, ng, B, wide) elements of the math dtype
   // Two-pass streaming of the prox kernels (RMDA, ProxSGD) for A > 1, where the tile is a block
   // of rows of its groups: 0 = whole groups in one tile; 1 = pass 1 (update the state, write the
   // tile's per-group partial sums of z² to `gsum`); 2 = pass 2 (`gsum` holds the complete sums:
@@ -49,14 +50,15 @@ inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
   return 5 * A * ng * B + 8 * ng * B + 8 * ng + 2 * ng * int64_t(sizeof(int64_t)) + 64;
 }
 
-inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B, bool exact) {
+inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B, bool wide) {
   // solvers (RAMDA, ProxGen, ProxSSI): P, L, X tiles, then the PG solver's scratch; the exact
-  // solves need at most 3 tiles (fused: P, then the Newton scratch; λ·α = 0: P, L, X, no solver);
+  // solves (wide tiles) need at most 3 tiles (fused: P, then the Newton scratch; λ·α = 0: P, L,
+  // X, no solver);
   // prox kernels: ng double group sums + a double row, or 2 chunks + ng scales (prox_tile_k);
   // 2 floats per double, an upper bound for double tiles
   const int64_t nt = row_newton_scratch(A, ng, B), pg = row_pg_scratch(A, ng, B);
   const int64_t tot = A * ng * B;
-  const int64_t solver = exact ? (tot + nt > 3 * tot ? tot + nt : 3 * tot) : 3 * tot + (nt > pg ? nt : pg);
+  const int64_t solver = wide ? (tot + nt > 3 * tot ? tot + nt : 3 * tot) : 3 * tot + (nt > pg ? nt : pg);
   const int64_t prox = 2 * ng + 2 * ng * B + ng * B + 2 * (B + 1024) + ng + 64;
   return solver > prox ? solver : prox;
 }
