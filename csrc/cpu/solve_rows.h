@@ -130,6 +130,7 @@ inline void zero(T* __restrict p, int64_t n) {
 template <typename T>
 struct NewtonScratch {
   double *acc1, *acc2, *g1, *g2;
+  int64_t* runs;  // [start, end) group ranges of the running groups, up to ng + 1 values
   T *pz, *pm, *rpos, *gm, *r, *act;
   NewtonScratch(T* scr, int64_t A, int64_t ng, int64_t B) {
     const int64_t row = ng * B;
@@ -137,7 +138,8 @@ struct NewtonScratch {
     acc2 = acc1 + row;
     g1 = acc2 + row;
     g2 = g1 + ng;
-    pz = reinterpret_cast<T*>(g2 + ng);  // P⊙W0 − lin, A·row
+    runs = reinterpret_cast<int64_t*>(g2 + ng);
+    pz = reinterpret_cast<T*>(runs + ng + 1);  // P⊙W0 − lin, A·row
     pm = pz + A * row;
     rpos = pm + row;
     gm = rpos + row;
@@ -180,7 +182,29 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
     rows::expand(r, ng, B, rpos);
     zero(acc1, row);
     zero(acc2, row);
-    for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2);
+    if (2 * n_act > ng) {
+      for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2);
+    } else {
+      // few groups still running (typically a few % in the third pass): walk only their
+      // positions, as runs of consecutive running groups; the sums of the others are not read
+      int64_t nr = 0;
+      for (int64_t j = 0; j < ng;) {
+        if (act[j] == T(0)) {
+          ++j;
+          continue;
+        }
+        const int64_t j0 = j;
+        while (j < ng && act[j] != T(0)) ++j;
+        ns.runs[nr++] = j0 * B;
+        ns.runs[nr++] = j * B;
+      }
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t q = 0; q < nr; q += 2) {
+          const int64_t k0 = ns.runs[q];
+          newton_row<T>(ns.runs[q + 1] - k0, P.p + a * P.rs + k0, pz + a * pzs + k0, rpos + k0, thr, acc1 + k0,
+                        acc2 + k0);
+        }
+    }
     rows::reduce_pos(acc1, ng, B, g1);
     rows::reduce_pos(acc2, ng, B, g2);
     n_act = 0;
