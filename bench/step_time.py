@@ -6,7 +6,8 @@ BN/bias unregularized) and a transformer block set (12 × Linear weights 768×23
 ms/step, the bytes the fused pass must move per parameter (the roofline: RMDA 24 B, RAMDA 32 B,
 AdamW 28 B in fp32), the achieved GB/s, the % of a copy kernel's bandwidth over the same
 working-set size, and the ratios to AdamW(fused=True) and SGD(momentum=0.9, foreach=True) measured
-in the same run. Results go to bench/results/step_time_<set>.{json,md} with the CPU model,
+in the same run: each cpu optimizer's steps alternate with steps of the two baselines (each on its
+own parameters), and its ratios are medians over those same rounds. Results go to bench/results/step_time_<set>.{json,md} with the CPU model,
 thread count, torch version and the load average (start and end). The reference backend is timed
 on --ref-reps steps (PG solvers: half of them); the cpu/reference speedup is a column. Then the
 peak-RSS check: 100 cpu steps per optimizer, peak RSS before/after (bench/results/rss.json).
@@ -122,6 +123,22 @@ def time_steps(opt, reps: int, warmup: int) -> list[float]:
     return out
 
 
+def time_interleaved(opts, reps: int, warmup: int) -> list[list[float]]:
+    """Step times of several optimizers (each on its own parameters) taken in rotation, one step
+    of each per round: their ratios then share whatever load the machine had during the round
+    (this machine's neighbours move the absolute times by 10-25 % from minute to minute)."""
+    for _ in range(warmup):
+        for o in opts:
+            o.step()
+    out: list[list[float]] = [[] for _ in opts]
+    for _ in range(reps):
+        for o, ts in zip(opts, out):
+            t0 = time.perf_counter()
+            o.step()
+            ts.append(time.perf_counter() - t0)
+    return out
+
+
 def copy_time(nbytes: int, reps: int) -> float:
     """Time of the faster of two copies over a working set of nbytes (medians): ``dst.copy_(src)``
     (nbytes/2 read, nbytes/2 written; the stores also read dst for ownership) and the in-place
@@ -161,6 +178,8 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
     rows = []
     copies: dict[int, float] = {}
     base: dict[str, float] = {}
+    # the baselines stay alive: every cpu optimizer is timed in rotation with them
+    baselines = {b: make_opt(b, "torch", make_params(shapes)) for b in ("AdamW(fused)", "SGD(foreach)")}
     for name in ["AdamW(fused)", "SGD(foreach)", *optimizers]:
         bks = (
             ["torch"]
@@ -176,7 +195,12 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
                 r = ref_reps if backend == "reference" else reps
             params = make_params(shapes)
             opt = make_opt(name, backend, params)
-            ts = time_steps(opt, r, warmup=1 if backend == "reference" else 3)
+            pair = None
+            if backend == "cpu":  # in rotation with the baselines: ratios from the same rounds
+                ts, ta, tsg = time_interleaved([opt, *baselines.values()], r, warmup=3)
+                pair = (statistics.median(ta), statistics.median(tsg))
+            else:
+                ts = time_steps(opt, r, warmup=1 if backend == "reference" else 3)
             med = statistics.median(ts)
             key = name.split(" ")[0]
             bpp = BYTES[key]
@@ -191,6 +215,11 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
                 "copy_GB_per_s": bpp * n / cp / 1e9,
                 "reps": r,
             }
+            if pair is not None:
+                row["x_adamw_fused"] = med / pair[0]
+                row["x_sgd_foreach"] = med / pair[1]
+                row["adamw_ms_same_rounds"] = pair[0] * 1e3
+                row["sgd_ms_same_rounds"] = pair[1] * 1e3
             if name in ("AdamW(fused)", "SGD(foreach)"):
                 base[name] = med
             rows.append(row)
@@ -203,8 +232,8 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
             del opt, params
     ref = {r["optimizer"]: r["ms_per_step"] for r in rows if r["backend"] == "reference"}
     for row in rows:
-        row["x_adamw_fused"] = row["ms_per_step"] / 1e3 / base["AdamW(fused)"]
-        row["x_sgd_foreach"] = row["ms_per_step"] / 1e3 / base["SGD(foreach)"]
+        row.setdefault("x_adamw_fused", row["ms_per_step"] / 1e3 / base["AdamW(fused)"])
+        row.setdefault("x_sgd_foreach", row["ms_per_step"] / 1e3 / base["SGD(foreach)"])
         if row["backend"] == "cpu" and row["optimizer"] in ref:
             row["speedup_vs_reference"] = ref[row["optimizer"]] / row["ms_per_step"]
     return {
@@ -279,17 +308,26 @@ def to_markdown(res: dict, meta: dict) -> str:
         f"load average at start {meta['loadavg_start']}, at end {res['loadavg_end']}",
         "",
         "| optimizer | backend | reps | ms/step | B/param | GB/s | % of copy | × AdamW fused | × SGD foreach "
-        "| cpu speedup vs reference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cpu speedup vs reference | AdamW / SGD ms in the same rounds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         sp = f"{r['speedup_vs_reference']:.1f}" if "speedup_vs_reference" in r else ""
+        same = (
+            f"{r['adamw_ms_same_rounds']:.2f} / {r['sgd_ms_same_rounds']:.2f}"
+            if "adamw_ms_same_rounds" in r
+            else ""
+        )
         lines.append(
             f"| {r['optimizer']} | {r['backend']} | {r['reps']} | {r['ms_per_step']:.2f} | {r['bytes_per_param']} | "
             f"{r['GB_per_s']:.1f} | {r['pct_of_copy']:.0f} | {r['x_adamw_fused']:.2f} | "
-            f"{r['x_sgd_foreach']:.2f} | {sp} |"
+            f"{r['x_sgd_foreach']:.2f} | {sp} | {same} |"
         )
     lines += [
+        "",
+        "cpu rows: timed in rotation with AdamW(fused) and SGD(foreach) (one step of each per round, "
+        "each on its own parameters); their ratios are medians of the same rounds. The torch and "
+        "reference rows are timed alone.",
         "",
         "copy: the faster of `dst.copy_(src)` and the in-place `x.add_(y)` over the same working set "
         "(B/param × parameters), "
