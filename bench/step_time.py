@@ -112,17 +112,6 @@ def make_opt(name: str, backend: str, params):
     raise ValueError(name)
 
 
-def time_steps(opt, reps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        opt.step()
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        opt.step()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def time_interleaved(opts, reps: int, warmup: int) -> list[list[float]]:
     """Step times of several optimizers (each on its own parameters) taken in rotation, one step
     of each per round: their ratios then share whatever load the machine had during the round
@@ -200,7 +189,7 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
                 ts, ta, tsg = time_interleaved([opt, *baselines.values()], r, warmup=3)
                 pair = (statistics.median(ta), statistics.median(tsg))
             else:
-                ts = time_steps(opt, r, warmup=1 if backend == "reference" else 3)
+                ts = time_interleaved([opt], r, warmup=1 if backend == "reference" else 3)[0]
             med = statistics.median(ts)
             key = name.split(" ")[0]
             bpp = BYTES[key]
