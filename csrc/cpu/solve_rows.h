@@ -156,6 +156,17 @@ template <typename T>
 inline void zero(T* __restrict p, int64_t n) {
   for (int64_t k = 0; k < n; ++k) p[k] = T(0);
 }
+template <typename T>
+inline void copy_row(const T* __restrict src, T* __restrict dst, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+}
+// dst = src for n elements with dst < src (the ranges may overlap): blocks of at most the distance
+// are disjoint, and each is copied before the next one's source is overwritten.
+template <typename T>
+inline void move_down(const T* src, T* dst, int64_t n) {
+  const int64_t d = src - dst;
+  for (int64_t k = 0; k < n; k += d) copy_row(src + k, dst + k, n - k < d ? n - k : d);
+}
 
 // Exact group-LASSO solve (solver="exact"): screening, then Newton in the Moré–Sorensen form:
 // g(r) = 1/s(r) − 1 with s(r)² = Σ_i (P_i Z_i/(P_i r + T))², T = a·λ·w_g. 1/s is concave and
@@ -323,26 +334,45 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   T* __restrict qp = q0 + ng;
   T* __restrict act = qp + ng;
   T* __restrict gy = act + ng;  // Σ y² of the pending gradient step
-  // original group index of each packed group (int64, 8-byte aligned after the group arrays)
+  // original group index of each packed group (int64, 8-byte aligned after the group arrays), then
+  // runs of groups copied as one block per row (see runs_of): first packed index, length
   int64_t* orig = reinterpret_cast<int64_t*>(
       (reinterpret_cast<uintptr_t>(gy + ng) + alignof(int64_t) - 1) & ~uintptr_t(alignof(int64_t) - 1));
+  int64_t* run0 = orig + ng;
+  int64_t* runn = run0 + ng;
+  // Runs of the packed groups jj < n with keep(jj): consecutive packed indices and, with
+  // same_src, consecutive original groups too; a run is one contiguous block of a row on both
+  // sides of a copy (B = 1 tiles otherwise copy one element per group and row).
+  auto runs_of = [&](int64_t n, bool same_src, auto keep) -> int64_t {
+    int64_t nr = 0;
+    for (int64_t jj = 0; jj < n; ++jj) {
+      if (!keep(jj)) continue;
+      if (nr > 0 && run0[nr - 1] + runn[nr - 1] == jj && (!same_src || orig[jj] == orig[jj - 1] + 1))
+        ++runn[nr - 1];
+      else {
+        run0[nr] = jj;
+        runn[nr] = 1;
+        ++nr;
+      }
+    }
+    return nr;
+  };
   // pass 0: max P, ‖P⊙W0 − lin‖² (group LASSO screening), x = x0
   zero(acc1, row);
   zero(acc2, row);
   for (int64_t a = 0; a < A; ++a) {
     pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, nullptr, acc1, acc2);
-    const T* __restrict xo = x0.p + a * x0.rs;
-    T* __restrict xr = x + a * row;
-    for (int64_t k = 0; k < row; ++k) xr[k] = xo[k];
+    copy_row(x0.p + a * x0.rs, x + a * row, row);
   }
   rows::reduce_pos(acc1, ng, B, g1);
   rows::max_pos(acc2, ng, B, g2);
   const T thr_gl = a_ * (reg.lam * reg.wg);
   int64_t nc = 0;  // packed (iterating) groups
+  int64_t nscr = 0;  // screened groups, listed in orig[ng - nscr, ng) (in decreasing order)
   for (int64_t j = 0; j < ng; ++j) {
     if (KIND == REG_GROUP_LASSO && screened(std::sqrt(g1[j]), thr_gl)) {
-      for (int64_t a = 0; a < A; ++a)
-        for (int64_t b = 0; b < B; ++b) x[a * row + j * B + b] = T(0);  // screened: exactly 0
+      ++nscr;
+      orig[ng - nscr] = j;  // never reached by the packed indices: nc + nscr <= ng
       continue;
     }
     T e = T(1) / g2[j];
@@ -351,19 +381,32 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
     orig[nc] = j;
     ++nc;
   }
-  if (nc == 0) return;
-  // pack the iterating groups
-  {
-    const int64_t rc = nc * B;
+  if (nscr > 0) {  // screened: exactly 0, runs of consecutive groups one block per row
+    int64_t nr = 0;
+    for (int64_t i = ng - 1; i >= ng - nscr; --i) {
+      const int64_t j = orig[i];
+      if (nr > 0 && run0[nr - 1] + runn[nr - 1] == j)
+        ++runn[nr - 1];
+      else {
+        run0[nr] = j;
+        runn[nr] = 1;
+        ++nr;
+      }
+    }
     for (int64_t a = 0; a < A; ++a)
-      for (int64_t jj = 0; jj < nc; ++jj) {
-        const int64_t so = orig[jj] * B, d = a * rc + jj * B;
-        for (int64_t b = 0; b < B; ++b) {
-          Lc[d + b] = lin.p[a * lin.rs + so + b];
-          Pc[d + b] = P.p[a * P.rs + so + b];
-          Wc[d + b] = w0.p[a * w0.rs + so + b];
-          Xc[d + b] = x[a * row + so + b];
-        }
+      for (int64_t r = 0; r < nr; ++r) zero(x + a * row + run0[r] * B, runn[r] * B);
+  }
+  if (nc == 0) return;
+  {  // pack the iterating groups
+    const int64_t rc = nc * B;
+    const int64_t nr = runs_of(nc, true, [](int64_t) { return true; });
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t so = orig[run0[r]] * B, d = a * rc + run0[r] * B, n = runn[r] * B;
+        copy_row(lin.p + a * lin.rs + so, Lc + d, n);
+        copy_row(P.p + a * P.rs + so, Pc + d, n);
+        copy_row(w0.p + a * w0.rs + so, Wc + d, n);
+        copy_row(x + a * row + so, Xc + d, n);
       }
   }
   // One fused pass per iteration: x ← y·scale for the iterating groups (the prox of the previous
@@ -390,10 +433,11 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
     rows::reduce_pos(acc3, nc, B, g3);
     rows::reduce_pos(acc4, nc, B, gy);
   };
-  auto write_back = [&](int64_t jj) {  // packed group jj -> x
-    const int64_t rc = nc * B, so = orig[jj] * B;
+  auto write_back = [&](int64_t nr) {  // the packed groups of runs_of(nc, true, ...) -> x
+    const int64_t rc = nc * B;
     for (int64_t a = 0; a < A; ++a)
-      for (int64_t b = 0; b < B; ++b) x[a * row + so + b] = Xc[a * rc + jj * B + b];
+      for (int64_t r = 0; r < nr; ++r)
+        copy_row(Xc + a * rc + run0[r] * B, x + a * row + orig[run0[r]] * B, runn[r] * B);
   };
   auto relayout = [&]() {
     rows::expand(eta, nc, B, etap);
@@ -426,8 +470,7 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
         ++n_act;
     }
     if (n_act > 0 && 2 * n_act <= nc) {  // repack: finished groups to x, iterating ones to the front
-      for (int64_t jj = 0; jj < nc; ++jj)
-        if (act[jj] == T(0)) write_back(jj);
+      write_back(runs_of(nc, true, [&](int64_t jj) { return act[jj] == T(0); }));
       const int64_t nn = n_act, rn = nn * B;
       // x0 fallback of finished groups (their q0/qp are dropped with them)
       for (int64_t jj = 0; jj < nc; ++jj)
@@ -436,20 +479,23 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
           for (int64_t a = 0; a < A; ++a)
             for (int64_t b = 0; b < B; ++b) x[a * row + so + b] = x0.p[a * x0.rs + so + b];
         }
-      // in-place compaction: destinations never pass their sources (rn ≤ rc, jj' ≤ jj)
+      // in-place compaction, rows in order, runs of consecutive iterating groups moved as blocks:
+      // destinations never pass their sources (rn ≤ rc, jj' ≤ jj), so a block's move never
+      // overwrites a source not yet moved
+      const int64_t nr = runs_of(nc, false, [&](int64_t jj) { return act[jj] != T(0); });
       for (int64_t a = 0; a < A; ++a) {
         int64_t dj = 0;
-        for (int64_t jj = 0; jj < nc; ++jj) {
-          if (act[jj] == T(0)) continue;
-          const int64_t s0 = a * rc + jj * B, d0 = a * rn + dj * B;
-          for (int64_t b = 0; b < B; ++b) {
-            Lc[d0 + b] = Lc[s0 + b];
-            Pc[d0 + b] = Pc[s0 + b];
-            Wc[d0 + b] = Wc[s0 + b];
-            Xc[d0 + b] = Xc[s0 + b];
-            Yc[d0 + b] = Yc[s0 + b];
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t s0 = a * rc + run0[r] * B, d0 = a * rn + dj * B;
+          const int64_t n = runn[r] * B;
+          if (d0 != s0) {
+            move_down(Lc + s0, Lc + d0, n);
+            move_down(Pc + s0, Pc + d0, n);
+            move_down(Wc + s0, Wc + d0, n);
+            move_down(Xc + s0, Xc + d0, n);
+            move_down(Yc + s0, Yc + d0, n);
           }
-          ++dj;
+          dj += runn[r];
         }
       }
       int64_t dj = 0;
@@ -467,8 +513,8 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
       relayout();
     }
   }
+  write_back(runs_of(nc, true, [](int64_t) { return true; }));
   for (int64_t jj = 0; jj < nc; ++jj) {
-    write_back(jj);
     if (qp[jj] > q0[jj]) {  // worse than the warm start: keep the warm start
       const int64_t so = orig[jj] * B;
       for (int64_t a = 0; a < A; ++a)
