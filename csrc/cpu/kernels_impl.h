@@ -48,7 +48,7 @@ inline Reg<T> make_reg(const TileArgs& t) {
 // plain vectorizable loop. The squares z² (rounded in T) are summed in double and the group sum is
 // rounded to T once, as the reference's group_sum does: the norm then hardly depends on the
 // summation order (tiles, row blocks, ranks of a sharded tensor). scratch (see scratch_elems):
-// ng + row doubles, then row (or 2 chunks of) T.
+// ng + row doubles, then row + ng T (or 2 chunks of T and the ng scales).
 template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
 inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
   const int64_t A = t.A, ng = t.ng, B = t.B, row = ng * B;
@@ -74,6 +74,7 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       double* __restrict gs = t.mode == 1 ? static_cast<double*>(t.gsum) : dscr;
       double* __restrict acc = dscr + ng;
       T* __restrict sx = reinterpret_cast<T*>(acc + row);
+      T* __restrict sg = sx + row;  // the groups' scales
       if (t.mode != 2) {
         for (int64_t k = 0; k < row; ++k) acc[k] = 0.0;
         for (int64_t a = 0; a < A; ++a)
@@ -89,18 +90,24 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
         }
         if (t.mode == 1) return;
       } else {
-        const double* __restrict tot = static_cast<const double*>(t.gsum);
-        for (int64_t j = 0; j < ng; ++j) gs[j] = tot[j];
+        gs = static_cast<double*>(t.gsum);  // the complete sums
       }
-      for (int64_t j = 0; j < ng; ++j) {
-        const T f = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
-        for (int64_t b = 0; b < B; ++b) sx[j * B + b] = f;
+      // The scales in a plain loop over the groups (it vectorizes: every row block of a streamed
+      // job computes them again; written per group with the B positions inside, ~15 % of RMDA's
+      // channel-wise step), then expanded to positions.
+      for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
+      const T* __restrict sp = sx;
+      if (B == 1) {
+        sp = sg;
+      } else {
+        for (int64_t j = 0; j < ng; ++j)
+          for (int64_t b = 0; b < B; ++b) sx[j * B + b] = sg[j];
       }
       for (int64_t a = 0; a < A; ++a)
         for (int64_t k = 0; k < row; ++k) {
           T z = rez(a, k);
           T y = sgl ? soft_threshold(z, t1) : z;
-          fin(a, k, y * sx[k]);
+          fin(a, k, y * sp[k]);
         }
       return;
     }
