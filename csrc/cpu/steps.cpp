@@ -150,9 +150,9 @@ struct TileRef {
 
 // Streaming layout of a prox job with A > 1 (many rows): row blocks of >= kRowsMin rows (at most
 // 64 blocks) × column blocks of whole groups, as few as rows of <= kColMin contiguous elements
-// allow, of equal widths (G = 512, B = 9: 2 blocks of 256 groups instead of 455 + 57, whose 513-
-// element segments were slow: RMDA ResNet50-CIFAR 26.1 -> 25.6 ms, 6 alternating processes).
-// Depends on (A, G, B) only.
+// allow, of equal widths (no short remainder block: with kColMin = 4096, G = 512 and B = 9 were
+// cut into 455 + 57 groups, whose 513-element row segments were slow; 2 × 256 measured RMDA
+// ResNet50-CIFAR 26.1 -> 25.6 ms, 6 alternating processes). Depends on (A, G, B) only.
 struct StreamLayout {
   int64_t nrb, rows, cb;
 };
@@ -164,9 +164,13 @@ constexpr int64_t kChunkElems = int64_t(1) << 17;
 // Rows >= 64 instead of >= 16 (2 threads, no NaN check, medians of 4 runs in rotation): RMDA
 // ResNet50-CIFAR 25.3 -> 23.4 ms, transformer set 84.8 -> 78.4 ms; >= 128: 23.9 ms; tiles of
 // >= 65536 elements instead (whatever the rows): 24.2 ms. Fewer row blocks mean fewer tiles per
-// chunk for many threads (A = 512: 8 tiles per column block, A = 2048: 32).
+// chunk for many threads (A = 512: 8 tiles per column block, A = 2048: 32). Rows >= 48 and >= 96
+// measured 24.4-25.1 ms against 23.5-23.7: their block counts (11 for A = 512; 11 and 3 for
+// A = 1024, 256) are not multiples of 2, so (a guess) one thread waits at each chunk's barrier.
 constexpr int64_t kRowsMin = 64;
-constexpr int64_t kColMin = 4096;
+// kColMin 8192 instead of 4096 (whole rows for every ResNet50 layer): RMDA nocheck 23.7 -> 22.7 ms
+// (medians of 6 runs in rotation with AdamW, 2 threads); 16384: 22.9 ms.
+constexpr int64_t kColMin = 8192;
 StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
   StreamLayout L;
   L.nrb = std::min<int64_t>(64, (A + kRowsMin - 1) / kRowsMin);
