@@ -92,9 +92,9 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       } else {
         gs = static_cast<double*>(t.gsum);  // the complete sums
       }
-      // The scales in a plain loop over the groups (it vectorizes: every row block of a streamed
-      // job computes them again; written per group with the B positions inside, ~15 % of RMDA's
-      // channel-wise step), then expanded to positions.
+      // The scales in a plain loop over the groups (it vectorizes; every row block of a streamed
+      // job computes them again), then expanded to positions: RMDA channel-wise 24.5 -> 24.0 ms
+      // against one loop per group with its B positions inside.
       for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
       const T* __restrict sp = sx;
       if (B == 1) {

@@ -340,9 +340,10 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
       (reinterpret_cast<uintptr_t>(gy + ng) + alignof(int64_t) - 1) & ~uintptr_t(alignof(int64_t) - 1));
   int64_t* run0 = orig + ng;
   int64_t* runn = run0 + ng;
-  // Runs of the packed groups jj < n with keep(jj): consecutive packed indices and, with
-  // same_src, consecutive original groups too; a run is one contiguous block of a row on both
-  // sides of a copy (B = 1 tiles otherwise copy one element per group and row).
+  // Runs of the groups jj < n with keep(jj) (packed groups, or the tile's groups before packing):
+  // consecutive indices and, with same_src, consecutive original groups too; a run is one
+  // contiguous block of a row on both sides of a copy (B = 1 tiles otherwise copy one element per
+  // group and row).
   auto runs_of = [&](int64_t n, bool same_src, auto keep) -> int64_t {
     int64_t nr = 0;
     for (int64_t jj = 0; jj < n; ++jj) {
@@ -367,34 +368,20 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   rows::reduce_pos(acc1, ng, B, g1);
   rows::max_pos(acc2, ng, B, g2);
   const T thr_gl = a_ * (reg.lam * reg.wg);
+  auto is_screened = [&](int64_t j) { return KIND == REG_GROUP_LASSO && screened(std::sqrt(g1[j]), thr_gl); };
+  if (KIND == REG_GROUP_LASSO) {  // screened groups are exactly 0
+    const int64_t nr = runs_of(ng, false, is_screened);
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t r = 0; r < nr; ++r) zero(x + a * row + run0[r] * B, runn[r] * B);
+  }
   int64_t nc = 0;  // packed (iterating) groups
-  int64_t nscr = 0;  // screened groups, listed in orig[ng - nscr, ng) (in decreasing order)
   for (int64_t j = 0; j < ng; ++j) {
-    if (KIND == REG_GROUP_LASSO && screened(std::sqrt(g1[j]), thr_gl)) {
-      ++nscr;
-      orig[ng - nscr] = j;  // never reached by the packed indices: nc + nscr <= ng
-      continue;
-    }
+    if (is_screened(j)) continue;
     T e = T(1) / g2[j];
     if (KIND == REG_GROUP_MCP) e = e / T(2);
     eta[nc] = e;
     orig[nc] = j;
     ++nc;
-  }
-  if (nscr > 0) {  // screened: exactly 0, runs of consecutive groups one block per row
-    int64_t nr = 0;
-    for (int64_t i = ng - 1; i >= ng - nscr; --i) {
-      const int64_t j = orig[i];
-      if (nr > 0 && run0[nr - 1] + runn[nr - 1] == j)
-        ++runn[nr - 1];
-      else {
-        run0[nr] = j;
-        runn[nr] = 1;
-        ++nr;
-      }
-    }
-    for (int64_t a = 0; a < A; ++a)
-      for (int64_t r = 0; r < nr; ++r) zero(x + a * row + run0[r] * B, runn[r] * B);
   }
   if (nc == 0) return;
   {  // pack the iterating groups

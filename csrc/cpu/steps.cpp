@@ -165,8 +165,8 @@ constexpr int64_t kChunkElems = int64_t(1) << 17;
 // ResNet50-CIFAR 25.3 -> 23.4 ms, transformer set 84.8 -> 78.4 ms; >= 128: 23.9 ms; tiles of
 // >= 65536 elements instead (whatever the rows): 24.2 ms. Fewer row blocks mean fewer tiles per
 // chunk for many threads (A = 512: 8 tiles per column block, A = 2048: 32). Rows >= 48 and >= 96
-// measured 24.4-25.1 ms against 23.5-23.7: their block counts (11 for A = 512; 11 and 3 for
-// A = 1024, 256) are not multiples of 2, so (a guess) one thread waits at each chunk's barrier.
+// measured 24.4-25.1 ms against 23.5-23.7, for a reason not found (running a chunk's pass 2 with
+// the next chunk's pass 1, one barrier per chunk instead of two, measured no gain).
 constexpr int64_t kRowsMin = 64;
 // kColMin 8192 instead of 4096 (whole rows for every ResNet50 layer): RMDA nocheck 23.7 -> 22.7 ms
 // (medians of 6 runs in rotation with AdamW, 2 threads); 16384: 22.9 ms.
