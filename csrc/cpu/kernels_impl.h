@@ -232,11 +232,13 @@ void proxsgd_tile(const TileArgs& t) {
 }
 
 // Row loops of the fused exact solves (restrict-qualified parameters: these vectorize). Each
-// updates the state of a row, stores P and pz = P⊙W0 − lin and accumulates Σ pz² (double) and
-// max P per position: the state pass and row_newton's first pass in one.
+// updates the state of a row, stores P and pz = P⊙W0 − lin and accumulates Newton's start sums
+// per position (Σ pz² in double, max P, Σ y² and Σ y²/P with y = pz/P in T; solve_rows.h
+// newton_start_row): the state pass and row_newton's first pass in one.
 template <typename T>
 inline void ramda_pz_row(int64_t n, const T* __restrict g, const T* __restrict w0, T* __restrict v, T* __restrict u,
-                         T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm, T s, T eps) {
+                         T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm,
+                         T* __restrict sy, T* __restrict sc, T s, T eps) {
   for (int64_t k = 0; k < n; ++k) {
     T gg = g[k];
     T vv = v[k] + s * gg;
@@ -249,14 +251,20 @@ inline void ramda_pz_row(int64_t n, const T* __restrict g, const T* __restrict w
     z[k] = zz;
     acc[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];
+    const T ip = T(1) / pk;  // Newton's start sums (newton_start_row)
+    const T y = zz * ip;
+    const T y2 = y * y;
+    sy[k] += y2;
+    sc[k] += y2 * ip;
   }
 }
 // ProxGen (SSI false): c1 = 1 − lr·wd, c2 = sqrt(bc2); ProxSSI: c1 = −lr·sqrt(bc2)/bc1 (the Adam
 // step), c2 = −lr·wd (the decay); ls = lr/bc1 (ProxGen's linear term).
 template <typename T, bool SSI>
 inline void adam_pz_row(int64_t n, const T* __restrict g, const T* __restrict w, T* __restrict m, T* __restrict v,
-                        T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm, T b1, T omb1, T b2,
-                        T omb2, T eps, T c1, T c2, T ls) {
+                        T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm,
+                        T* __restrict sy, T* __restrict sc, T b1, T omb1, T b2, T omb2, T eps, T c1, T c2,
+                        T ls) {
   for (int64_t k = 0; k < n; ++k) {
     T gg = g[k];
     T mm = m[k] * b1 + omb1 * gg;
@@ -279,6 +287,11 @@ inline void adam_pz_row(int64_t n, const T* __restrict g, const T* __restrict w,
     z[k] = zz;
     acc[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];
+    const T ip = T(1) / pk;  // Newton's start sums (newton_start_row)
+    const T y = zz * ip;
+    const T y2 = y * y;
+    sy[k] += y2;
+    sc[k] += y2 * ip;
   }
 }
 // Final pass of the fused exact solves: x = r>0 ? pz·r/(P·r + thr) : 0 into w (RAMDA: w ← w(1−c) + c·x).
@@ -291,8 +304,8 @@ inline void newton_x_row(int64_t n, T* __restrict w, const T* __restrict p, cons
   }
 }
 
-// Fused exact solve of a tile (thr > 0): state(a, p, z, acc, pm) runs the state pass of row a,
-// storing P and pz and accumulating Σ pz² and max P (the first pass of row_newton); Newton on
+// Fused exact solve of a tile (thr > 0): state(a, p, z, ns) runs the state pass of row a,
+// storing P and pz and accumulating the start sums into ns (the first pass of row_newton); Newton on
 // every group; fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then
 // the Newton scratch at scr. Bitwise the same as the unfused path (same operations, same order).
 template <typename T, typename State, typename Fin>
@@ -300,8 +313,10 @@ inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, State state, Fin
   const int64_t A = t.A, row = t.ng * t.B;
   NewtonScratch<T> ns(scr, A, t.ng, t.B);
   zero(ns.acc1, row);
+  zero(ns.sy, row);
+  zero(ns.sc, row);
   zero(ns.pm, row);
-  for (int64_t a = 0; a < A; ++a) state(a, P + a * row, ns.pz + a * row, ns.acc1, ns.pm);
+  for (int64_t a = 0; a < A; ++a) state(a, P + a * row, ns.pz + a * row, ns);
   newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
   for (int64_t a = 0; a < A; ++a) fin(a, P + a * row, ns.pz + a * row, ns.rpos);
 }
@@ -346,8 +361,9 @@ void ramda_tile(const TileArgs& t) {
   if (t.exact && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
     exact_fused<T>(
         t, thr, P, X,
-        [&](int64_t a, T* p, T* z, double* acc, T* pm) {
-          ramda_pz_row<T>(row, Gr + a * grs, W0 + a * srs, V + a * srs, U + a * srs, p, z, acc, pm, s, eps);
+        [&](int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
+          ramda_pz_row<T>(row, Gr + a * grs, W0 + a * srs, V + a * srs, U + a * srs, p, z, ns.acc1, ns.pm, ns.sy,
+                          ns.sc, s, eps);
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
@@ -413,9 +429,10 @@ void adam_prox_tile(const TileArgs& t) {
   if (solve && t.exact && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W), x straight to W
     exact_fused<T>(
         t, thr, P, L,
-        [&](int64_t a, T* p, T* z, double* acc, T* pm) {
-          adam_pz_row<T, SSI>(row, Gr + a * grs, W + a * wrs, M + a * srs, Vs + a * srs, p, z, acc, pm, b1, omb1, b2,
-                              omb2, eps, SSI ? ssi_step : decay, SSI ? ssi_decay : sq_bc2, lin_scale);
+        [&](int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
+          adam_pz_row<T, SSI>(row, Gr + a * grs, W + a * wrs, M + a * srs, Vs + a * srs, p, z, ns.acc1, ns.pm, ns.sy,
+                              ns.sc, b1, omb1, b2, omb2, eps, SSI ? ssi_step : decay, SSI ? ssi_decay : sq_bc2,
+                              lin_scale);
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));

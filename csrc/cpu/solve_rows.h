@@ -76,15 +76,37 @@ inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
     pm[k] = p[k] > pm[k] ? p[k] : pm[k];
   }
 }
+// Newton's start sums (the state pass of an exact solve; the fused state passes of kernels_impl.h
+// repeat these lines, a shared inline helper measured unvectorized): Σ pz² (screening), max P,
+// Σ y² and Σ y²/P with y = pz/P (the start r₀, see newton_roots).
+template <typename T>
+inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w,
+                             T* __restrict z, double* __restrict s, T* __restrict pm, T* __restrict sy,
+                             T* __restrict sc) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T pk = p[k];
+    const T zz = pk * w[k] - l[k];
+    z[k] = zz;
+    s[k] += double(zz) * double(zz);
+    pm[k] = pk > pm[k] ? pk : pm[k];
+    const T ip = T(1) / pk;
+    const T y = zz * ip;
+    const T y2 = y * y;
+    sy[k] += y2;
+    sc[k] += y2 * ip;
+  }
+}
 template <typename T>
 inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
-                       double* __restrict s1, double* __restrict s2) {
+                       double* __restrict s1, double* __restrict s2, double* __restrict s3) {
   for (int64_t k = 0; k < n; ++k) {
     T inv = T(1) / (p[k] * r[k] + thr);
     T q = z[k] * inv;
     T q2 = q * q;
+    T ti = thr * inv;  // in (0, 1]
     s1[k] += double(q2);
     s2[k] += double(q2 * p[k] * inv);
+    s3[k] += double(q2 * ti * ti);
   }
 }
 template <typename T>
@@ -172,23 +194,36 @@ inline void move_down(const T* src, T* dst, int64_t n) {
 // g(r) = 1/s(r) − 1 with s(r)² = Σ_i (P_i Z_i/(P_i r + T))², T = a·λ·w_g. 1/s is concave and
 // increasing, so Newton from r₀ = max(0, (‖P⊙Z‖ − T)/max P) (where φ(r₀) ≥ 0) climbs to the root
 // without overshoot; step δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T), q_i = P_i Z_i/(P_i r + T).
-// A group stops after a step below NEWTON_ULPS ulps of r (NEWTON_MAX_ITERS max).
+// A group stops after a step below NEWTON_ULPS ulps of r, or once a bound on the error left after
+// the step it takes is below that (NEWTON_MAX_ITERS max). The bound: with S = Σ q², D = Σ q²·P/(P r
+// + T), H = Σ q²·(T/(P r + T))² at the iterate r, the function ψ = S^(-1/2) − 1 that Newton solves
+// has ψ' = S^(-3/2)·D and, since P/(P r + T) = (1 − T/(P r + T))/r and S ≥ 1 left of the root,
+// |ψ''| ≤ 3H/r² between r and the root (H and 1/r² only fall as r grows). The error after the step
+// δ is then e ≤ K(δ + e)² with K = 1.5·H·S^(3/2)/(r²·D), so e ≤ 2Kδ² when Kδ ≤ 1/8. When T is
+// small against P·r (ψ nearly linear), one step from the start below lands within the bound and
+// the confirming pass of the step rule alone is saved: RAMDA and ProxGen on ResNet50-CIFAR at the
+// bench's λ, every tile stops after one pass instead of two (counted, session 8).
 // The solution is x_i = r>0 ? pz_i·r/(P_i r + T) : 0 with pz = P⊙W0 − lin.
 //
 // Scratch of the Newton solve (row_newton_scratch elements, tile.h): per-position double sums
 // (64-byte aligned), then pz (A·row), and per-position / per-group arrays.
 template <typename T>
 struct NewtonScratch {
-  double *acc1, *acc2, *g1, *g2;
+  double *acc1, *acc2, *acc3, *g1, *g2, *g3;
+  T *sy, *sc;  // the start sums (in acc2, acc3, before Newton's passes)
   int64_t* runs;  // [start, end) group ranges of the running groups, up to ng + 1 values
   T *pz, *pm, *rpos, *gm, *r, *act;
   NewtonScratch(T* scr, int64_t A, int64_t ng, int64_t B) {
     const int64_t row = ng * B;
     acc1 = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(scr) + 63) & ~uintptr_t(63));
     acc2 = acc1 + row;
-    g1 = acc2 + row;
+    acc3 = acc2 + row;
+    g1 = acc3 + row;
     g2 = g1 + ng;
-    runs = reinterpret_cast<int64_t*>(g2 + ng);
+    g3 = g2 + ng;
+    runs = reinterpret_cast<int64_t*>(g3 + ng);
+    sy = reinterpret_cast<T*>(acc2);
+    sc = reinterpret_cast<T*>(acc3);
     pz = reinterpret_cast<T*>(runs + ng + 1);  // P⊙W0 − lin, A·row
     pm = pz + A * row;
     rpos = pm + row;
@@ -198,22 +233,34 @@ struct NewtonScratch {
   }
 };
 
-// Screening and Newton of every group of a tile, thr > 0. On entry ns.acc1 holds the per-position
-// Σ_a pz² (double) and ns.pm the per-position max P over the rows; pz is read from {pz, pzs} (rows
-// a·pzs). On exit ns.rpos holds r of each position's group (0: screened).
+// Screening and Newton of every group of a tile, thr > 0. On entry ns.acc1, acc2, acc3 and pm hold
+// the per-position sums of newton_start_row over the rows; pz is read from {pz, pzs} (rows a·pzs).
+// On exit ns.rpos holds r of each position's group (0: screened).
+// The start: with y = pz/P, c_i = T/P_i, R² = Σ y² and c̄ = Σ y² c/R², S(r) = Σ y²/(r + c)² ≥
+// R²/(r + c̄)² (Jensen: 1/(r + c)² is convex in c), so S(R − c̄) ≥ 1: r₀' = R − c̄ lies left of the
+// root like r₀ = (‖pz‖ − T)/max P, and Newton starts at the larger of the two. r₀' is the root to
+// first order in the spread of c: at the bench's λ one step then lands within the error bound.
 template <typename T>
 inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, const T* pz, int64_t pzs,
                          NewtonScratch<T>& ns) {
   const int64_t row = ng * B;
   double* __restrict acc1 = ns.acc1;
   double* __restrict acc2 = ns.acc2;
+  double* __restrict acc3 = ns.acc3;
   double* __restrict g1 = ns.g1;
   double* __restrict g2 = ns.g2;
+  double* __restrict g3 = ns.g3;
   T* __restrict rpos = ns.rpos;
   T* __restrict gm = ns.gm;
   T* __restrict r = ns.r;
   T* __restrict act = ns.act;
   rows::reduce_pos(acc1, ng, B, g1);
+  rows::reduce_pos(ns.sy, ng, B, r);  // r, act: the start sums per group, in T
+  rows::reduce_pos(ns.sc, ng, B, act);
+  for (int64_t j = 0; j < ng; ++j) {
+    g2[j] = double(r[j]);
+    g3[j] = double(act[j]);
+  }
   rows::max_pos(ns.pm, ng, B, gm);
   int64_t n_act = 0;
   for (int64_t j = 0; j < ng; ++j) {
@@ -223,6 +270,10 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
       act[j] = T(0);
     } else {
       r[j] = newton_start(pzn, thr, gm[j]);
+      // R − c̄ (NaN if P has zeros). Its sums are in T: it may land a few ulps right of the root,
+      // where Newton's step is negative (handled below)
+      const T r1 = T(std::sqrt(g2[j]) - double(thr) * g3[j] / g2[j]);
+      if (r1 > r[j]) r[j] = r1;
       act[j] = T(1);
       ++n_act;
     }
@@ -232,8 +283,9 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
     rows::expand(r, ng, B, rpos);
     zero(acc1, row);
     zero(acc2, row);
+    zero(acc3, row);
     if (2 * n_act > ng) {
-      for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2);
+      for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2, acc3);
     } else {
       // few groups still running (typically a few % in the third pass): walk only their
       // positions, as runs of consecutive running groups; the sums of the others are not read
@@ -252,21 +304,31 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
         for (int64_t q = 0; q < nr; q += 2) {
           const int64_t k0 = ns.runs[q];
           newton_row<T>(ns.runs[q + 1] - k0, P.p + a * P.rs + k0, pz + a * pzs + k0, rpos + k0, thr, acc1 + k0,
-                        acc2 + k0);
+                        acc2 + k0, acc3 + k0);
         }
     }
     rows::reduce_pos(acc1, ng, B, g1);
     rows::reduce_pos(acc2, ng, B, g2);
+    rows::reduce_pos(acc3, ng, B, g3);
     n_act = 0;
     for (int64_t j = 0; j < ng; ++j) {
       if (act[j] == T(0)) continue;
       const double s2 = g1[j];
       const T delta = T(s2 * (std::sqrt(s2) - 1.0) / g2[j]);
-      if (!(delta > tol * r[j])) {
+      if (!(std::abs(delta) > tol * r[j])) {
         act[j] = T(0);
-      } else {
-        r[j] = r[j] + delta;
+      } else if (delta < T(0)) {  // right of the root (the start): the step lands left of it
+        r[j] = std::max(r[j] + delta, T(0));
         ++n_act;
+      } else {
+        const double r0 = double(r[j]), d = double(delta);
+        r[j] = r[j] + delta;
+        // the bound above (r0 = 0 gives K = inf: no stop)
+        const double K = 1.5 * g3[j] * s2 * std::sqrt(s2) / (r0 * r0 * g2[j]);
+        if (K * d <= 0.125 && 2.0 * K * d * d <= double(tol) * double(r[j]))
+          act[j] = T(0);
+        else
+          ++n_act;
       }
     }
   }
@@ -292,9 +354,12 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
   // step is stopped at NEWTON_ULPS ulps of r, so s² must carry more than float's rounding.
   NewtonScratch<T> ns(scr, A, ng, B);
   zero(ns.acc1, row);
+  zero(ns.sy, row);
+  zero(ns.sc, row);
   zero(ns.pm, row);
   for (int64_t a = 0; a < A; ++a)
-    pz_row<T, double>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, ns.pz + a * row, ns.acc1, ns.pm);
+    newton_start_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, ns.pz + a * row, ns.acc1, ns.pm,
+                        ns.sy, ns.sc);
   newton_roots<T>(A, ng, B, thr, P, ns.pz, row, ns);
   for (int64_t a = 0; a < A; ++a) newton_final_row<T>(row, P.p + a * P.rs, ns.pz + a * row, ns.rpos, thr, x + a * row);
 }
