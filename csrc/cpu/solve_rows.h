@@ -19,14 +19,14 @@ struct RowView {
 
 namespace rows {
 
-// out[j] = Σ_b acc[j·B + b] (lanes combined in a fixed order).
-template <typename T>
-inline void reduce_pos(const T* acc, int64_t ng, int64_t B, T* out) {
+// out[j] = Σ_b acc[j·B + b] (lanes combined in a fixed order, in T), stored as O.
+template <typename T, typename O>
+inline void reduce_pos(const T* acc, int64_t ng, int64_t B, O* out) {
   if (B == 1) {
-    for (int64_t j = 0; j < ng; ++j) out[j] = acc[j];
+    for (int64_t j = 0; j < ng; ++j) out[j] = O(acc[j]);
     return;
   }
-  for (int64_t j = 0; j < ng; ++j) out[j] = lane_sum<T>(B, [&](int64_t b) { return acc[j * B + b]; });
+  for (int64_t j = 0; j < ng; ++j) out[j] = O(lane_sum<T>(B, [&](int64_t b) { return acc[j * B + b]; }));
 }
 
 template <typename T>
@@ -66,13 +66,13 @@ inline void expand(const T* g, int64_t ng, int64_t B, T* pos) {
 }  // namespace rows
 
 // Row loops (restrict-qualified parameters: these vectorize along the row).
-template <typename T, typename S>
-inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict z,
-                   S* __restrict s2, T* __restrict pm) {
+// PG's pass 0: Σ (P⊙W0 − lin)² and max P per position.
+template <typename T>
+inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict s2,
+                   T* __restrict pm) {
   for (int64_t k = 0; k < n; ++k) {
     T v = p[k] * w[k] - l[k];
-    if (z) z[k] = v;
-    s2[k] += S(v) * S(v);
+    s2[k] += v * v;
     pm[k] = p[k] > pm[k] ? p[k] : pm[k];
   }
 }
@@ -255,12 +255,8 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
   T* __restrict r = ns.r;
   T* __restrict act = ns.act;
   rows::reduce_pos(acc1, ng, B, g1);
-  rows::reduce_pos(ns.sy, ng, B, r);  // r, act: the start sums per group, in T
-  rows::reduce_pos(ns.sc, ng, B, act);
-  for (int64_t j = 0; j < ng; ++j) {
-    g2[j] = double(r[j]);
-    g3[j] = double(act[j]);
-  }
+  rows::reduce_pos(ns.sy, ng, B, g2);  // the start sums (in T)
+  rows::reduce_pos(ns.sc, ng, B, g3);
   rows::max_pos(ns.pm, ng, B, gm);
   int64_t n_act = 0;
   for (int64_t j = 0; j < ng; ++j) {
@@ -427,7 +423,7 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   zero(acc1, row);
   zero(acc2, row);
   for (int64_t a = 0; a < A; ++a) {
-    pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, nullptr, acc1, acc2);
+    pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, acc1, acc2);
     copy_row(x0.p + a * x0.rs, x + a * row, row);
   }
   rows::reduce_pos(acc1, ng, B, g1);
