@@ -251,11 +251,10 @@ inline void ramda_pz_row(int64_t n, const T* __restrict g, const T* __restrict w
     z[k] = zz;
     acc[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];
-    const T ip = T(1) / pk;  // Newton's start sums (newton_start_row)
-    const T y = zz * ip;
-    const T y2 = y * y;
-    sy[k] += y2;
-    sc[k] += y2 * ip;
+    T ty, tc;  // Newton's start sums (math.h)
+    newton_start_terms(pk, zz, ty, tc);
+    sy[k] += ty;
+    sc[k] += tc;
   }
 }
 // ProxGen (SSI false): c1 = 1 − lr·wd, c2 = sqrt(bc2); ProxSSI: c1 = −lr·sqrt(bc2)/bc1 (the Adam
@@ -287,11 +286,10 @@ inline void adam_pz_row(int64_t n, const T* __restrict g, const T* __restrict w,
     z[k] = zz;
     acc[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];
-    const T ip = T(1) / pk;  // Newton's start sums (newton_start_row)
-    const T y = zz * ip;
-    const T y2 = y * y;
-    sy[k] += y2;
-    sc[k] += y2 * ip;
+    T ty, tc;  // Newton's start sums (math.h)
+    newton_start_terms(pk, zz, ty, tc);
+    sy[k] += ty;
+    sc[k] += tc;
   }
 }
 // Final pass of the fused exact solves: x = r>0 ? pz·r/(P·r + thr) : 0 into w (RAMDA: w ← w(1−c) + c·x).

@@ -77,8 +77,8 @@ inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
   }
 }
 // Newton's start sums (the state pass of an exact solve; the fused state passes of kernels_impl.h
-// repeat these lines, a shared inline helper measured unvectorized): Σ pz² (screening), max P,
-// Σ y² and Σ y²/P with y = pz/P (the start r₀, see newton_roots).
+// repeat these lines): Σ pz² (screening, in double), max P, and math.h's newton_start_terms in T
+// (Σ y² and Σ y²/P with y = pz/P; in double the loop ran 13× slower).
 template <typename T>
 inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                              T* __restrict z, double* __restrict s, T* __restrict pm, T* __restrict sy,
@@ -89,24 +89,21 @@ inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restri
     z[k] = zz;
     s[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];
-    const T ip = T(1) / pk;
-    const T y = zz * ip;
-    const T y2 = y * y;
-    sy[k] += y2;
-    sc[k] += y2 * ip;
+    T ty, tc;
+    newton_start_terms(pk, zz, ty, tc);
+    sy[k] += ty;
+    sc[k] += tc;
   }
 }
 template <typename T>
 inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
                        double* __restrict s1, double* __restrict s2, double* __restrict s3) {
   for (int64_t k = 0; k < n; ++k) {
-    T inv = T(1) / (p[k] * r[k] + thr);
-    T q = z[k] * inv;
-    T q2 = q * q;
-    T ti = thr * inv;  // in (0, 1]
-    s1[k] += double(q2);
-    s2[k] += double(q2 * p[k] * inv);
-    s3[k] += double(q2 * ti * ti);
+    T t1, t2, t3;
+    newton_terms(p[k], z[k], r[k], thr, t1, t2, t3);
+    s1[k] += double(t1);
+    s2[k] += double(t2);
+    s3[k] += double(t3);
   }
 }
 template <typename T>
@@ -190,19 +187,9 @@ inline void move_down(const T* src, T* dst, int64_t n) {
   for (int64_t k = 0; k < n; k += d) copy_row(src + k, dst + k, n - k < d ? n - k : d);
 }
 
-// Exact group-LASSO solve (solver="exact"): screening, then Newton in the Moré–Sorensen form:
-// g(r) = 1/s(r) − 1 with s(r)² = Σ_i (P_i Z_i/(P_i r + T))², T = a·λ·w_g. 1/s is concave and
-// increasing, so Newton from r₀ = max(0, (‖P⊙Z‖ − T)/max P) (where φ(r₀) ≥ 0) climbs to the root
-// without overshoot; step δ = s²(s − 1)/D with D = Σ q_i² P_i/(P_i r + T), q_i = P_i Z_i/(P_i r + T).
-// A group stops after a step below NEWTON_ULPS ulps of r, or once a bound on the error left after
-// the step it takes is below that (NEWTON_MAX_ITERS max). The bound: with S = Σ q², D = Σ q²·P/(P r
-// + T), H = Σ q²·(T/(P r + T))² at the iterate r, the function ψ = S^(-1/2) − 1 that Newton solves
-// has ψ' = S^(-3/2)·D and, since P/(P r + T) = (1 − T/(P r + T))/r and S ≥ 1 left of the root,
-// |ψ''| ≤ 3H/r² between r and the root (H and 1/r² only fall as r grows). The error after the step
-// δ is then e ≤ K(δ + e)² with K = 1.5·H·S^(3/2)/(r²·D), so e ≤ 2Kδ² when Kδ ≤ 1/8. When T is
-// small against P·r (ψ nearly linear), one step from the start below lands within the bound and
-// the confirming pass of the step rule alone is saved: RAMDA and ProxGen on ResNet50-CIFAR at the
-// bench's λ, every tile stops after one pass instead of two (counted, session 8).
+// Exact group-LASSO solve (solver="exact"): screening, then Newton by the rule of math.h (start,
+// step and stop: newton_start, newton_terms, newton_next), on every group of a tile at once: each
+// pass over the tile's rows accumulates the per-position sums, reduced per group in double.
 // The solution is x_i = r>0 ? pz_i·r/(P_i r + T) : 0 with pz = P⊙W0 − lin.
 //
 // Scratch of the Newton solve (row_newton_scratch elements, tile.h): per-position double sums
@@ -236,10 +223,6 @@ struct NewtonScratch {
 // Screening and Newton of every group of a tile, thr > 0. On entry ns.acc1, acc2, acc3 and pm hold
 // the per-position sums of newton_start_row over the rows; pz is read from {pz, pzs} (rows a·pzs).
 // On exit ns.rpos holds r of each position's group (0: screened).
-// The start: with y = pz/P, c_i = T/P_i, R² = Σ y² and c̄ = Σ y² c/R², S(r) = Σ y²/(r + c)² ≥
-// R²/(r + c̄)² (Jensen: 1/(r + c)² is convex in c), so S(R − c̄) ≥ 1: r₀' = R − c̄ lies left of the
-// root like r₀ = (‖pz‖ − T)/max P, and Newton starts at the larger of the two. r₀' is the root to
-// first order in the spread of c: at the bench's λ one step then lands within the error bound.
 template <typename T>
 inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, const T* pz, int64_t pzs,
                          NewtonScratch<T>& ns) {
@@ -265,11 +248,7 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
       r[j] = T(0);
       act[j] = T(0);
     } else {
-      r[j] = newton_start(pzn, thr, gm[j]);
-      // R − c̄ (NaN if P has zeros). Its sums are in T: it may land a few ulps right of the root,
-      // where Newton's step is negative (handled below)
-      const T r1 = T(std::sqrt(g2[j]) - double(thr) * g3[j] / g2[j]);
-      if (r1 > r[j]) r[j] = r1;
+      r[j] = newton_start(pzn, thr, gm[j], g2[j], g3[j]);  // math.h: the larger of two lower bounds
       act[j] = T(1);
       ++n_act;
     }
@@ -309,23 +288,12 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
     n_act = 0;
     for (int64_t j = 0; j < ng; ++j) {
       if (act[j] == T(0)) continue;
-      const double s2 = g1[j];
-      const T delta = T(s2 * (std::sqrt(s2) - 1.0) / g2[j]);
-      if (!(std::abs(delta) > tol * r[j])) {
+      bool stop;
+      r[j] = newton_next(r[j], g1[j], g2[j], g3[j], tol, stop);  // math.h
+      if (stop)
         act[j] = T(0);
-      } else if (delta < T(0)) {  // right of the root (the start): the step lands left of it
-        r[j] = std::max(r[j] + delta, T(0));
+      else
         ++n_act;
-      } else {
-        const double r0 = double(r[j]), d = double(delta);
-        r[j] = r[j] + delta;
-        // the bound above (r0 = 0 gives K = inf: no stop)
-        const double K = 1.5 * g3[j] * s2 * std::sqrt(s2) / (r0 * r0 * g2[j]);
-        if (K * d <= 0.125 && 2.0 * K * d * d <= double(tol) * double(r[j]))
-          act[j] = T(0);
-        else
-          ++n_act;
-      }
     }
   }
   rows::expand(r, ng, B, rpos);

@@ -351,45 +351,48 @@ SS_FN void closed_group(Team& tm, const StepParams& p, const TensorDesc& d, cons
 // barriers are needed beyond those inside the reductions)
 // ---------------------------------------------------------------------------------------------
 
-// Exact solve for group LASSO (math.h group_newton): screening, then Newton on φ(r).
+// Exact solve for group LASSO (math.h group_newton): screening, then Newton by math.h's rule.
 template <typename T, typename Team>
 SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T* x, int64_t n) {
   if (thr == T(0)) {
     for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = w0[i] - lin[i] / P[i];
     return;
   }
-  T part = T(0), pm = T(0);
+  T part = T(0), sy = T(0), sc = T(0), pm = T(0);
   for (int64_t i = tm.lane; i < n; i += tm.size) {
     const T v = P[i] * w0[i] - lin[i];
     x[i] = v;
     part += v * v;
+    T ty, tc;
+    newton_start_terms(P[i], v, ty, tc);
+    sy += ty;
+    sc += tc;
     pm = P[i] > pm ? P[i] : pm;
   }
-  const T pz_norm = std::sqrt(tm.sum(part));
+  tm.sum3(part, sy, sc);
+  const T pz_norm = std::sqrt(part);
   if (screened(pz_norm, thr)) {
     for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = T(0);
     return;
   }
   const T pmax = tm.max(pm);  // P > 0, so 0 is a neutral start
-  T r = newton_start(pz_norm, thr, pmax);
+  T r = newton_start(pz_norm, thr, pmax, sy, sc);
   const T tol = T(NEWTON_ULPS) * Eps<T>::value;
   for (int it = 0; it < NEWTON_MAX_ITERS; ++it) {
     T s1 = T(0), s2 = T(0), s3 = T(0);
     for (int64_t i = tm.lane; i < n; i += tm.size) {
-      const T den = P[i] * r + thr;
-      const T q = x[i] / den;
-      const T q2 = q * q;
-      s1 += q2;
-      s2 += q2 * P[i] / den;
+      T t1, t2, t3;
+      newton_terms(P[i], x[i], r, thr, t1, t2, t3);
+      s1 += t1;
+      s2 += t2;
+      s3 += t3;
     }
     tm.sum3(s1, s2, s3);
-    const T phi = s1 - T(1);
-    const T dphi = T(-2) * s2;
-    const T delta = -phi / dphi;
-    if (!(delta > tol * r)) break;
-    r = r + delta;
+    bool stop;
+    r = newton_next(r, s1, s2, s3, tol, stop);
+    if (stop) break;
   }
-  for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = x[i] * r / (P[i] * r + thr);
+  for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = r > T(0) ? x[i] * r / (P[i] * r + thr) : T(0);
 }
 
 // Subproblem objective Q(x) of one group (math.h group_objective).

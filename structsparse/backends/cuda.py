@@ -12,8 +12,10 @@ reference backend); this module only adds the availability check. What the kerne
   (no regularizer, one-element groups), one group per warp (≤ 128 elements), one group per block
   (≤ 1024), or one group per block in two phases (larger groups; solvers keep the group's arrays in
   a global workspace) — and a block finds its tensor in a device table;
-- the PG solver stops **per group** (the reference's rule); Newton stops per group after a step
-  below ``NEWTON_ULPS`` ulps of r; a PG result worse than the warm start gets the warm start back;
+- the PG solver stops **per group** (the reference's rule); Newton follows the CPU kernels' rule
+  (csrc/include/structsparse/math.h: the larger of two lower bounds of the root as the start, a
+  stop per group after a step below ``NEWTON_ULPS`` ulps of r or once an a-priori bound of the
+  error left is below that); a PG result worse than the warm start gets the warm start back;
 - fixed-order reductions (no atomics): bit-identical results run to run.
 """
 
