@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import newton_cases
 import pytest
 import torch
 
@@ -385,55 +386,32 @@ def test_all_finite_op_and_skip_nonfinite():
     assert torch.equal(w.detach(), before) and opt.skipped_steps == 1
 
 
-# The CPU Newton (csrc/cpu/solve_rows.h newton_roots) starts at max((‖pz‖ − T)/max P, R − c̄) and
-# stops on a step below NEWTON_ULPS ulps of r or on an a-priori bound of the error left after the
-# step. Here P spreads over decades within a group (U = exp(6·N(0,1)), P = cbrt(U) + ε) and the
-# threshold goes from tiny to near-screening, so the start is poor and Newton takes several
-# passes: the result must still be the reference's, and within rounding of an independent root
-# (bisection in float64). The state is set directly and the gradient is 0 (RAMDA's step then
-# leaves V, U as they are), c = 1: the parameter is the solution.
+# Newton's rule (csrc/include/structsparse/math.h: start at max((‖pz‖ − T)/max P, R − c̄), stop on a
+# step below NEWTON_ULPS ulps of r or on an a-priori bound of the error left after the step) on the
+# hard cases of tests/newton_cases.py: P spread over decades within a group and thresholds from tiny
+# to near-screening, so the start is poor and Newton takes several passes. The result must still be
+# the reference's, and within rounding of an independent root (bisection in float64).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("lam", [1e-6, 1e-2, 0.3, 3.0])
 @pytest.mark.parametrize("grouping", ["input", "output"])
 def test_exact_newton_start_and_stop(lam, grouping, dtype):
     from structsparse.backends import reference as ref
 
-    gen = torch.Generator().manual_seed(11)
     shapes = [(40, 30, 3, 3), (300, 50), (3, 700)]
-    eps, alpha = 1e-3, 1.0
-    state = []
-    for shape in shapes:
-        u = torch.exp(6 * torch.randn(shape, generator=gen, dtype=torch.float64))
-        w0 = torch.randn(shape, generator=gen, dtype=torch.float64)
-        v = torch.randn(shape, generator=gen, dtype=torch.float64) * u.pow(1 / 3)
-        state.append((u.to(dtype), w0.to(dtype), v.to(dtype)))
+    state = newton_cases.ramda_states(shapes, dtype)
     reg = ss.GroupLasso(lam, grouping)
     outs = {}
     for name, mod in (("cpu", cpu_backend), ("reference", ref)):
         ws = [torch.zeros(s_, dtype=dtype) for s_ in shapes]
         us, w0s, vs = ([t[i].clone() for t in state] for i in range(3))
         mod.ramda_step(
-            ws, [torch.zeros_like(w) for w in ws], w0s, vs, us, steps=[1] * 3, alphas=[alpha] * 3,
-            lr=0.1, c=1.0, eps=eps, reg=reg, solver="exact", max_iters=0, rtol=0.0,
+            ws, [torch.zeros_like(w) for w in ws], w0s, vs, us, steps=[1] * 3, alphas=[newton_cases.ALPHA] * 3,
+            lr=0.1, c=1.0, eps=newton_cases.EPS, reg=reg, solver="exact", max_iters=0, rtol=0.0,
         )  # fmt: skip
         outs[name] = ws
     kept_total = 0
     for shape, (u, w0, v), x_cpu, x_ref in zip(shapes, state, outs["cpu"], outs["reference"]):
-        view = reg.view_shape(shape)
-        p3 = (torch.pow(u.double(), 1 / 3) + eps).view(view)
-        pz3 = p3 * w0.double().view(view) - v.double().view(view)
-        thr = alpha * lam * reg.group_weight(shape)
-        kept = pz3.pow(2).sum((0, 2)).sqrt() > thr
-        lo = torch.zeros(view[1], dtype=torch.float64)  # bisection on the decreasing φ(r)
-        hi = torch.full((view[1],), 1e8, dtype=torch.float64)
-        for _ in range(200):
-            mid = (lo + hi) / 2
-            phi = (pz3 / (p3 * mid.view(1, -1, 1) + thr)).pow(2).sum((0, 2)) - 1
-            lo, hi = torch.where(phi > 0, mid, lo), torch.where(phi > 0, hi, mid)
-        r = ((lo + hi) / 2).view(1, -1, 1)
-        x_bis = torch.where(kept.view(1, -1, 1), pz3 * r / (p3 * r + thr), torch.zeros_like(pz3)).reshape(
-            shape
-        )
+        x_bis, kept = newton_cases.bisection_solution(shape, reg, lam, u, w0, v)
         scale = x_bis.abs().max().item()
         tol = 1e-12 if dtype == torch.float64 else 1e-5
         assert (x_ref.double() - x_bis).abs().max().item() <= tol * scale, ("reference", shape)
