@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import newton_cases
 import pytest
 import torch
 
@@ -428,3 +429,35 @@ def test_unavailable_without_interpreter_or_cuda(interpreter, monkeypatch):
     assert not ok and "TRITON_INTERPRET" in why
     with pytest.raises(RuntimeError, match="backend='triton' is not available"):
         resolve("triton", torch.device("cpu"))
+
+
+@needs_interp
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lam", [1e-6, 1e-2, 0.3, 3.0])
+@pytest.mark.parametrize("path", ["onchip", "twophase"])
+def test_newton_start_and_stop(path, lam, dtype, interpreter, monkeypatch):
+    """Newton's rule of csrc/include/structsparse/math.h in the Triton solve, on the hard cases of
+    tests/newton_cases.py (P spread over decades within a group, thresholds from tiny to
+    near-screening): within rounding of the bisection root (float64: 1e-6, the kernel's scalars
+    are fp32)."""
+    from structsparse.backends import triton as tb
+
+    monkeypatch.setattr(interpreter.launch, "TILE", 64)
+    if path == "twophase":
+        monkeypatch.setattr(interpreter.launch, "ONCHIP_LIMIT", 16)
+    shapes = [(6, 5), (40, 3, 3, 3), (3, 30)]
+    state = newton_cases.ramda_states(shapes, dtype)
+    reg = ss.GroupLasso(lam, "input")
+    ws = [torch.zeros(s, dtype=dtype) for s in shapes]
+    us, w0s, vs = ([t[i].clone() for t in state] for i in range(3))
+    tb.ramda_step(
+        ws, [torch.zeros_like(w) for w in ws], w0s, vs, us, steps=[1] * 3, alphas=[newton_cases.ALPHA] * 3,
+        lr=0.1, c=1.0, eps=newton_cases.EPS, reg=reg, solver="exact", max_iters=0, rtol=0.0,
+    )  # fmt: skip
+    kept_total = 0
+    tol = 1e-6 if dtype == torch.float64 else 1e-5
+    for shape, (u, w0, v), x in zip(shapes, state, ws):
+        x_bis, kept = newton_cases.bisection_solution(shape, reg, lam, u, w0, v)
+        assert (x.double() - x_bis).abs().max().item() <= tol * (x_bis.abs().max().item() or 1.0), shape
+        kept_total += int(kept.sum())
+    assert kept_total > 0

@@ -5,7 +5,9 @@ subproblem ``min_X ⟨lin, X − center⟩ + ½ Σ P (X − center)² + a·ψ(X)
 
 - ``SOLVER_PROX``: closed form ``prox_{a·ψ}(center − lin/P)`` (RMDA and ProxSGD have P ≡ 1,
   lin ≡ 0; every algorithm without a regularizer is elementwise ``center − lin/P``);
-- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, SPEC §4);
+- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, SPEC §4), by the
+  rule of the C++ kernels (csrc/include/structsparse/math.h: start at the larger of two lower
+  bounds of the root, stop on a small step or on an a-priori bound of the error left);
 - ``SOLVER_PG``: screened proximal gradient with the per-group stopping rule of the reference
   backend and its "never worse than the warm start" guard.
 
@@ -45,6 +47,51 @@ REG_GROUP_MCP = 3
 SOLVER_PROX = 0
 SOLVER_NEWTON = 1
 SOLVER_PG = 2
+
+
+@triton.jit
+def _newton_start(pzn, thr, pmax, sy, sc):
+    """math.h newton_start: the larger of max((‖pz‖ − T)/max P, 0) and R − c̄ (sy = Σ y², sc =
+    Σ y²/P, y = pz/P)."""
+    r0 = tl.maximum((pzn - thr) / pmax, 0.0)
+    pos = sy > 0
+    sys_ = tl.where(pos, sy, 1.0)
+    r1 = tl.where(pos, tl.sqrt(sys_) - thr * sc / sys_, 0.0)
+    return tl.where(r1 > r0, r1, r0)
+
+
+@triton.jit
+def _newton_terms(pz, p, r, thr, msk):
+    """math.h newton_terms per element (0 where masked): q², q²·P/(P r + T), q²·(T/(P r + T))²."""
+    inv = 1.0 / tl.where(msk, p * r + thr, 1.0)
+    q = tl.where(msk, pz * inv, 0.0)
+    q2 = q * q
+    ti = thr * inv
+    return q2, q2 * p * inv, q2 * ti * ti
+
+
+@triton.jit
+def _newton_start_terms(pz, p, msk):
+    """math.h newton_start_terms per element (0 where masked): y², y²/P with y = pz/P."""
+    ip = 1.0 / tl.where(msk, p, 1.0)
+    y = tl.where(msk, pz * ip, 0.0)
+    ty = y * y
+    return ty, ty * ip
+
+
+@triton.jit
+def _newton_next(r, s1, s2, s3, active, tol):
+    """math.h newton_next for the active groups, given S, D, H at r: (next r, still active). A
+    negative step is taken (never below 0) and does not stop; after a positive one the group stops
+    once the a-priori error bound 2Kδ² (Kδ ≤ 1/8) is below tol·r."""
+    delta = s1 * (tl.sqrt(s1) - 1.0) / tl.where(active, s2, 1.0)
+    move = active & (tl.abs(delta) > tol * r)
+    neg = delta < 0.0
+    rn = tl.where(move, tl.where(neg, tl.maximum(r + delta, 0.0), r + delta), r)
+    bounded = move & (r > 0.0)
+    k = 1.5 * s3 * s1 * tl.sqrt(s1) / tl.where(bounded, r * r * s2, 1.0)
+    done = bounded & (k * delta <= 0.125) & (2.0 * k * delta * delta <= tol * rn)
+    return rn, move & (neg | ~done)
 
 
 @triton.jit
@@ -344,18 +391,15 @@ def step_kernel(
             pzn = tl.sqrt(tl.sum(pz * pz, axis=1))
             kept = (pzn > thr) & rvalid
             pmax = tl.where(rvalid, tl.max(tl.where(msk, p, 0.0), axis=1), 1.0)
-            r = tl.maximum((pzn - thr) / pmax, 0.0)
+            ty, tc = _newton_start_terms(pz, p, msk)
+            r = _newton_start(pzn, thr, pmax, tl.sum(ty, axis=1), tl.sum(tc, axis=1))
             active = kept & ((pzn * 0.0 + thr) > 0)
             it = tl.full([], 0, tl.int32)
             while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
-                den = tl.where(msk, p * r[:, None] + thr, 1.0)
-                q = pz / den
-                phi = tl.sum(q * q, axis=1) - 1.0
-                dphi = -2.0 * tl.sum(q * q * p / den, axis=1)
-                delta = -phi / tl.where(active, dphi, -1.0)
-                ok = active & (delta > newton_tol * r)
-                r = tl.where(ok, r + delta, r)
-                active = ok
+                t1, t2, t3 = _newton_terms(pz, p, r[:, None], thr, msk)
+                r, active = _newton_next(
+                    r, tl.sum(t1, axis=1), tl.sum(t2, axis=1), tl.sum(t3, axis=1), active, newton_tol
+                )
                 it += 1
             xs = pz * r[:, None] / (p * r[:, None] + thr)
             xs = tl.where(kept[:, None], xs, 0.0)
@@ -420,6 +464,8 @@ def step_kernel(
             thr = a_reg * lam * wg
             pzsq = tl.zeros([R], dtype=SDT)
             pmax = tl.zeros([R], dtype=SDT)
+            sy = tl.zeros([R], dtype=SDT)
+            sc = tl.zeros([R], dtype=SDT)
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
@@ -430,14 +476,18 @@ def step_kernel(
                 pz = p * center - lin
                 pzsq += tl.sum(pz * pz, axis=1)
                 pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
+                ty, tc = _newton_start_terms(pz, p, msk)
+                sy += tl.sum(ty, axis=1)
+                sc += tl.sum(tc, axis=1)
             pzn = tl.sqrt(pzsq)
             kept = (pzn > thr) & rvalid
-            r = tl.maximum((pzn - thr) / tl.where(rvalid, pmax, 1.0), 0.0)
+            r = _newton_start(pzn, thr, tl.where(rvalid, pmax, 1.0), sy, sc)
             active = kept & ((pzn * 0.0 + thr) > 0)
             it = tl.full([], 0, tl.int32)
             while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
-                phi = tl.zeros([R], dtype=SDT) - 1.0
-                dphi = tl.zeros([R], dtype=SDT)
+                s1n = tl.zeros([R], dtype=SDT)
+                s2n = tl.zeros([R], dtype=SDT)
+                s3n = tl.zeros([R], dtype=SDT)
                 for c0 in range(0, n, BK):
                     k = c0 + cols[None, :]
                     msk = rvalid[:, None] & (k < n)
@@ -446,14 +496,11 @@ def step_kernel(
                         ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                     )
                     pz = p * center - lin
-                    den = tl.where(msk, p * r[:, None] + thr, 1.0)
-                    q = pz / den
-                    phi += tl.sum(q * q, axis=1)
-                    dphi += -2.0 * tl.sum(q * q * p / den, axis=1)
-                delta = -phi / tl.where(active, dphi, -1.0)
-                ok = active & (delta > newton_tol * r)
-                r = tl.where(ok, r + delta, r)
-                active = ok
+                    t1, t2, t3 = _newton_terms(pz, p, r[:, None], thr, msk)
+                    s1n += tl.sum(t1, axis=1)
+                    s2n += tl.sum(t2, axis=1)
+                    s3n += tl.sum(t3, axis=1)
+                r, active = _newton_next(r, s1n, s2n, s3n, active, newton_tol)
                 it += 1
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]

@@ -7,9 +7,11 @@ so one split) and calls one launch wrapper per split, which launches once per ti
 under ``TRITON_INTERPRET=1`` (how CI tests it).
 
 Math and stopping rules are the reference's: per-group PG stop (``(Q_prev − Q)/(|Q| + 1) < rtol``
-after ≥ 2 iterations), Newton stop after a step below ``NEWTON_ULPS`` ulps of r or
-``NEWTON_MAX_ITERS`` iterations, PG never returns a group worse than its warm start, exact
-screening for group LASSO / L1. Scalars are passed as fp32 kernel arguments, so float64 tensors
+after ≥ 2 iterations), PG never returns a group worse than its warm start, exact screening for
+group LASSO / L1. Newton follows the C++ kernels' rule (csrc/include/structsparse/math.h): the
+larger of two lower bounds of the root as the start, a stop after a step below ``NEWTON_ULPS`` ulps
+of r or once an a-priori bound of the error left is below that (``NEWTON_MAX_ITERS`` max): the
+reference's root within rounding, in fewer passes. Scalars are passed as fp32 kernel arguments, so float64 tensors
 match the reference to ~1e-7 relative, not to float64 precision.
 
 Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD)
