@@ -44,13 +44,20 @@ inline Reg<T> make_reg(const TileArgs& t) {
 //   upd(a, k) -> z   first pass: updates the state of element (a, k) and returns z
 //   rez(a, k) -> z   second pass: recomputes z from the updated state (no state writes)
 //   fin(a, k, x)     stores the prox value x of element (a, k)
+//   pfw              null, or an array (row stride t.w_rs) that fin reads and upd does not (RMDA's W):
+//                    one-pass tiles of one row prefetch it chunk by chunk in the first pass, so the
+//                    second pass does not start a cold stream. RMDA "output" groups, ResNet50-CIFAR,
+//                    × AdamW in rotation, 4 alternating processes (session 9): 1 thread 1.36-1.55 ->
+//                    1.31-1.45 (medians 1.51 -> 1.36), 2 threads 1.07-1.16 against 1.08-1.30 (no
+//                    gain measurable once the two threads share the memory bandwidth)
 // Rows are processed in chunks of whole groups through a small buffer so that every loop is a
 // plain vectorizable loop. The squares z² (rounded in T) are summed in double and the group sum is
 // rounded to T once, as the reference's group_sum does: the norm then hardly depends on the
 // summation order (tiles, row blocks, ranks of a sharded tensor). scratch (see scratch_elems):
 // ng + row doubles, then row + ng T (or 2 chunks of T and the ng scales).
 template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
-inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
+inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin,
+                        const T* pfw) {
   const int64_t A = t.A, ng = t.ng, B = t.B, row = ng * B;
   if constexpr (KIND == REG_NONE) {
     for (int64_t a = 0; a < A; ++a)
@@ -120,6 +127,7 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
     for (int64_t a = 0; a < A; ++a)
       for (int64_t c0 = 0; c0 < row; c0 += CH) {
         const int64_t cnt = row - c0 < CH ? row - c0 : CH;
+        if (pfw != nullptr) pf_row(pfw + a * t.w_rs + c0, cnt);
         for (int64_t k = 0; k < cnt; ++k) {
           T z = upd(a, c0 + k);
           T y = sgl ? soft_threshold(z, t1) : z;
@@ -155,16 +163,17 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
 }
 
 template <typename T, typename Upd, typename Rez, typename Fin>
-inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin) {
+inline void prox_tile(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin,
+                      const T* pfw = nullptr) {
   switch (reg.kind) {
     case REG_GROUP_LASSO:
-      return prox_tile_k<REG_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin);
+      return prox_tile_k<REG_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin, pfw);
     case REG_SPARSE_GROUP_LASSO:
-      return prox_tile_k<REG_SPARSE_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin);
+      return prox_tile_k<REG_SPARSE_GROUP_LASSO>(t, reg, tau, scr, upd, rez, fin, pfw);
     case REG_GROUP_MCP:
-      return prox_tile_k<REG_GROUP_MCP>(t, reg, tau, scr, upd, rez, fin);
+      return prox_tile_k<REG_GROUP_MCP>(t, reg, tau, scr, upd, rez, fin, pfw);
     default:
-      return prox_tile_k<REG_NONE>(t, reg, tau, scr, upd, rez, fin);
+      return prox_tile_k<REG_NONE>(t, reg, tau, scr, upd, rez, fin, pfw);
   }
 }
 
@@ -207,7 +216,7 @@ void rmda_tile(const TileArgs& t) {
         return W0[a * srs + k] - v * isqt;
       },
       [=](int64_t a, int64_t k) { return W0[a * srs + k] - V[a * srs + k] * isqt; },
-      [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = W[a * wrs + k] * one_c + c * x; });
+      [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = W[a * wrs + k] * one_c + c * x; }, W);
 }
 
 // ---------------------------------------------------------------------------------------------
