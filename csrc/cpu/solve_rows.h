@@ -77,8 +77,8 @@ inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
   }
 }
 // Newton's start sums (the state pass of an exact solve; the fused state passes of kernels_impl.h
-// repeat these lines): Σ pz² (screening, in double), max P, and math.h's newton_start_terms in T
-// (Σ y² and Σ y²/P with y = pz/P; in double the loop ran 13× slower).
+// repeat these lines): Σ pz² (screening, in double), max P, and math.h's newton_start_terms summed
+// in T (Σ y² and Σ y²/P with y = pz/P; session 8's try in double left the loop unvectorized).
 template <typename T>
 inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                              T* __restrict z, double* __restrict s, T* __restrict pm, T* __restrict sy,
