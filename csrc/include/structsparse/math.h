@@ -156,10 +156,11 @@ SS_FN bool screened(T pz_norm, T thr) {
 
 // ---------------------------------------------------------------------------------------------
 // Newton's rule of the exact group-LASSO solve (solver="exact"; SPEC §4), shared by the CPU rows
-// (csrc/cpu/solve_rows.h newton_roots), group_newton below and the CUDA teams (team_newton).
+// (csrc/cpu/solve_rows.h newton_roots), group_newton below and the CUDA teams (team_newton), and
+// mirrored in the Triton kernel (triton_kernels/step.py _newton_*).
 // With pz = P⊙W0 − lin, T = a·λ·w_g and q_i = pz_i/(P_i r + T), the root r > 0 of φ(r) = S(r) − 1,
 // S = Σ q², gives x_i = pz_i·r/(P_i r + T) (screened groups, ‖pz‖ ≤ T, are 0). Newton runs on the
-// Moré–Sorensen form ψ(r) = 1 − S^(-1/2), concave and increasing, so from a point left of the root
+// Moré–Sorensen form ψ(r) = S^(-1/2) − 1, concave and increasing, so from a point left of the root
 // it climbs without overshoot: δ = S(√S − 1)/D, D = Σ q²·P/(P r + T) (newton_next).
 //
 // The start (newton_start with the y sums) is the larger of two lower bounds of the root:
