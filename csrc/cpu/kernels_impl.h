@@ -55,6 +55,11 @@ inline Reg<T> make_reg(const TileArgs& t) {
 // rounded to T once, as the reference's group_sum does: the norm then hardly depends on the
 // summation order (tiles, row blocks, ranks of a sharded tensor). scratch (see scratch_elems):
 // ng + row doubles, then row + ng T (or 2 chunks of T and the ng scales).
+// The first-pass loops carry `#pragma GCC ivdep`: iteration k touches element k of each array only
+// (no loop-carried dependence). Without it GCC could not vectorize DessiLBI's first pass (three
+// stores: too many run-time alias checks to version the loop) and ran it scalar: DessiLBI
+// ResNet50-CIFAR × AdamW 1.48-2.30 -> 1.35-1.66 ("output" groups), 1.60-2.37 -> 1.39-1.72
+// ("input"), 4 alternating old/new processes, 2 threads, session 9; bitwise the same.
 template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
 inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin,
                         const T* pfw) {
@@ -85,6 +90,7 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       if (t.mode != 2) {
         for (int64_t k = 0; k < row; ++k) acc[k] = 0.0;
         for (int64_t a = 0; a < A; ++a)
+#pragma GCC ivdep
           for (int64_t k = 0; k < row; ++k) {
             T z = upd(a, k);
             T y = sgl ? soft_threshold(z, t1) : z;
@@ -128,6 +134,7 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       for (int64_t c0 = 0; c0 < row; c0 += CH) {
         const int64_t cnt = row - c0 < CH ? row - c0 : CH;
         if (pfw != nullptr) pf_row(pfw + a * t.w_rs + c0, cnt);
+#pragma GCC ivdep
         for (int64_t k = 0; k < cnt; ++k) {
           T z = upd(a, c0 + k);
           T y = sgl ? soft_threshold(z, t1) : z;
