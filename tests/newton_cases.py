@@ -1,5 +1,5 @@
 """Hard cases for the exact group-LASSO solve (Newton's rule in csrc/include/structsparse/math.h),
-shared by the cpu backend's test and the CUDA host emulation's: RAMDA state set directly with P
+shared by the cpu, Triton and CUDA-emulation tests: RAMDA state set directly with P
 spread over decades within a group (U = exp(6·N(0,1)), P = cbrt(U) + ε), so that Newton's start is
 poor and it takes several passes, and the independent root of each group by bisection in float64.
 With a zero gradient RAMDA's step leaves V, U as they are and with c = 1 the parameter is the
@@ -40,3 +40,28 @@ def bisection_solution(shape, reg, lam, u, w0, v):
     r = ((lo + hi) / 2).view(1, -1, 1)
     x = torch.where(kept.view(1, -1, 1), pz3 * r / (p3 * r + thr), torch.zeros_like(pz3)).reshape(shape)
     return x, kept
+
+
+def ramda_exact(ramda_step, shapes, state, reg, dtype):
+    """The parameters after one RAMDA ``solver="exact"`` step of a backend's ``ramda_step`` from
+    ``state`` (zero gradient, c = 1: the subproblem's solution)."""
+    ws = [torch.zeros(s, dtype=dtype) for s in shapes]
+    us, w0s, vs = ([t[i].clone() for t in state] for i in range(3))
+    n = len(shapes)
+    ramda_step(
+        ws, [torch.zeros_like(w) for w in ws], w0s, vs, us, steps=[1] * n, alphas=[ALPHA] * n,
+        lr=0.1, c=1.0, eps=EPS, reg=reg, solver="exact", max_iters=0, rtol=0.0,
+    )  # fmt: skip
+    return ws
+
+
+def assert_bisection(shapes, state, reg, lam, xs, tol, who):
+    """Every solution in ``xs`` within ``tol`` (relative to its largest element) of the bisection
+    root, and some group left unscreened."""
+    kept_total = 0
+    for shape, (u, w0, v), x in zip(shapes, state, xs):
+        x_bis, kept = bisection_solution(shape, reg, lam, u, w0, v)
+        err = (x.double() - x_bis).abs().max().item()
+        assert err <= tol * (x_bis.abs().max().item() or 1.0), (who, shape, err)
+        kept_total += int(kept.sum())
+    assert kept_total > 0

@@ -8,8 +8,8 @@ Same signatures as :mod:`.reference`. What the kernels do:
 - the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after
   ≥ 2 iterations, or ``max_iters``; a group worse than its warm start gets the warm start back);
   Newton (in the Moré–Sorensen form; the rule, shared with the CUDA kernels, and its derivation
-  are in csrc/include/structsparse/math.h) starts at the larger of two lower
-  bounds of the root and stops per group after a step below ``NEWTON_ULPS`` ulps of r, or once an
+  are in csrc/include/structsparse/math.h) starts at the larger of two lower bounds of the root
+  and stops per group after a step below ``NEWTON_ULPS`` ulps of r, or once an
   a-priori bound of the error left after its step is below that (``NEWTON_MAX_ITERS`` max): the
   same root as the reference's within rounding, often one pass fewer;
 - float32/float64 parameters, and fp16/bf16 parameters with fp32 state (math in fp32, one

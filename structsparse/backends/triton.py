@@ -11,8 +11,8 @@ after ≥ 2 iterations), PG never returns a group worse than its warm start, exa
 group LASSO / L1. Newton follows the C++ kernels' rule (csrc/include/structsparse/math.h): the
 larger of two lower bounds of the root as the start, a stop after a step below ``NEWTON_ULPS`` ulps
 of r or once an a-priori bound of the error left is below that (``NEWTON_MAX_ITERS`` max): the
-reference's root within rounding, in fewer passes. Scalars are passed as fp32 kernel arguments, so float64 tensors
-match the reference to ~1e-7 relative, not to float64 precision.
+reference's root within rounding, in fewer passes. Scalars are passed as fp32 kernel arguments,
+so float64 tensors match the reference to ~1e-7 relative, not to float64 precision.
 
 Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD)
 and any regularizer class this module does not know.
