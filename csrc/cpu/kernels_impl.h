@@ -247,65 +247,41 @@ void proxsgd_tile(const TileArgs& t) {
       [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = x; });
 }
 
-// Row loops of the fused exact solves (restrict-qualified parameters: these vectorize). Each
-// updates the state of a row, stores P and pz = P⊙W0 − lin and accumulates Newton's start sums
-// per position (Σ pz² in double, max P, Σ y² and Σ y²/P with y = pz/P in T; solve_rows.h
-// newton_start_row): the state pass and row_newton's first pass in one.
-template <typename T>
-inline void ramda_pz_row(int64_t n, const T* __restrict g, const T* __restrict w0, T* __restrict v, T* __restrict u,
-                         T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm,
-                         T* __restrict sy, T* __restrict sc, T s, T eps) {
+// State pass of the fused exact solves over NR (1 or 2) rows in one sweep. elem(q, k, pk, zz)
+// updates the state of element k of the sweep's row q and gives its P and pz = P⊙W0 − lin; the
+// sweep stores them (row q at p + q·oz, z + q·oz) and accumulates Newton's start sums per position
+// (Σ pz² in double, max P, Σ y² and Σ y²/P with y = pz/P in T; solve_rows.h newton_start_row),
+// row 0's terms first: the sums of NR one-row sweeps, bitwise, with 1/NR of their loads and stores
+// (2 rows a sweep here and in newton_roots' pass against 1, ResNet50-CIFAR, 2 threads, in-process
+// A/B, session 10: RAMDA exact, ProxGen exact and ProxSSI 2.5-3.5 % less time a step). The state
+// pass and row_newton's first pass in one.
+template <int N>
+struct Rows {
+  static constexpr int value = N;
+};
+template <int NR, typename T, typename Elem>
+inline void exact_state_rows(int64_t n, Elem elem, T* __restrict p, T* __restrict z, int64_t oz,
+                             double* __restrict acc, T* __restrict pm, T* __restrict sy, T* __restrict sc) {
+#pragma GCC ivdep
   for (int64_t k = 0; k < n; ++k) {
-    T gg = g[k];
-    T vv = v[k] + s * gg;
-    T uu = u[k] + s * gg * gg;
-    v[k] = vv;
-    u[k] = uu;
-    const T pk = cbrt_nonneg(uu) + eps;
-    p[k] = pk;
-    const T zz = pk * w0[k] - vv;
-    z[k] = zz;
-    acc[k] += double(zz) * double(zz);
-    pm[k] = pk > pm[k] ? pk : pm[k];
-    T ty, tc;  // Newton's start sums (math.h)
-    newton_start_terms(pk, zz, ty, tc);
-    sy[k] += ty;
-    sc[k] += tc;
-  }
-}
-// ProxGen (SSI false): c1 = 1 − lr·wd, c2 = sqrt(bc2); ProxSSI: c1 = −lr·sqrt(bc2)/bc1 (the Adam
-// step), c2 = −lr·wd (the decay); ls = lr/bc1 (ProxGen's linear term).
-template <typename T, bool SSI>
-inline void adam_pz_row(int64_t n, const T* __restrict g, const T* __restrict w, T* __restrict m, T* __restrict v,
-                        T* __restrict p, T* __restrict z, double* __restrict acc, T* __restrict pm,
-                        T* __restrict sy, T* __restrict sc, T b1, T omb1, T b2, T omb2, T eps, T c1, T c2,
-                        T ls) {
-  for (int64_t k = 0; k < n; ++k) {
-    T gg = g[k];
-    T mm = m[k] * b1 + omb1 * gg;
-    T vv = v[k] * b2 + omb2 * gg * gg;
-    m[k] = mm;
-    v[k] = vv;
-    T pk, zz;
-    if (SSI) {
-      pk = std::sqrt(vv) + eps;
-      T ww = w[k] + c1 * (mm / pk);
-      ww = ww + c2 * ww;
-      zz = pk * ww - T(0);
-    } else {
-      T ww = w[k] * c1;
-      pk = std::sqrt(vv) / c2 + eps;
-      T li = mm * ls;
-      zz = pk * ww - li;
+    double a = acc[k];
+    T m = pm[k], y = sy[k], c = sc[k];
+    for (int q = 0; q < NR; ++q) {
+      T pk, zz;
+      elem(q, k, pk, zz);
+      p[q * oz + k] = pk;
+      z[q * oz + k] = zz;
+      a += double(zz) * double(zz);
+      m = pk > m ? pk : m;
+      T ty, tc;  // Newton's start sums (math.h)
+      newton_start_terms(pk, zz, ty, tc);
+      y += ty;
+      c += tc;
     }
-    p[k] = pk;
-    z[k] = zz;
-    acc[k] += double(zz) * double(zz);
-    pm[k] = pk > pm[k] ? pk : pm[k];
-    T ty, tc;  // Newton's start sums (math.h)
-    newton_start_terms(pk, zz, ty, tc);
-    sy[k] += ty;
-    sc[k] += tc;
+    acc[k] = a;
+    pm[k] = m;
+    sy[k] = y;
+    sc[k] = c;
   }
 }
 // Final pass of the fused exact solves: x = r>0 ? pz·r/(P·r + thr) : 0 into w (RAMDA: w ← w(1−c) + c·x).
@@ -318,7 +294,8 @@ inline void newton_x_row(int64_t n, T* __restrict w, const T* __restrict p, cons
   }
 }
 
-// Fused exact solve of a tile (thr > 0): state(a, p, z, ns) runs the state pass of row a,
+// Fused exact solve of a tile (thr > 0): state(nr, a, p, z, ns) runs the state pass of rows a..a+nr-1
+// (nr: Rows<1> or Rows<2>; exact_state_rows),
 // storing P and pz and accumulating the start sums into ns (the first pass of row_newton); Newton on
 // every group; fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then
 // the Newton scratch at scr. Bitwise the same as the unfused path (same operations, same order).
@@ -330,7 +307,9 @@ inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, State state, Fin
   zero(ns.sy, row);
   zero(ns.sc, row);
   zero(ns.pm, row);
-  for (int64_t a = 0; a < A; ++a) state(a, P + a * row, ns.pz + a * row, ns);
+  int64_t a = 0;
+  for (; a + 1 < A; a += 2) state(Rows<2>(), a, P + a * row, ns.pz + a * row, ns);
+  if (a < A) state(Rows<1>(), a, P + a * row, ns.pz + a * row, ns);
   newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
   for (int64_t a = 0; a < A; ++a) fin(a, P + a * row, ns.pz + a * row, ns.rpos);
 }
@@ -375,9 +354,24 @@ void ramda_tile(const TileArgs& t) {
   if (t.exact && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
     exact_fused<T>(
         t, thr, P, X,
-        [&](int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
-          ramda_pz_row<T>(row, Gr + a * grs, W0 + a * srs, V + a * srs, U + a * srs, p, z, ns.acc1, ns.pm, ns.sy,
-                          ns.sc, s, eps);
+        [&](auto nr, int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
+          const T* __restrict g = Gr + a * grs;
+          const T* __restrict w0 = W0 + a * srs;
+          T* __restrict v = V + a * srs;
+          T* __restrict u = U + a * srs;
+          exact_state_rows<decltype(nr)::value, T>(
+              row,
+              [&](int q, int64_t k, T& pk, T& zz) {
+                const int64_t o = q * srs + k;
+                const T gg = g[q * grs + k];
+                const T vv = v[o] + s * gg;
+                const T uu = u[o] + s * gg * gg;
+                v[o] = vv;
+                u[o] = uu;
+                pk = cbrt_nonneg(uu) + eps;
+                zz = pk * w0[o] - vv;
+              },
+              p, z, row, ns.acc1, ns.pm, ns.sy, ns.sc);
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
@@ -443,10 +437,35 @@ void adam_prox_tile(const TileArgs& t) {
   if (solve && t.exact && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W), x straight to W
     exact_fused<T>(
         t, thr, P, L,
-        [&](int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
-          adam_pz_row<T, SSI>(row, Gr + a * grs, W + a * wrs, M + a * srs, Vs + a * srs, p, z, ns.acc1, ns.pm, ns.sy,
-                              ns.sc, b1, omb1, b2, omb2, eps, SSI ? ssi_step : decay, SSI ? ssi_decay : sq_bc2,
-                              lin_scale);
+        [&](auto nr, int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
+          // ProxGen: c1 = 1 − lr·wd, c2 = sqrt(bc2); ProxSSI: c1 = −lr·sqrt(bc2)/bc1 (the Adam step),
+          // c2 = −lr·wd (the decay); ls = lr/bc1 (ProxGen's linear term)
+          const T c1 = SSI ? ssi_step : decay, c2 = SSI ? ssi_decay : sq_bc2, ls = lin_scale;
+          const T* __restrict g = Gr + a * grs;
+          const T* __restrict w = W + a * wrs;
+          T* __restrict m = M + a * srs;
+          T* __restrict v = Vs + a * srs;
+          exact_state_rows<decltype(nr)::value, T>(
+              row,
+              [&](int q, int64_t k, T& pk, T& zz) {
+                const int64_t o = q * srs + k;
+                const T gg = g[q * grs + k];
+                const T mm = m[o] * b1 + omb1 * gg;
+                const T vv = v[o] * b2 + omb2 * gg * gg;
+                m[o] = mm;
+                v[o] = vv;
+                if (SSI) {
+                  pk = std::sqrt(vv) + eps;
+                  T ww = w[q * wrs + k] + c1 * (mm / pk);
+                  ww = ww + c2 * ww;
+                  zz = pk * ww - T(0);
+                } else {
+                  const T ww = w[q * wrs + k] * c1;
+                  pk = std::sqrt(vv) / c2 + eps;
+                  zz = pk * ww - mm * ls;
+                }
+              },
+              p, z, row, ns.acc1, ns.pm, ns.sy, ns.sc);
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));

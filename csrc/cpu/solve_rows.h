@@ -106,6 +106,22 @@ inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, 
     s3[k] += double(t3);
   }
 }
+// newton_row over two rows (row a at offset 0, row a + 1 at offset op in p and oz in z) in one
+// sweep: each position's sums take row a's term, then row a + 1's, as two newton_row calls would
+// (bitwise the same), with half the loads and stores of the three double sums.
+template <typename T>
+inline void newton_row2(int64_t n, int64_t op, int64_t oz, const T* __restrict p, const T* __restrict z,
+                        const T* __restrict r, T thr, double* __restrict s1, double* __restrict s2,
+                        double* __restrict s3) {
+  for (int64_t k = 0; k < n; ++k) {
+    T a1, a2, a3, b1, b2, b3;
+    newton_terms(p[k], z[k], r[k], thr, a1, a2, a3);
+    newton_terms(p[op + k], z[oz + k], r[k], thr, b1, b2, b3);
+    s1[k] = (s1[k] + double(a1)) + double(b1);
+    s2[k] = (s2[k] + double(a2)) + double(b2);
+    s3[k] = (s3[k] + double(a3)) + double(b3);
+  }
+}
 template <typename T>
 inline void newton_final_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
                              T* __restrict x) {
@@ -260,7 +276,10 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
     zero(acc2, row);
     zero(acc3, row);
     if (2 * n_act > ng) {
-      for (int64_t a = 0; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2, acc3);
+      int64_t a = 0;
+      for (; a + 1 < A; a += 2)
+        newton_row2<T>(row, P.rs, pzs, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2, acc3);
+      for (; a < A; ++a) newton_row<T>(row, P.p + a * P.rs, pz + a * pzs, rpos, thr, acc1, acc2, acc3);
     } else {
       // few groups still running (typically a few % in the third pass): walk only their
       // positions, as runs of consecutive running groups; the sums of the others are not read
