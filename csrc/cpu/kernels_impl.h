@@ -255,10 +255,6 @@ void proxsgd_tile(const TileArgs& t) {
 // (2 rows a sweep here and in newton_roots' pass against 1, ResNet50-CIFAR, 2 threads, in-process
 // A/B, session 10: RAMDA exact, ProxGen exact and ProxSSI 2.5-3.5 % less time a step). The state
 // pass and row_newton's first pass in one.
-template <int N>
-struct Rows {
-  static constexpr int value = N;
-};
 template <int NR, typename T, typename Elem>
 inline void exact_state_rows(int64_t n, Elem elem, T* __restrict p, T* __restrict z, int64_t oz,
                              double* __restrict acc, T* __restrict pm, T* __restrict sy, T* __restrict sc) {
@@ -294,22 +290,25 @@ inline void newton_x_row(int64_t n, T* __restrict w, const T* __restrict p, cons
   }
 }
 
-// Fused exact solve of a tile (thr > 0): state(nr, a, p, z, ns) runs the state pass of rows a..a+nr-1
-// (nr: Rows<1> or Rows<2>; exact_state_rows),
-// storing P and pz and accumulating the start sums into ns (the first pass of row_newton); Newton on
-// every group; fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then
-// the Newton scratch at scr. Bitwise the same as the unfused path (same operations, same order).
-template <typename T, typename State, typename Fin>
-inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, State state, Fin fin) {
+// Fused exact solve of a tile (thr > 0): the state pass (exact_state_rows, two rows a sweep) with
+// elem(a, k, pk, zz) updating the state of element k of row a and giving its P and pz, storing P
+// and pz and accumulating the start sums into ns (the first pass of row_newton); Newton on every
+// group; fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then the
+// Newton scratch at scr. Bitwise the same as the unfused path (same operations, same order).
+template <typename T, typename Elem, typename Fin>
+inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, Elem elem, Fin fin) {
   const int64_t A = t.A, row = t.ng * t.B;
   NewtonScratch<T> ns(scr, A, t.ng, t.B);
   zero(ns.acc1, row);
   zero(ns.sy, row);
   zero(ns.sc, row);
   zero(ns.pm, row);
-  int64_t a = 0;
-  for (; a + 1 < A; a += 2) state(Rows<2>(), a, P + a * row, ns.pz + a * row, ns);
-  if (a < A) state(Rows<1>(), a, P + a * row, ns.pz + a * row, ns);
+  int64_t a0 = 0;
+  const auto rows_elem = [&](int q, int64_t k, T& pk, T& zz) { elem(a0 + q, k, pk, zz); };
+  for (; a0 + 1 < A; a0 += 2)
+    exact_state_rows<2, T>(row, rows_elem, P + a0 * row, ns.pz + a0 * row, row, ns.acc1, ns.pm, ns.sy, ns.sc);
+  if (a0 < A)
+    exact_state_rows<1, T>(row, rows_elem, P + a0 * row, ns.pz + a0 * row, row, ns.acc1, ns.pm, ns.sy, ns.sc);
   newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
   for (int64_t a = 0; a < A; ++a) fin(a, P + a * row, ns.pz + a * row, ns.rpos);
 }
@@ -354,24 +353,15 @@ void ramda_tile(const TileArgs& t) {
   if (t.exact && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
     exact_fused<T>(
         t, thr, P, X,
-        [&](auto nr, int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
-          const T* __restrict g = Gr + a * grs;
-          const T* __restrict w0 = W0 + a * srs;
-          T* __restrict v = V + a * srs;
-          T* __restrict u = U + a * srs;
-          exact_state_rows<decltype(nr)::value, T>(
-              row,
-              [&](int q, int64_t k, T& pk, T& zz) {
-                const int64_t o = q * srs + k;
-                const T gg = g[q * grs + k];
-                const T vv = v[o] + s * gg;
-                const T uu = u[o] + s * gg * gg;
-                v[o] = vv;
-                u[o] = uu;
-                pk = cbrt_nonneg(uu) + eps;
-                zz = pk * w0[o] - vv;
-              },
-              p, z, row, ns.acc1, ns.pm, ns.sy, ns.sc);
+        [&](int64_t a, int64_t k, T& pk, T& zz) {
+          const int64_t o = a * srs + k;
+          const T gg = Gr[a * grs + k];
+          const T vv = V[o] + s * gg;
+          const T uu = U[o] + s * gg * gg;
+          V[o] = vv;
+          U[o] = uu;
+          pk = cbrt_nonneg(uu) + eps;
+          zz = pk * W0[o] - vv;
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
@@ -437,35 +427,23 @@ void adam_prox_tile(const TileArgs& t) {
   if (solve && t.exact && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W), x straight to W
     exact_fused<T>(
         t, thr, P, L,
-        [&](auto nr, int64_t a, T* p, T* z, NewtonScratch<T>& ns) {
-          // ProxGen: c1 = 1 − lr·wd, c2 = sqrt(bc2); ProxSSI: c1 = −lr·sqrt(bc2)/bc1 (the Adam step),
-          // c2 = −lr·wd (the decay); ls = lr/bc1 (ProxGen's linear term)
-          const T c1 = SSI ? ssi_step : decay, c2 = SSI ? ssi_decay : sq_bc2, ls = lin_scale;
-          const T* __restrict g = Gr + a * grs;
-          const T* __restrict w = W + a * wrs;
-          T* __restrict m = M + a * srs;
-          T* __restrict v = Vs + a * srs;
-          exact_state_rows<decltype(nr)::value, T>(
-              row,
-              [&](int q, int64_t k, T& pk, T& zz) {
-                const int64_t o = q * srs + k;
-                const T gg = g[q * grs + k];
-                const T mm = m[o] * b1 + omb1 * gg;
-                const T vv = v[o] * b2 + omb2 * gg * gg;
-                m[o] = mm;
-                v[o] = vv;
-                if (SSI) {
-                  pk = std::sqrt(vv) + eps;
-                  T ww = w[q * wrs + k] + c1 * (mm / pk);
-                  ww = ww + c2 * ww;
-                  zz = pk * ww - T(0);
-                } else {
-                  const T ww = w[q * wrs + k] * c1;
-                  pk = std::sqrt(vv) / c2 + eps;
-                  zz = pk * ww - mm * ls;
-                }
-              },
-              p, z, row, ns.acc1, ns.pm, ns.sy, ns.sc);
+        [&](int64_t a, int64_t k, T& pk, T& zz) {
+          const int64_t o = a * srs + k;
+          const T gg = Gr[a * grs + k];
+          const T mm = M[o] * b1 + omb1 * gg;
+          const T vv = Vs[o] * b2 + omb2 * gg * gg;
+          M[o] = mm;
+          Vs[o] = vv;
+          if (SSI) {
+            pk = std::sqrt(vv) + eps;
+            T ww = W[a * wrs + k] + ssi_step * (mm / pk);
+            ww = ww + ssi_decay * ww;
+            zz = pk * ww - T(0);
+          } else {
+            const T ww = W[a * wrs + k] * decay;
+            pk = std::sqrt(vv) / sq_bc2 + eps;
+            zz = pk * ww - mm * lin_scale;
+          }
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));

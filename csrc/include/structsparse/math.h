@@ -240,8 +240,9 @@ SS_FN T newton_next(T r, S s1, S s2, S s3, T tol, bool& stop) {
 // ≤ 1 ulp always; in 1e-23..1e30 4 misrounded (the integer-division start: 3), in 1e-45..1e30
 // 3610 (3602; the misroundings are in 1e-38..1e-23, where the residual underflows); 194 of the 4M
 // results differ from the integer-division start's. A sweep of every 7th float bit pattern in
-// [1e-30, 1e30] (238.8 M inputs): 81 misrounded (76 with the integer-division start), 43 differ. Branch-free, no division, no double:
-// vectorizes (with -fno-trapping-math; fmaf is an instruction on the AVX2/AVX-512 variants).
+// [1e-30, 1e30] (238.8 M inputs): 81 misrounded (76 with the integer-division start), 43 differ.
+// Branch-free, no division, no double: vectorizes (with -fno-trapping-math; fmaf is an
+// instruction on the AVX2/AVX-512 variants).
 // double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
   const bool pos = u > 0.0f;
