@@ -72,7 +72,7 @@ def _newton_terms(pz, p, r, thr, msk):
 
 @triton.jit
 def _newton_start_terms(pz, p, msk):
-    """math.h newton_start_terms per element (0 where masked): y², y²/P with y = pz/P."""
+    """math.h newton_start_add's terms per element (0 where masked): y², y²/P with y = pz/P."""
     ip = 1.0 / tl.where(msk, p, 1.0)
     y = tl.where(msk, pz * ip, 0.0)
     ty = y * y

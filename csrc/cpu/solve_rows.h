@@ -77,22 +77,20 @@ inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
   }
 }
 // Newton's start sums (the state pass of an exact solve; the fused state passes of kernels_impl.h
-// repeat these lines): Σ pz² (screening, in double), max P, and math.h's newton_start_terms summed
-// in T (Σ y² and Σ y²/P with y = pz/P; session 8's try in double left the loop unvectorized).
+// repeat these lines): pz = P⊙W − L (an fma), Σ pz² (screening, in double), max P, and math.h's
+// newton_start_add in T (Σ y² and Σ y²/P with y = pz/P; session 8's try in double left the loop
+// unvectorized).
 template <typename T>
 inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                              T* __restrict z, double* __restrict s, T* __restrict pm, T* __restrict sy,
                              T* __restrict sc) {
   for (int64_t k = 0; k < n; ++k) {
     const T pk = p[k];
-    const T zz = pk * w[k] - l[k];
+    const T zz = ss_fma(pk, w[k], -l[k]);
     z[k] = zz;
     s[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];
-    T ty, tc;
-    newton_start_terms(pk, zz, ty, tc);
-    sy[k] += ty;
-    sc[k] += tc;
+    newton_start_add(pk, zz, sy[k], sc[k]);
   }
 }
 template <typename T>
@@ -125,7 +123,7 @@ inline void newton_row2(int64_t n, int64_t op, int64_t oz, const T* __restrict p
 template <typename T>
 inline void newton_final_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict r, T thr,
                              T* __restrict x) {
-  for (int64_t k = 0; k < n; ++k) x[k] = r[k] > T(0) ? z[k] * r[k] / (p[k] * r[k] + thr) : T(0);
+  for (int64_t k = 0; k < n; ++k) x[k] = newton_x(p[k], z[k], r[k], thr);
 }
 // One PG iteration at one position (see row_pg_k): x ← on ? y·sc : x; the objective terms of x
 // (smooth q, x², |x|); the next step y = x − η(lin + P(x − W0)) (SGL: soft threshold t1) and y².

@@ -360,13 +360,10 @@ SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T
   }
   T part = T(0), sy = T(0), sc = T(0), pm = T(0);
   for (int64_t i = tm.lane; i < n; i += tm.size) {
-    const T v = P[i] * w0[i] - lin[i];
+    const T v = ss_fma(P[i], w0[i], -lin[i]);
     x[i] = v;
     part += v * v;
-    T ty, tc;
-    newton_start_terms(P[i], v, ty, tc);
-    sy += ty;
-    sc += tc;
+    newton_start_add(P[i], v, sy, sc);
     pm = P[i] > pm ? P[i] : pm;
   }
   tm.sum3(part, sy, sc);
@@ -392,7 +389,7 @@ SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T
     r = newton_next(r, s1, s2, s3, tol, stop);
     if (stop) break;
   }
-  for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = r > T(0) ? x[i] * r / (P[i] * r + thr) : T(0);
+  for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = newton_x(P[i], x[i], r, thr);
 }
 
 // Subproblem objective Q(x) of one group (math.h group_objective).

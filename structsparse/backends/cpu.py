@@ -32,7 +32,9 @@ Same signatures as :mod:`.reference`. What the kernels do:
   groups still iterating;
 - tile kernels compiled for baseline x86-64, AVX2+FMA and AVX-512; the best one the CPU supports is
   chosen at load (``torch.ops.structsparse.cpu_isa()``; override with
-  ``STRUCTSPARSE_CPU_ISA=default|avx2|avx512``). No FMA contraction: all variants round alike.
+  ``STRUCTSPARSE_CPU_ISA=default|avx2|avx512``). No FMA contraction: all variants round alike;
+  the solvers' state updates and Newton's terms write their multiply-adds as explicit fmas (math.h
+  ``ss_fma``), the same rounding on every variant.
 """
 
 from __future__ import annotations
