@@ -372,7 +372,7 @@ void ramda_tile(const TileArgs& t) {
           pk = ramda_state(Gr[a * grs + k], s, eps, vv, uu);
           V[o] = vv;
           U[o] = uu;
-          zz = ss_fma(pk, W0[o], -vv);  // as row_newton's newton_start_row
+          zz = subproblem_pz(pk, W0[o], vv);
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
@@ -470,7 +470,7 @@ void adam_prox_tile(const TileArgs& t) {
           adam_elem<SSI>(q, Gr[a * grs + k], mm, vv, ww, pk, li);
           M[o] = mm;
           Vs[o] = vv;
-          zz = ss_fma(pk, ww, -li);  // as row_newton's newton_start_row
+          zz = subproblem_pz(pk, ww, li);
         },
         [&](int64_t a, const T* p, const T* z, const T* r) {
           newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));

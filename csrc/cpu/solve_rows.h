@@ -71,13 +71,13 @@ template <typename T>
 inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict s2,
                    T* __restrict pm) {
   for (int64_t k = 0; k < n; ++k) {
-    T v = p[k] * w[k] - l[k];
+    const T v = subproblem_pz(p[k], w[k], l[k]);
     s2[k] += v * v;
     pm[k] = p[k] > pm[k] ? p[k] : pm[k];
   }
 }
 // Newton's start sums (the state pass of an exact solve; the fused state passes of kernels_impl.h
-// repeat these lines): pz = P⊙W − L (an fma), Σ pz² (screening, in double), max P, and math.h's
+// repeat these lines): pz (math.h subproblem_pz), Σ pz² (screening, in double), max P, and math.h's
 // newton_start_add in T (Σ y² and Σ y²/P with y = pz/P; session 8's try in double left the loop
 // unvectorized).
 template <typename T>
@@ -86,7 +86,7 @@ inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restri
                              T* __restrict sc) {
   for (int64_t k = 0; k < n; ++k) {
     const T pk = p[k];
-    const T zz = ss_fma(pk, w[k], -l[k]);
+    const T zz = subproblem_pz(pk, w[k], l[k]);
     z[k] = zz;
     s[k] += double(zz) * double(zz);
     pm[k] = pk > pm[k] ? pk : pm[k];

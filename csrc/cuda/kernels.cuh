@@ -360,7 +360,7 @@ SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T
   }
   T part = T(0), sy = T(0), sc = T(0), pm = T(0);
   for (int64_t i = tm.lane; i < n; i += tm.size) {
-    const T v = ss_fma(P[i], w0[i], -lin[i]);
+    const T v = subproblem_pz(P[i], w0[i], lin[i]);
     x[i] = v;
     part += v * v;
     newton_start_add(P[i], v, sy, sc);
@@ -421,7 +421,7 @@ SS_FN void team_pg(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, c
   if (reg.kind == REG_GROUP_LASSO) {
     T part = T(0);
     for (int64_t i = tm.lane; i < n; i += tm.size) {
-      const T v = P[i] * w0[i] - lin[i];
+      const T v = subproblem_pz(P[i], w0[i], lin[i]);
       part += v * v;
     }
     if (screened(T(std::sqrt(tm.sum(part))), a * (reg.lam * reg.wg))) {

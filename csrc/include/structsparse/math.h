@@ -155,6 +155,13 @@ SS_FN T group_value(const Reg<T>& reg, T norm, T l1) {
   }
 }
 
+// The subproblem's pz = P⊙W0 − lin of one element (SPEC §4; one fma), in every solver's screening
+// and Newton's sums.
+template <typename T>
+SS_FN T subproblem_pz(T p, T w0, T lin) {
+  return ss_fma(p, w0, -lin);
+}
+
 // Exact screening (SPEC §4): W̃_g = 0 iff ‖P⊙W0 − V‖_g ≤ T_g.
 template <typename T>
 SS_FN bool screened(T pz_norm, T thr) {
@@ -386,7 +393,7 @@ SS_FN void group_newton(T thr, const T* lin, const T* P, const T* w0, T* x, int6
   lane_sum3<T>(
       n,
       [&](int64_t i, T& s1, T& s2, T& s3) {
-        const T v = ss_fma(P[i], w0[i], -lin[i]);
+        const T v = subproblem_pz(P[i], w0[i], lin[i]);
         x[i] = v;
         s1 += v * v;
         newton_start_add(P[i], v, s2, s3);
@@ -430,7 +437,7 @@ SS_FN void group_pg(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w
   if (reg.kind == REG_GROUP_MCP) eta = eta / T(2);
   if (reg.kind == REG_GROUP_LASSO) {
     T pz2 = lane_sum<T>(n, [&](int64_t i) {
-      T v = P[i] * w0[i] - lin[i];
+      T v = subproblem_pz(P[i], w0[i], lin[i]);
       return v * v;
     });
     if (screened(std::sqrt(pz2), a * (reg.lam * reg.wg))) {
