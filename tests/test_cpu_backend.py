@@ -263,8 +263,10 @@ def test_exact_wide_tiles(algo, dtype):
             assert 0 < int(zero.sum()) < zero.numel()
 
 
-# many rows (A > 16) and long rows: RMDA/ProxSGD stream row blocks × column blocks in two passes
-STREAMED = [(18, 460, 3, 3), (18, 4100), (17, 2)]
+# RMDA/ProxSGD stream row blocks × column blocks in two passes (steps.cpp stream_layout: row
+# blocks of >= 64 rows): long rows in one row block, and (150, 40, 3, 3), (260, 300) in 3 and 5
+# row blocks, whose pass-2 tiles run on the worker of their pass 1 (run_jobs_t)
+STREAMED = [(18, 460, 3, 3), (18, 4100), (17, 2), (150, 40, 3, 3), (260, 300)]
 
 
 @pytest.mark.parametrize(
@@ -309,7 +311,7 @@ def test_low_precision_params(algo, dtype):
 
 @pytest.mark.parametrize("algo", ["rmda", "ramda_pg", "ramda_exact", "proxgen_pg", "proxssi", "proxsgd"])
 def test_thread_count_determinism(algo):
-    weights = make_tensors(CONV + LINEAR + [(64, 300), (18, 460, 3, 3)], torch.float32)
+    weights = make_tensors(CONV + LINEAR + [(64, 300), (18, 460, 3, 3), (150, 40, 3, 3)], torch.float32)
     reg = ss.GroupLasso(ALGOS[algo][2], "input")
     n = torch.get_num_threads()
     try:

@@ -370,6 +370,13 @@ std::vector<T>& tls_buffer(int which) {
 // (whole jobs, or column-block ranges of a large job): pass 1 of a chunk, its partial sums
 // combined, then its pass 2 while the chunk's state is still in cache. Chunks depend on the shapes
 // only, so results stay independent of the thread count.
+// Pass 2 of a tile runs on the worker that ran its pass 1 (see run's `owner`), each worker's tiles
+// in reverse order (the most recently touched first): the tile's lines are then in that core's
+// L2 or the L3 it last filled, not in the other core's L2. Handed out afresh (session 11 and
+// before), a pass-2 tile ran on the other core about half the time. In-process A/B, 2 threads,
+// session 12 (medians of per-step ratios): ProxSGD transformer set 0.54-0.58 of the time,
+// ResNet50-CIFAR 0.64-0.96; RMDA 0.95-0.98 (its pass 2 reads W from memory anyway). The
+// spread is the host's: the old order's cost rose and fell with where the two vCPUs ran.
 
 template <typename T>
 void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool stream, const Shard* sh) {
@@ -397,8 +404,13 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
     return partial + goff[tr.job] + (tr.pass == 1 ? tr.rb * jb.G : 0) + tr.j0;
   };
   // Tiles are handed out dynamically (an atomic counter): tiles cost unequal work (screened groups,
-  // PG iteration counts), and which thread computes a tile never changes its result.
-  auto run = [&](const std::vector<TileRef>& list) {
+  // PG iteration counts), and which thread computes a tile never changes its result. keep = 1
+  // records each tile's worker in `owner`; keep = 2 runs a list of the same tiles (pass 2 of the
+  // pass-1 list) on those workers instead, each worker's tiles last first. A worker is the range
+  // [b, e) at::parallel_for hands out: the same partition of [0, workers) in both calls, so every
+  // tile is run exactly once (one range [0, workers) when the loop runs inline).
+  std::vector<int64_t> owner;
+  auto run = [&](const std::vector<TileRef>& list, int keep = 0) {
     const int64_t n = static_cast<int64_t>(list.size());
     if (n == 0) return;
     std::atomic<int64_t> next{0};
@@ -414,12 +426,23 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
       if (!jb.p_direct) need[1] = std::max(need[1], static_cast<size_t>(elems));
       if (!jb.g_direct) need[2] = std::max(need[2], static_cast<size_t>(elems));
     }
-    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    if (keep == 1) owner.assign(n, 0);
+    TORCH_INTERNAL_ASSERT(keep != 2 || static_cast<int64_t>(owner.size()) == n);
+    at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
       for (int k = 0; k < 3; ++k)
         if (tls_buffer<T>(k).size() < need[k]) tls_buffer<T>(k).resize(need[k]);
-      for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) {
+      auto one = [&](int64_t t) {
         const TileRef& tr = list[t];
         run_tile<T>(jobs[tr.job], tr, cm, fn, tls_buffer<T>(0), tls_buffer<T>(1), tls_buffer<T>(2), gsum_of(tr));
+      };
+      if (keep == 2) {
+        for (int64_t t = n - 1; t >= 0; --t)
+          if (owner[t] >= b && owner[t] < e) one(t);
+        return;
+      }
+      for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) {
+        one(t);
+        if (keep == 1) owner[t] = b;
       }
     });
   };
@@ -480,7 +503,7 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
     p2.clear();
   }
   auto flush = [&]() {
-    if (!p1.empty()) run(p1);
+    if (!p1.empty()) run(p1, 1);
     // totals per group, row blocks combined in a fixed order (deterministic for any thread count)
     for (const Part& pt : parts) {
       const int64_t G = jobs[pt.job].G, nrb = lay[pt.job].nrb;
@@ -488,7 +511,7 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
       for (int64_t rb = 1; rb < nrb; ++rb)
         for (int64_t j = pt.j0; j < pt.j1; ++j) base[j] += base[rb * G + j];
     }
-    if (!p2.empty()) run(p2);
+    if (!p2.empty()) run(p2, p1.empty() ? 0 : 2);
     p1.clear();
     p2.clear();
     parts.clear();
