@@ -237,10 +237,11 @@ def test_group_larger_than_cache(algo):
     assert_same(*a, *b, TOL[torch.float64])
 
 
-# The exact solves take wide tiles (rows >= 1024 elements, <= 2^21 elements a tile, see
-# groups_per_tile): (2100, 1100) is cut by the cap into tiles of 998 + 102 groups, (130, 300, 3, 3)
-# into rows of 114 groups (1026 elements) and a remainder of 72.
-WIDE = [(2100, 1100), (130, 300, 3, 3)]
+# The exact solves take wide tiles (rows >= 8192 elements, <= 2^21 elements a tile, the groups
+# split evenly, see groups_per_tile): (2100, 1101) is cut by the cap into tiles of 551 + 550
+# groups, (240, 1001, 3, 3) into two strided tiles of 501 + 500 groups (rows of 4509 and 4500
+# elements), and (130, 300, 3, 3) is one contiguous tile of whole rows.
+WIDE = [(2100, 1101), (240, 1001, 3, 3), (130, 300, 3, 3)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

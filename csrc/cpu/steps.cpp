@@ -17,6 +17,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -185,22 +186,34 @@ StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
 // Tiles of whole groups (solver kernels, and prox kernels on tensors that are not streamed). Rows
 // of a tile with A > 1 are strided segments of ng·B elements; the exact solves (RAMDA/ProxGen
 // "exact", ProxSSI) run a few passes over the tile, so they take wide tiles whose rows are long
-// enough for the hardware prefetchers (>= 1024 elements, <= 2^21 elements a tile). Measured with
-// 2 threads, RAMDA exact: ResNet50-CIFAR 85 -> 72 ms (rows >= 1024, <= 2^20, against rows >= 64,
-// <= 98304), transformer set 223 -> 184 ms (<= 2^21 against <= 2^20: rows of 910 and 682 instead
-// of 455 and 341 for A = 2304, 3072; <= 2^22 gave 171-179 ms at twice the scratch, rows >= 512
-// 225 ms). The scratch of a wide float tile is 3 tiles, 24 MiB per thread at the cap. The PG
+// enough for the hardware prefetchers (>= 8192 elements, so whole rows of most weights, and a
+// tile is then one contiguous block; <= 2^21 elements a tile, the groups split evenly between
+// the tiles of a tensor). Measured with 2 threads, RAMDA exact: ResNet50-CIFAR 85 -> 72 ms (rows
+// >= 1024, <= 2^20, against rows >= 64, <= 98304), transformer set 223 -> 184 ms (<= 2^21 against
+// <= 2^20: rows of 910 and 682 instead of 455 and 341 for A = 2304, 3072; <= 2^22 gave 171-179 ms
+// at twice the scratch, rows >= 512 225 ms). Session 12, in-process A/B against rows >= 1024
+// (ResNet50-CIFAR, medians of per-step ratios): rows >= 2048 0.935, >= 8192 0.876, >= 8192 at
+// <= 2^22 0.874 (so the cap stayed); >= 8192 with even splits and the one-pass tiles run largest
+// first (run_jobs_t) 0.809; ProxGen exact 0.792, ProxSSI 0.777; transformer set 0.991 (its tiles
+// were whole tensors or capped already; uneven splits there, 2730 + 342 groups, read 1.023).
+// Narrower tiles read 1.26 (rows >= 256, <= 2^17), 1.46 (>= 512, <= 2^18) and 2.44 (>= 64,
+// <= 65536). The scratch of a wide float tile is 3 tiles, 24 MiB per thread at the cap. The PG
 // solvers iterate ~40 times over a tile and keep small, cache-resident tiles (wide tiles measured
 // RAMDA pg 667 -> 922 ms). The tile size never changes a result: every group is computed on its
 // own, with sums over the rows in row order.
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B, bool wide) {
   const int64_t n = A * B;
   const int64_t target = 8192;  // solver tiles: 4096..32768 measured alike
-  const int64_t cap = wide ? (int64_t(1) << 21) : 98304, row_min = wide ? 1024 : 64;
+  const int64_t cap = wide ? (int64_t(1) << 21) : 98304, row_min = wide ? 8192 : 64;
   int64_t tg = std::max<int64_t>(1, target / n);
   if (A > 1) tg = std::max<int64_t>(tg, (row_min + B - 1) / B);  // rows of >= row_min elements
   if (tg * n > cap) tg = std::max<int64_t>(1, cap / n);
-  return std::min(tg, G);
+  tg = std::min(tg, G);
+  if (wide) {  // as many tiles as the cap needs, of equal widths (no short remainder tile)
+    const int64_t nt = (G + tg - 1) / tg;
+    tg = (G + nt - 1) / nt;
+  }
+  return tg;
 }
 
 struct Common {
@@ -547,6 +560,12 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
       p0.push_back(TileRef{static_cast<int64_t>(i), j0, std::min(jb.tg, jb.G - j0)});
   }
   flush();
+  // One-pass tiles largest first: a thread left with a large tile at the end of the list idles the
+  // others (the ResNet50 weights grow towards the last layers). Results do not depend on the order.
+  // RAMDA exact, ResNet50-CIFAR, in-process A/B: 0.919 alone, see groups_per_tile.
+  std::stable_sort(p0.begin(), p0.end(), [&](const TileRef& a, const TileRef& b) {
+    return jobs[a.job].A * a.ng * jobs[a.job].B > jobs[b.job].A * b.ng * jobs[b.job].B;
+  });
   run(p0);
 }
 
