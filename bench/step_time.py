@@ -9,7 +9,8 @@ working-set size, and the ratios to AdamW(fused=True) and SGD(momentum=0.9, fore
 in the same run: each cpu optimizer's steps alternate with steps of the two baselines (each on its
 own parameters), and its ratios are medians over those same rounds. Results go to bench/results/step_time_<set>.{json,md} with the CPU model,
 thread count, torch version and the load average (start and end). The reference backend is timed
-on --ref-reps steps (PG solvers: half of them); the cpu/reference speedup is a column. Then the
+on --ref-reps steps, each round also one step of the cpu backend on its own parameters; the
+cpu/reference speedup (a column) is the median of those rounds' ratios. Then the
 peak-RSS check: 100 cpu steps per optimizer, peak RSS before/after (bench/results/rss.json).
 
     PYTHONPATH=$PWD python bench/step_time.py                 # both sets, all optimizers (~10 min)
@@ -190,13 +191,10 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
             else backends
         )
         for backend in bks:
-            if backend == "reference" and name in ("RAMDA pg", "ProxGen pg"):
-                r = max(1, ref_reps // 2)
-            else:
-                r = ref_reps if backend == "reference" else reps
+            r = ref_reps if backend == "reference" else reps
             params = make_params(shapes)
             opt = make_opt(name, backend, params)
-            pair = None
+            pair = ref_pair = None
             key = name.split(" ")[0]
             bpp = BYTES[key]
             if backend == "cpu":
@@ -208,6 +206,15 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
                 pair = (statistics.median(ta), statistics.median(tsg))
                 del add
                 cp = statistics.median(tc)
+                pct = 100 * cp / statistics.median(ts)
+            elif backend == "reference" and "cpu" in backends and ss.backends.cpu.available()[0]:
+                # in rotation with the cpu backend's step (its own parameters): the speedup is the
+                # median of the per-round ratios, so a slow minute of the host hits both sides
+                twin = make_opt(name, "cpu", make_params(shapes))
+                ts, tw = time_interleaved([opt, twin], r, warmup=1)
+                ref_pair = (statistics.median(tw), statistics.median([a / b for a, b in zip(ts, tw)]))
+                del twin
+                cp = copy_time(bpp * n, 10)
                 pct = 100 * cp / statistics.median(ts)
             else:
                 ts = time_interleaved([opt], r, warmup=1 if backend == "reference" else 3)[0]
@@ -229,6 +236,9 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
                 row["x_sgd_foreach"] = med / pair[1]
                 row["adamw_ms_same_rounds"] = pair[0] * 1e3
                 row["sgd_ms_same_rounds"] = pair[1] * 1e3
+            if ref_pair is not None:
+                row["cpu_ms_same_rounds"] = ref_pair[0] * 1e3
+                row["speedup_same_rounds"] = ref_pair[1]
             if name in ("AdamW(fused)", "SGD(foreach)"):
                 base[name] = med
             rows.append(row)
@@ -239,12 +249,15 @@ def run_set(set_name: str, reps: int, ref_reps: int, optimizers, backends) -> di
                 flush=True,
             )
             del opt, params
-    ref = {r["optimizer"]: r["ms_per_step"] for r in rows if r["backend"] == "reference"}
+    ref = {r["optimizer"]: r for r in rows if r["backend"] == "reference"}
     for row in rows:
         row.setdefault("x_adamw_fused", row["ms_per_step"] / 1e3 / base["AdamW(fused)"])
         row.setdefault("x_sgd_foreach", row["ms_per_step"] / 1e3 / base["SGD(foreach)"])
         if row["backend"] == "cpu" and row["optimizer"] in ref:
-            row["speedup_vs_reference"] = ref[row["optimizer"]] / row["ms_per_step"]
+            rr = ref[row["optimizer"]]
+            row["speedup_vs_reference"] = rr.get(
+                "speedup_same_rounds", rr["ms_per_step"] / row["ms_per_step"]
+            )
     return {
         "set": set_name,
         "n_params": n,
@@ -317,7 +330,7 @@ def to_markdown(res: dict, meta: dict) -> str:
         f"load average at start {meta['loadavg_start']}, at end {res['loadavg_end']}",
         "",
         "| optimizer | backend | reps | ms/step | B/param | GB/s | % of copy | × AdamW fused | × SGD foreach "
-        "| cpu speedup vs reference | AdamW / SGD ms in the same rounds |",
+        "| cpu speedup vs reference | ms in the same rounds: AdamW / SGD (cpu rows), cpu (reference rows) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
@@ -325,6 +338,8 @@ def to_markdown(res: dict, meta: dict) -> str:
         same = (
             f"{r['adamw_ms_same_rounds']:.2f} / {r['sgd_ms_same_rounds']:.2f}"
             if "adamw_ms_same_rounds" in r
+            else f"cpu {r['cpu_ms_same_rounds']:.2f}"
+            if "cpu_ms_same_rounds" in r
             else ""
         )
         lines.append(
@@ -335,8 +350,9 @@ def to_markdown(res: dict, meta: dict) -> str:
     lines += [
         "",
         "cpu rows: timed in rotation with AdamW(fused) and SGD(foreach) (one step of each per round, "
-        "each on its own parameters); their ratios are medians of the same rounds. The torch and "
-        "reference rows are timed alone.",
+        "each on its own parameters); their ratios are medians of the same rounds. The torch rows "
+        "are timed alone. Reference rows: in rotation with the cpu backend's step (its own "
+        "parameters); the cpu speedup vs reference is the median of those rounds' ratios.",
         "",
         "copy: the in-place `x.add_(y)` over the same working set (B/param × parameters), timed in "
         "the same rotation as each cpu row (reference rows: the faster of `dst.copy_(src)` and "
