@@ -106,8 +106,10 @@ inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, 
 }
 // newton_row over two rows (row a at offset 0, row a + 1 at offset op in p and oz in z) in one
 // sweep: each position's sums take the two rows' terms added in T, then converted (one rounding
-// more than two newton_row calls; half the conversions and double adds). A float tile's sums then
-// carry at most one more rounding of 2^-24 per term pair, inside the float terms' own rounding.
+// more than two newton_row calls; half the conversions and double adds). The terms are positive,
+// so a float tile's sums carry at most 2^-24 more relative error, whatever the group's size (a
+// float accumulation, session 10, grows with it), of the order of the terms' own rounding (q and
+// q² are rounded in float).
 // Session 13, in-process A/B against adding each row's term in double (2 threads, medians of the
 // per-step ratios): ResNet50-CIFAR RAMDA exact 0.986, 0.992, 0.983, ProxGen exact 0.972 (twice),
 // ProxSSI 0.986; transformer set RAMDA exact 1.011 (its large tiles stream their scratch from
