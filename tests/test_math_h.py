@@ -1,6 +1,7 @@
-"""csrc/include/structsparse/math.h's float cube root (P = cbrt(U) + ε of RAMDA's CPU and CUDA
-kernels), compiled alone by the C++ compiler that builds the extension and compared with the
-correctly rounded cube root (the float64 cube root rounded to float32)."""
+"""csrc/include/structsparse/math.h compiled alone by the C++ compiler that builds the extension:
+its float cube root (P = cbrt(U) + ε of RAMDA's CPU and CUDA kernels) against the correctly
+rounded cube root (the float64 cube root rounded to float32), and Newton's rule of the exact
+group-LASSO solve on float groups against the float64 root."""
 
 from __future__ import annotations
 
@@ -17,14 +18,23 @@ CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 
 
-@pytest.fixture(scope="module")
-def cbrt_exe(tmp_path_factory) -> Path:
-    exe = tmp_path_factory.mktemp("math_h") / "cbrt"
+def build(tmp_path_factory, name: str) -> Path:
+    exe = tmp_path_factory.mktemp("math_h") / name
     # the extension's flags for its kernels (setup.py), no ISA flags: fmaf as the library call
     cmd = [CXX, "-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
-    cmd += [f"-I{ROOT / 'csrc' / 'include'}", str(ROOT / "tests" / "math_h" / "cbrt.cpp"), "-o", str(exe)]
+    cmd += [f"-I{ROOT / 'csrc' / 'include'}", str(ROOT / "tests" / "math_h" / f"{name}.cpp"), "-o", str(exe)]
     subprocess.run(cmd, check=True, timeout=300)
     return exe
+
+
+@pytest.fixture(scope="module")
+def cbrt_exe(tmp_path_factory) -> Path:
+    return build(tmp_path_factory, "cbrt")
+
+
+@pytest.fixture(scope="module")
+def newton_exe(tmp_path_factory) -> Path:
+    return build(tmp_path_factory, "newton")
 
 
 def run_cbrt(exe: Path, u: np.ndarray) -> np.ndarray:
@@ -70,3 +80,39 @@ def test_cbrt_special_values(cbrt_exe):
     np.testing.assert_array_equal(
         run_cbrt(cbrt_exe, cubes), np.round(np.cbrt(cubes.astype(np.float64))).astype(np.float32)
     )
+
+
+def test_newton_negative_first_step_stops(newton_exe):
+    """Long float groups shaped like RAMDA's state on a 2304-row weight (P spread over four
+    decades, T small against P·r): the start R − c̄ from float start sums lands a few ulps right of
+    the root for some groups. Their negative first step then stops on its error bound (math.h
+    newton_next) instead of taking a second pass, and every root is within Newton's tolerance
+    (NEWTON_ULPS = 4 ulps) of the float64 root of the same float data."""
+    rng = np.random.default_rng(0)
+    groups, n = 400, 2304
+    g = rng.normal(0, 0.01, (groups, n))
+    p = (np.cbrt(6 * g * g) + 1e-6).astype(np.float32)
+    pz = (p * rng.normal(0, 0.05, (groups, n)) - 0.6 * g).astype(np.float32)
+    thr = np.float32(2.6e-6)
+    inp = np.array([groups, n], np.int64).tobytes() + np.array([thr], np.float32).tobytes()
+    out = subprocess.run(
+        [str(newton_exe)], input=inp + p.tobytes() + pz.tobytes(), capture_output=True, check=True
+    )
+    rec = np.frombuffer(
+        out.stdout, dtype=np.dtype([("r", np.float32), ("passes", np.int32), ("neg", np.int32)])
+    )
+    assert rec.shape == (groups,)
+    neg = rec["neg"] == 1
+    assert neg.sum() >= 5  # measured 22: the path is exercised
+    assert (rec["passes"][neg] == 1).all()  # before session 14 every one of them took 2 passes
+    assert (rec["passes"] <= 2).all()
+    p64, z64, r = p.astype(np.float64), pz.astype(np.float64), rec["r"].astype(np.float64)
+    root = r.copy()
+    for _ in range(100):  # Newton in float64 from the float result: converges in a few steps
+        inv = 1 / (p64 * root[:, None] + float(thr))
+        q2 = (z64 * inv) ** 2
+        s1, s2 = q2.sum(1), (q2 * p64 * inv).sum(1)
+        root = root + s1 * (np.sqrt(s1) - 1) / s2
+    err = np.abs(r - root) / root / 2.0**-23
+    assert err.max() <= 4.5  # measured 3.99 (a positive step's), the negative steps' 0.27
+    assert err[neg].max() <= 1.0

@@ -82,16 +82,23 @@ def _newton_start_terms(pz, p, msk):
 @triton.jit
 def _newton_next(r, s1, s2, s3, active, tol):
     """math.h newton_next for the active groups, given S, D, H at r: (next r, still active). A
-    negative step is taken (never below 0) and does not stop; after a positive one the group stops
-    once the a-priori error bound 2Kδ² (Kδ ≤ 1/8) is below tol·r."""
+    negative step is taken (never below 0); after a positive one the group stops once the a-priori
+    error bound 2Kδ² (Kδ ≤ 1/8) is below tol·r, after a negative one once 2·K_R·δ² is (|δ| ≤ r/8)."""
     delta = s1 * (tl.sqrt(s1) - 1.0) / tl.where(active, s2, 1.0)
     move = active & (tl.abs(delta) > tol * r)
     neg = delta < 0.0
     rn = tl.where(move, tl.where(neg, tl.maximum(r + delta, 0.0), r + delta), r)
     bounded = move & (r > 0.0)
-    k = 1.5 * s3 * s1 * tl.sqrt(s1) / tl.where(bounded, r * r * s2, 1.0)
-    done = bounded & (k * delta <= 0.125) & (2.0 * k * delta * delta <= tol * rn)
-    return rn, move & (neg | ~done)
+    den = tl.where(bounded, r * r * s2, 1.0)
+    k = 1.5 * s3 * s1 * tl.sqrt(s1) / den
+    done_pos = (k * delta <= 0.125) & (2.0 * k * delta * delta <= tol * rn)
+    near = neg & (-delta <= 0.125 * r)
+    c = r / tl.where(near, r + delta, 1.0)
+    c2 = c * c
+    k_r = 1.5 * s3 / den * (c2 * c2 * c2)
+    done_neg = near & (2.0 * k_r * delta * delta <= tol * rn)
+    done = bounded & tl.where(neg, done_neg, done_pos)
+    return rn, move & ~done
 
 
 @triton.jit
