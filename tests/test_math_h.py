@@ -114,5 +114,8 @@ def test_newton_negative_first_step_stops(newton_exe):
         s1, s2 = q2.sum(1), (q2 * p64 * inv).sum(1)
         root = root + s1 * (np.sqrt(s1) - 1) / s2
     err = np.abs(r - root) / root / 2.0**-23
-    assert err.max() <= 4.5  # measured 3.99 (a positive step's), the negative steps' 0.27
+    # a step below the tolerance stops without being taken: up to ~4 ulps (measured 3.99, a
+    # positive first step's), plus the float terms' rounding
+    assert err.max() <= 6.0
+    # the negative steps are taken (measured 0.27); stopping before one would leave ~5 ulps
     assert err[neg].max() <= 1.0
