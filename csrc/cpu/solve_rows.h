@@ -327,7 +327,7 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
     rows::reduce_pos(acc1, ng, B, g1);
     rows::reduce_pos(acc2, ng, B, g2);
     rows::reduce_pos(acc3, ng, B, g3);
-      n_act = 0;
+    n_act = 0;
     for (int64_t j = 0; j < ng; ++j) {
       if (act[j] == T(0)) continue;
       bool stop;
