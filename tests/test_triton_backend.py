@@ -291,11 +291,20 @@ PG_CASES = [("ramda", {"solver": "pg", "max_iters": 100}, r) for r in ("gl_outpu
 @needs_interp
 @pytest.mark.parametrize("case", PG_CASES, ids=[_id(c) for c in PG_CASES])
 def test_pg_default_rtol_float64(case, interpreter):
-    """PG to its rtol stopping rule (default 1e-8). In float32 that rule stops on rounding noise
-    (Q changes by ~ulps while X still moves by ~sqrt(ulp)), so the fp32 cases above cap
-    max_iters; in float64 both backends stop at the same iteration. Kernel scalars are fp32,
-    hence 1e-6."""
+    """PG to its rtol stopping rule (default 1e-8); in float64 both backends stop at the same
+    iteration. Kernel scalars are fp32, hence 1e-6."""
     _check_case(case, SHAPES_TWOPHASE, dtype=torch.float64, tol=1e-6)
+
+
+@needs_interp
+@pytest.mark.parametrize("case", PG_CASES, ids=[_id(c) for c in PG_CASES])
+def test_pg_default_rtol_float32(case, interpreter):
+    """The same in float32. Q is evaluated in float64 by every backend (reference.py
+    subproblem_objective): in float32 the rule 1e-8 sat below Q's own rounding, which then decided
+    where a group stopped (hence the capped max_iters of the fp32 cases above). Iterates differing
+    by ulps may still move a stop by one iteration where Q's decrease lies near the threshold
+    (tests/test_cuda_host_emulation.py met one such case); these cases are within 1e-5."""
+    _check_case(case, SHAPES_TWOPHASE, dtype=torch.float32, tol=1e-5)
 
 
 @needs_interp

@@ -303,8 +303,24 @@ def _psi(sq, ab, wg, lam, lam1, omega, REG: tl.constexpr):
 
 @triton.jit
 def _smooth(x, lin, p, center):
-    d = x - center
-    return tl.sum(lin * d + 0.5 * p * d * d, axis=1)
+    """The smooth part of the PG objective Q per row, in float64 like the whole of Q (_sq, _ab):
+    the stopping rule compares consecutive Q to rtol, below float32's resolution
+    (reference.py subproblem_objective)."""
+    d = x.to(tl.float64) - center.to(tl.float64)
+    return tl.sum(lin.to(tl.float64) * d + 0.5 * p.to(tl.float64) * d * d, axis=1)
+
+
+@triton.jit
+def _sq(x):
+    """Σx² per row in float64 (Q's norm)."""
+    xd = x.to(tl.float64)
+    return tl.sum(xd * xd, axis=1)
+
+
+@triton.jit
+def _ab(x):
+    """Σ|x| per row in float64 (Q's l1 term)."""
+    return tl.sum(tl.abs(x.to(tl.float64)), axis=1)
 
 
 @triton.jit
@@ -429,12 +445,8 @@ def step_kernel(
                 zero = rows < 0
             warm = _warm(ALG, w, center)
             x = tl.where(zero[:, None], 0.0, warm)
-            q0 = _smooth(warm, lin, p, center) + a_reg * _psi(
-                tl.sum(warm * warm, axis=1), tl.sum(tl.abs(warm), axis=1), wg, lam, lam1, omega, REG
-            )
-            q_prev = _smooth(x, lin, p, center) + a_reg * _psi(
-                tl.sum(x * x, axis=1), tl.sum(tl.abs(x), axis=1), wg, lam, lam1, omega, REG
-            )
+            q0 = _smooth(warm, lin, p, center) + a_reg * _psi(_sq(warm), _ab(warm), wg, lam, lam1, omega, REG)
+            q_prev = _smooth(x, lin, p, center) + a_reg * _psi(_sq(x), _ab(x), wg, lam, lam1, omega, REG)
             active = (~zero) & rvalid
             tau = eta * a_reg
             it = tl.full([], 0, tl.int32)
@@ -442,9 +454,7 @@ def step_kernel(
                 it += 1
                 y = x - eta[:, None] * (lin + p * (x - center))
                 xn = _prox_apply(y, _prox_sq(y, tau, lam1, REG), tau, wg, lam, lam1, omega, REG)
-                q = _smooth(xn, lin, p, center) + a_reg * _psi(
-                    tl.sum(xn * xn, axis=1), tl.sum(tl.abs(xn), axis=1), wg, lam, lam1, omega, REG
-                )
+                q = _smooth(xn, lin, p, center) + a_reg * _psi(_sq(xn), _ab(xn), wg, lam, lam1, omega, REG)
                 x = tl.where(active[:, None], xn, x)
                 done = (it >= 2) & ((q_prev - q) / (tl.abs(q) + 1.0) < rtol)
                 q_prev = tl.where(active, q, q_prev)
@@ -531,10 +541,10 @@ def step_kernel(
             # PG with the iterate in the scratch buffer sx.
             pzsq = tl.zeros([R], dtype=SDT)
             pmax = tl.zeros([R], dtype=SDT)
-            sm_warm = tl.zeros([R], dtype=SDT)
-            sq_warm = tl.zeros([R], dtype=SDT)
-            ab_warm = tl.zeros([R], dtype=SDT)
-            sm_zero = tl.zeros([R], dtype=SDT)
+            sm_warm = tl.zeros([R], dtype=tl.float64)  # Q's sums in float64 (_smooth)
+            sq_warm = tl.zeros([R], dtype=tl.float64)
+            ab_warm = tl.zeros([R], dtype=tl.float64)
+            sm_zero = tl.zeros([R], dtype=tl.float64)
             for c0 in range(0, n, BK):
                 k = c0 + cols[None, :]
                 msk = rvalid[:, None] & (k < n)
@@ -547,8 +557,8 @@ def step_kernel(
                 pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
                 warm = _warm(ALG, w, center)
                 sm_warm += _smooth(warm, lin, p, center)
-                sq_warm += tl.sum(warm * warm, axis=1)
-                ab_warm += tl.sum(tl.abs(warm), axis=1)
+                sq_warm += _sq(warm)
+                ab_warm += _ab(warm)
                 sm_zero += _smooth(warm * 0.0, lin, p, center)
                 tl.store(sx + off, warm, mask=msk)
             eta = 1.0 / tl.where(rvalid, pmax, 1.0)
@@ -559,7 +569,7 @@ def step_kernel(
             else:
                 zero = rows < 0
             q0 = sm_warm + a_reg * _psi(sq_warm, ab_warm, wg, lam, lam1, omega, REG)
-            zq = tl.zeros([R], dtype=SDT)
+            zq = tl.zeros([R], dtype=tl.float64)
             q_prev = tl.where(zero, sm_zero + a_reg * _psi(zq, zq, wg, lam, lam1, omega, REG), q0)
             active = (~zero) & rvalid
             tau = eta * a_reg
@@ -577,9 +587,9 @@ def step_kernel(
                     x = tl.load(sx + off, mask=msk, other=0.0)
                     y = x - eta[:, None] * (lin + p * (x - center))
                     ysq += _prox_sq(y, tau, lam1, REG)
-                q = tl.zeros([R], dtype=SDT)
-                xsq = tl.zeros([R], dtype=SDT)
-                xab = tl.zeros([R], dtype=SDT)
+                q = tl.zeros([R], dtype=tl.float64)
+                xsq = tl.zeros([R], dtype=tl.float64)
+                xab = tl.zeros([R], dtype=tl.float64)
                 for c0 in range(0, n, BK):
                     k = c0 + cols[None, :]
                     msk = rvalid[:, None] & (k < n)
@@ -592,8 +602,8 @@ def step_kernel(
                     xn = _prox_apply(y, ysq, tau, wg, lam, lam1, omega, REG)
                     tl.store(sx + off, xn, mask=msk)
                     q += _smooth(xn, lin, p, center)
-                    xsq += tl.sum(xn * xn, axis=1)
-                    xab += tl.sum(tl.abs(xn), axis=1)
+                    xsq += _sq(xn)
+                    xab += _ab(xn)
                 q = q + a_reg * _psi(xsq, xab, wg, lam, lam1, omega, REG)
                 done = (it >= 2) & ((q_prev - q) / (tl.abs(q) + 1.0) < rtol)
                 q_prev = tl.where(active, q, q_prev)

@@ -133,22 +133,25 @@ inline void newton_final_row(int64_t n, const T* __restrict p, const T* __restri
   for (int64_t k = 0; k < n; ++k) x[k] = newton_x(p[k], z[k], r[k], thr);
 }
 // One PG iteration at one position (see row_pg_k): x ← on ? y·sc : x; the objective terms of x
-// (smooth q = (½P·d)·d + lin·d with d = x − W0, x², |x|); the next step y = x − η(lin + P·d) (SGL:
-// soft threshold t1) and y². q and y are fmas (RAMDA pg, in-process A/B against the plain
-// multiply-adds, session 11: 0.94–0.99 of the time, ResNet50-CIFAR 2 threads and single tensors);
-// fmas in the sums of x² and y² measured no gain.
+// in double (smooth q = (½P·d)·d + lin·d with d = x − W0, x², |x|: the stopping rule compares
+// consecutive Q to rtol, below float's resolution; reference.py subproblem_objective); the next
+// step y = x − η(lin + P·d) (SGL: soft threshold t1) and y², in T. q and y are fmas (RAMDA pg,
+// in-process A/B against the plain multiply-adds, session 11: 0.94–0.99 of the time, ResNet50-CIFAR
+// 2 threads and single tensors); fmas in the sums of x² and y² measured no gain.
 template <typename T>
 struct PgElem {
-  T x, q, x2, ax, y, y2;
+  T x, y, y2;
+  double q, x2, ax;
 };
 template <bool SGL, typename T>
 inline PgElem<T> pg_elem(bool on, T y, T sc, T x, T w, T l, T p, T eta, T t1) {
   PgElem<T> e;
   e.x = on ? y * sc : x;
   const T d = e.x - w;
-  e.q = ss_fma(T(0.5) * p * d, d, l * d);
-  e.x2 = e.x * e.x;
-  e.ax = std::fabs(e.x);
+  const double xd = double(e.x), dd = xd - double(w);  // exact for float T
+  e.q = ss_fma(0.5 * double(p) * dd, dd, double(l) * dd);
+  e.x2 = xd * xd;
+  e.ax = std::fabs(xd);
   T v = ss_fma(-eta, ss_fma(p, d, l), e.x);
   if (SGL) v = soft_threshold(v, t1);
   e.y = v;
@@ -156,11 +159,11 @@ inline PgElem<T> pg_elem(bool on, T y, T sc, T x, T w, T l, T p, T eta, T t1) {
   return e;
 }
 // One PG iteration over a row: the terms summed per position into s1 (smooth), s2 (‖x‖²),
-// s3 (‖x‖₁), sy (Σ y² of the next step).
+// s3 (‖x‖₁), all three in double, and sy (Σ y² of the next step).
 template <bool SGL, typename T>
 inline void pg_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w, T* __restrict x,
                    T* __restrict y, const T* __restrict sc, const T* __restrict on, const T* __restrict eta,
-                   const T* __restrict t1, T* __restrict s1, T* __restrict s2, T* __restrict s3,
+                   const T* __restrict t1, double* __restrict s1, double* __restrict s2, double* __restrict s3,
                    T* __restrict sy) {
   for (int64_t k = 0; k < n; ++k) {
     const PgElem<T> e = pg_elem<SGL>(on[k] != T(0), y[k], sc[k], x[k], w[k], l[k], p[k], eta[k], SGL ? t1[k] : T(0));
@@ -178,8 +181,8 @@ inline void pg_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
 template <bool SGL, typename T>
 inline void pg_row2(int64_t n, int64_t o1, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                     T* __restrict x, T* __restrict y, const T* __restrict sc, const T* __restrict on,
-                    const T* __restrict eta, const T* __restrict t1, T* __restrict s1, T* __restrict s2,
-                    T* __restrict s3, T* __restrict sy) {
+                    const T* __restrict eta, const T* __restrict t1, double* __restrict s1,
+                    double* __restrict s2, double* __restrict s3, T* __restrict sy) {
   for (int64_t k = 0; k < n; ++k) {
     const bool onk = on[k] != T(0);
     const T tk = SGL ? t1[k] : T(0);
@@ -397,13 +400,10 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   T* __restrict t1p = etap + row;  // SGL soft threshold τ·λ1 per position
   T* __restrict actp = t1p + row;  // 1 while the group iterates
   T* __restrict scp = actp + row;  // prox scale per position
-  T* __restrict g1 = scp + row;    // per packed group:
-  T* __restrict g2 = g1 + ng;
-  T* __restrict g3 = g2 + ng;
-  T* __restrict eta = g3 + ng;
-  T* __restrict q0 = eta + ng;
-  T* __restrict qp = q0 + ng;
-  T* __restrict act = qp + ng;
+  T* __restrict p1 = scp + row;    // per group: pass 0's ‖P⊙W0 − lin‖² and max P
+  T* __restrict p2 = p1 + ng;
+  T* __restrict eta = p2 + ng;     // per packed group:
+  T* __restrict act = eta + ng;
   T* __restrict gy = act + ng;  // Σ y² of the pending gradient step
   // original group index of each packed group (int64, 8-byte aligned after the group arrays), then
   // runs of groups copied as one block per row (see runs_of): first packed index, length
@@ -411,6 +411,16 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
       (reinterpret_cast<uintptr_t>(gy + ng) + alignof(int64_t) - 1) & ~uintptr_t(alignof(int64_t) - 1));
   int64_t* run0 = orig + ng;
   int64_t* runn = run0 + ng;
+  // the objective in double: sums per position, then per packed group Q's sums, Q(x0), Q_prev
+  double* __restrict dacc1 = reinterpret_cast<double*>(runn + ng);
+  double* __restrict dacc2 = dacc1 + row;
+  double* __restrict dacc3 = dacc2 + row;
+  double* __restrict g1 = dacc3 + row;
+  double* __restrict g2 = g1 + ng;
+  double* __restrict g3 = g2 + ng;
+  double* __restrict q0 = g3 + ng;
+  double* __restrict qp = q0 + ng;
+  const Reg<double> reg_d = reg_double(reg);
   // Runs of the groups jj < n with keep(jj) (packed groups, or the tile's groups before packing):
   // consecutive indices and, with same_src, consecutive original groups too; a run is one
   // contiguous block of a row on both sides of a copy (B = 1 tiles otherwise copy one element per
@@ -436,10 +446,10 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
     pz_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, acc1, acc2);
     copy_row(x0.p + a * x0.rs, x + a * row, row);
   }
-  rows::reduce_pos(acc1, ng, B, g1);
-  rows::max_pos(acc2, ng, B, g2);
+  rows::reduce_pos(acc1, ng, B, p1);
+  rows::max_pos(acc2, ng, B, p2);
   const T thr_gl = a_ * (reg.lam * reg.wg);
-  auto is_screened = [&](int64_t j) { return KIND == REG_GROUP_LASSO && screened(std::sqrt(g1[j]), thr_gl); };
+  auto is_screened = [&](int64_t j) { return KIND == REG_GROUP_LASSO && screened(std::sqrt(p1[j]), thr_gl); };
   if (KIND == REG_GROUP_LASSO) {  // screened groups are exactly 0
     const int64_t nr = runs_of(ng, false, is_screened);
     for (int64_t a = 0; a < A; ++a)
@@ -448,7 +458,7 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   int64_t nc = 0;  // packed (iterating) groups
   for (int64_t j = 0; j < ng; ++j) {
     if (is_screened(j)) continue;
-    T e = T(1) / g2[j];
+    T e = T(1) / p2[j];
     if (KIND == REG_GROUP_MCP) e = e / T(2);
     eta[nc] = e;
     orig[nc] = j;
@@ -473,22 +483,22 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   // gives Q(x0) and the first step.
   auto pass = [&]() {
     const int64_t rc = nc * B;
-    zero(acc1, rc);
-    zero(acc2, rc);
-    zero(acc3, rc);
+    zero(dacc1, rc);
+    zero(dacc2, rc);
+    zero(dacc3, rc);
     zero(acc4, rc);
     int64_t a = 0;
     for (; a + 1 < A; a += 2) {
       const int64_t o = a * rc;
-      pg_row2<sgl, T>(rc, rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, acc1, acc2, acc3, acc4);
+      pg_row2<sgl, T>(rc, rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, dacc1, dacc2, dacc3, acc4);
     }
     if (a < A) {
       const int64_t o = a * rc;
-      pg_row<sgl, T>(rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, acc1, acc2, acc3, acc4);
+      pg_row<sgl, T>(rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, dacc1, dacc2, dacc3, acc4);
     }
-    rows::reduce_pos(acc1, nc, B, g1);
-    rows::reduce_pos(acc2, nc, B, g2);
-    rows::reduce_pos(acc3, nc, B, g3);
+    rows::reduce_pos(dacc1, nc, B, g1);
+    rows::reduce_pos(dacc2, nc, B, g2);
+    rows::reduce_pos(dacc3, nc, B, g3);
     rows::reduce_pos(acc4, nc, B, gy);
   };
   auto write_back = [&](int64_t nr) {  // the packed groups of runs_of(nc, true, ...) -> x
@@ -506,7 +516,7 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   zero(actp, nc * B);
   pass();
   for (int64_t jj = 0; jj < nc; ++jj) {
-    q0[jj] = qp[jj] = g1[jj] + a_ * group_value(reg, std::sqrt(g2[jj]), g3[jj]);
+    q0[jj] = qp[jj] = g1[jj] + double(a_) * group_value(reg_d, std::sqrt(g2[jj]), g3[jj]);
     act[jj] = T(1);
   }
   int64_t n_act = nc;
@@ -519,8 +529,8 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
     n_act = 0;
     for (int64_t jj = 0; jj < nc; ++jj) {
       if (act[jj] == T(0)) continue;
-      const T q = g1[jj] + a_ * group_value(reg, std::sqrt(g2[jj]), g3[jj]);
-      const bool done = it >= 2 && (qp[jj] - q) / (std::fabs(q) + T(1)) < rtol;
+      const double q = g1[jj] + double(a_) * group_value(reg_d, std::sqrt(g2[jj]), g3[jj]);
+      const bool done = it >= 2 && (qp[jj] - q) / (std::fabs(q) + 1.0) < double(rtol);
       qp[jj] = q;
       if (done)
         act[jj] = T(0);

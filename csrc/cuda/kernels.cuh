@@ -124,7 +124,7 @@ struct WarpTeam {
 };
 
 // The block owns a group: warp butterflies, then the warps' values added in index order.
-// `red` is shared scratch of 3·WARPS_PER_BLOCK elements of T.
+// `red` is shared scratch of 3·WARPS_PER_BLOCK doubles (sum3 of double sums: the PG objective).
 template <typename T>
 struct BlockTeam {
   int lane;
@@ -139,23 +139,25 @@ struct BlockTeam {
     __syncthreads();
     return s;
   }
-  __device__ void sum3(T& a, T& b, T& c) {
+  template <typename U>
+  __device__ void sum3(U& a, U& b, U& c) {
+    U* r = reinterpret_cast<U*>(red);  // 8-byte aligned (smem_bytes)
     a = warp_sum(a);
     b = warp_sum(b);
     c = warp_sum(c);
     if ((lane & 31) == 0) {
-      red[lane >> 5] = a;
-      red[WARPS_PER_BLOCK + (lane >> 5)] = b;
-      red[2 * WARPS_PER_BLOCK + (lane >> 5)] = c;
+      r[lane >> 5] = a;
+      r[WARPS_PER_BLOCK + (lane >> 5)] = b;
+      r[2 * WARPS_PER_BLOCK + (lane >> 5)] = c;
     }
     __syncthreads();
-    a = red[0];
-    b = red[WARPS_PER_BLOCK];
-    c = red[2 * WARPS_PER_BLOCK];
+    a = r[0];
+    b = r[WARPS_PER_BLOCK];
+    c = r[2 * WARPS_PER_BLOCK];
     for (int k = 1; k < WARPS_PER_BLOCK; ++k) {
-      a += red[k];
-      b += red[WARPS_PER_BLOCK + k];
-      c += red[2 * WARPS_PER_BLOCK + k];
+      a += r[k];
+      b += r[WARPS_PER_BLOCK + k];
+      c += r[2 * WARPS_PER_BLOCK + k];
     }
     __syncthreads();
   }
@@ -392,19 +394,19 @@ SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T
   for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = newton_x(P[i], x[i], r, thr);
 }
 
-// Subproblem objective Q(x) of one group (math.h group_objective).
+// Subproblem objective Q(x) of one group, in double for every T (math.h group_objective).
 template <typename T, typename Team>
-SS_FN T team_objective(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x,
-                       int64_t n) {
-  T sm = T(0), n2 = T(0), l1 = T(0);
+SS_FN double team_objective(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x,
+                            int64_t n) {
+  double sm = 0.0, n2 = 0.0, l1 = 0.0;
   for (int64_t i = tm.lane; i < n; i += tm.size) {
-    const T dd = x[i] - w0[i];
-    sm += lin[i] * dd + T(0.5) * P[i] * dd * dd;
-    n2 += x[i] * x[i];
-    l1 += std::fabs(x[i]);
+    const double xd = double(x[i]), dd = xd - double(w0[i]);
+    sm += double(lin[i]) * dd + 0.5 * double(P[i]) * dd * dd;
+    n2 += xd * xd;
+    l1 += std::fabs(xd);
   }
   tm.sum3(sm, n2, l1);
-  return sm + a * group_value(reg, T(std::sqrt(n2)), l1);
+  return sm + double(a) * group_value(reg_double(reg), std::sqrt(n2), l1);
 }
 
 // Screened proximal gradient (math.h group_pg, RAMDA Algorithm 2) with the per-group stopping
@@ -429,9 +431,9 @@ SS_FN void team_pg(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, c
       return;
     }
   }
-  const T q0 = team_objective(tm, reg, a, lin, P, w0, x0, n);
+  const double q0 = team_objective(tm, reg, a, lin, P, w0, x0, n);
   for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = x0[i];
-  T q_prev = q0;
+  double q_prev = q0;
   const T tau = eta * a;
   const T t1 = tau * reg.lam;
   const bool sgl = reg.kind == REG_SPARSE_GROUP_LASSO;
@@ -446,8 +448,8 @@ SS_FN void team_pg(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, c
     }
     const T scale = group_prox_scale(reg, tau, T(std::sqrt(tm.sum(part))));
     for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = x[i] * scale;
-    const T q = team_objective(tm, reg, a, lin, P, w0, x, n);
-    const bool done = j >= 2 && (q_prev - q) / (std::fabs(q) + T(1)) < rtol;
+    const double q = team_objective(tm, reg, a, lin, P, w0, x, n);
+    const bool done = j >= 2 && (q_prev - q) / (std::fabs(q) + 1.0) < double(rtol);
     q_prev = q;
     if (done) break;
   }
@@ -513,7 +515,8 @@ SS_FN int find_tensor(const StepParams& p, int64_t item) {
 #if defined(__CUDACC__)
 template <typename T>
 constexpr size_t smem_bytes() {
-  return sizeof(T) * (SOLVER_ARRAYS * BLOCK_CAP + 3 * WARPS_PER_BLOCK);
+  // the team's reduction scratch after the arrays, 8-byte aligned, room for 3 doubles per warp
+  return (sizeof(T) * SOLVER_ARRAYS * BLOCK_CAP + 7) / 8 * 8 + sizeof(double) * 3 * WARPS_PER_BLOCK;
 }
 
 template <typename T, typename Op>

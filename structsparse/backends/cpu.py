@@ -6,7 +6,8 @@ Same signatures as :mod:`.reference`. What the kernels do:
   ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP;
 - **NuclearNorm delegates to the reference backend** for its bucket (its prox needs an SVD);
 - the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after
-  ≥ 2 iterations, or ``max_iters``; a group worse than its warm start gets the warm start back);
+  ≥ 2 iterations, or ``max_iters``; Q in float64 for every dtype; a group worse than its warm
+  start gets the warm start back);
   Newton (in the Moré–Sorensen form; the rule, shared with the CUDA kernels, and its derivation
   are in csrc/include/structsparse/math.h) starts at the larger of two lower bounds of the root
   and stops per group after a step below ``NEWTON_ULPS`` ulps of r, or once an

@@ -69,7 +69,15 @@ def _mix(w: Tensor, w_tilde: Tensor, c: float) -> Tensor:
 def subproblem_objective(
     x3: Tensor, v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape
 ) -> Tensor:
-    """Q restricted to each group, shape [G]."""
+    """Q restricted to each group, shape [G], evaluated in float64 whatever the parameters' dtype.
+
+    The PG stopping rule compares consecutive values of Q to ``rtol`` (1e-8 by default, below
+    float32's resolution): in float32 the rounding of Q itself (~6e-8 of its terms) decided when a
+    group stopped, so float32 results followed that noise (RAMDA pg, 20 steps: 3e-5 to 5e-4 from
+    the float64 result) and backends that sum in different orders stopped at different iterations.
+    Evaluated in float64, float32 iterates stop where float64 ones do (4e-7 to 4e-6 of the float64
+    result; README, "PG objective in float64")."""
+    x3, v3, p3, w03 = x3.double(), v3.double(), p3.double(), w03.double()
     d = x3 - w03
     smooth = group_sum(v3 * d + 0.5 * p3 * d * d)
     return smooth + a * reg.group_values(x3, shape)
@@ -147,15 +155,16 @@ def proximal_gradient(
     else:
         zero = torch.zeros(g, dtype=torch.bool, device=v3.device)
     x = torch.where(zero.view(1, -1, 1), torch.zeros_like(x03), x03)
-    q0 = subproblem_objective(x03, v3, p3, w03, a, reg, shape)
-    q_prev = subproblem_objective(x, v3, p3, w03, a, reg, shape)
+    qv, qp, qw = v3.double(), p3.double(), w03.double()  # Q's float64 inputs, cast once
+    q0 = subproblem_objective(x03, qv, qp, qw, a, reg, shape)
+    q_prev = subproblem_objective(x, qv, qp, qw, a, reg, shape)
     active = ~zero
     for j in range(1, max_iters + 1):
         if not bool(active.any()):
             break
         y = x - eta3 * (v3 + p3 * (x - w03))
         x_new = reg.prox_groups(y, eta * a, shape)
-        q = subproblem_objective(x_new, v3, p3, w03, a, reg, shape)
+        q = subproblem_objective(x_new, qv, qp, qw, a, reg, shape)
         x = torch.where(active.view(1, -1, 1), x_new, x)
         done = (j >= 2) & ((q_prev - q) / (q.abs() + 1) < rtol)
         q_prev = torch.where(active, q, q_prev)

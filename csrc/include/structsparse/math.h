@@ -380,21 +380,27 @@ SS_FN void group_prox(const Reg<T>& reg, T tau, T* y, T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = y[i] * scale;
 }
 
-// Subproblem objective Q(X) of one group.
+// Subproblem objective Q(X) of one group, in double for every T: the PG stopping rule compares
+// consecutive Q to rtol (1e-8 by default, below float's resolution), and Q rounded in float let
+// that rounding decide when a group stops (reference.py subproblem_objective).
 template <typename T>
-SS_FN T group_objective(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x,
-                        int64_t n) {
-  T smooth, n2, l1;
-  lane_sum3<T>(
+SS_FN Reg<double> reg_double(const Reg<T>& reg) {
+  return Reg<double>{reg.kind, double(reg.lam), double(reg.lam2), double(reg.omega), double(reg.wg)};
+}
+template <typename T>
+SS_FN double group_objective(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x,
+                             int64_t n) {
+  double smooth, n2, l1;
+  lane_sum3<double>(
       n,
-      [&](int64_t i, T& s, T& q, T& l) {
-        T d = x[i] - w0[i];
-        s += lin[i] * d + T(0.5) * P[i] * d * d;
-        q += x[i] * x[i];
-        l += std::fabs(x[i]);
+      [&](int64_t i, double& s, double& q, double& l) {
+        const double xd = double(x[i]), d = xd - double(w0[i]);
+        s += double(lin[i]) * d + 0.5 * double(P[i]) * d * d;
+        q += xd * xd;
+        l += std::fabs(xd);
       },
       smooth, n2, l1);
-  return smooth + a * group_value(reg, std::sqrt(n2), l1);
+  return smooth + double(a) * group_value(reg_double(reg), std::sqrt(n2), l1);
 }
 
 // Exact solve for group LASSO (solver="exact"): screening, then Newton (the rule above).
@@ -461,15 +467,15 @@ SS_FN void group_pg(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w
       return;
     }
   }
-  T q0 = group_objective(reg, a, lin, P, w0, x0, n);
+  const double q0 = group_objective(reg, a, lin, P, w0, x0, n);
   for (int64_t i = 0; i < n; ++i) x[i] = x0[i];
-  T q_prev = q0;
+  double q_prev = q0;
   T tau = eta * a;
   for (int j = 1; j <= max_iters; ++j) {
     for (int64_t i = 0; i < n; ++i) y[i] = x[i] - eta * (lin[i] + P[i] * (x[i] - w0[i]));
     group_prox(reg, tau, y, x, n);
-    T q = group_objective(reg, a, lin, P, w0, x, n);
-    bool done = j >= 2 && (q_prev - q) / (std::fabs(q) + T(1)) < rtol;
+    const double q = group_objective(reg, a, lin, P, w0, x, n);
+    const bool done = j >= 2 && (q_prev - q) / (std::fabs(q) + 1.0) < double(rtol);
     q_prev = q;
     if (done) break;
   }
