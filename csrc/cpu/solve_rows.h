@@ -392,11 +392,10 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
   T* __restrict Wc = Pc + tile;
   T* __restrict Xc = Wc + tile;
   T* __restrict Yc = Xc + tile;
-  T* __restrict acc1 = Yc + tile;
+  T* __restrict acc1 = Yc + tile;  // pass 0's sums per position: ‖P⊙W0 − lin‖², max P
   T* __restrict acc2 = acc1 + row;
-  T* __restrict acc3 = acc2 + row;
-  T* __restrict acc4 = acc3 + row;
-  T* __restrict etap = acc4 + row;
+  T* __restrict accy = acc2 + row;  // Σ y² per position of the pending gradient step
+  T* __restrict etap = accy + row;
   T* __restrict t1p = etap + row;  // SGL soft threshold τ·λ1 per position
   T* __restrict actp = t1p + row;  // 1 while the group iterates
   T* __restrict scp = actp + row;  // prox scale per position
@@ -486,20 +485,20 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
     zero(dacc1, rc);
     zero(dacc2, rc);
     zero(dacc3, rc);
-    zero(acc4, rc);
+    zero(accy, rc);
     int64_t a = 0;
     for (; a + 1 < A; a += 2) {
       const int64_t o = a * rc;
-      pg_row2<sgl, T>(rc, rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, dacc1, dacc2, dacc3, acc4);
+      pg_row2<sgl, T>(rc, rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, dacc1, dacc2, dacc3, accy);
     }
     if (a < A) {
       const int64_t o = a * rc;
-      pg_row<sgl, T>(rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, dacc1, dacc2, dacc3, acc4);
+      pg_row<sgl, T>(rc, Lc + o, Pc + o, Wc + o, Xc + o, Yc + o, scp, actp, etap, t1p, dacc1, dacc2, dacc3, accy);
     }
     rows::reduce_pos(dacc1, nc, B, g1);
     rows::reduce_pos(dacc2, nc, B, g2);
     rows::reduce_pos(dacc3, nc, B, g3);
-    rows::reduce_pos(acc4, nc, B, gy);
+    rows::reduce_pos(accy, nc, B, gy);
   };
   auto write_back = [&](int64_t nr) {  // the packed groups of runs_of(nc, true, ...) -> x
     const int64_t rc = nc * B;

@@ -42,7 +42,7 @@ struct TileArgs {
 // Scratch of the row-layout solvers (solve_rows.h), counted in elements of float (an upper bound
 // for double). row_newton: 3 double position arrays and 3 double group arrays (64-byte aligned),
 // ng + 1 int64 run bounds, then pz (A·row), 2 position arrays, 3 group arrays. row_pg: 5 packed
-// tiles, 8 position arrays, 5 group arrays, then 3 int64 per group (original group indices, run
+// tiles, 7 position arrays, 5 group arrays, then 3 int64 per group (original group indices, run
 // starts and lengths of the block copies), 3 double position arrays and 5 double group arrays
 // (the objective's sums, Q(x0), Q_prev).
 inline int64_t row_newton_scratch(int64_t A, int64_t ng, int64_t B) {
@@ -50,7 +50,7 @@ inline int64_t row_newton_scratch(int64_t A, int64_t ng, int64_t B) {
 }
 inline int64_t row_pg_scratch(int64_t A, int64_t ng, int64_t B) {
   // T arrays, then int64 and double arrays counted in 4-byte elements (an upper bound for double T)
-  return 5 * A * ng * B + 8 * ng * B + 6 * ng + 2 * (3 * ng + 3 * ng * B + 5 * ng) + 64;
+  return 5 * A * ng * B + 7 * ng * B + 5 * ng + 2 * (3 * ng + 3 * ng * B + 5 * ng) + 64;
 }
 
 inline int64_t scratch_elems(int64_t A, int64_t ng, int64_t B, bool wide) {

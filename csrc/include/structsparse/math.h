@@ -380,13 +380,15 @@ SS_FN void group_prox(const Reg<T>& reg, T tau, T* y, T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = y[i] * scale;
 }
 
-// Subproblem objective Q(X) of one group, in double for every T: the PG stopping rule compares
-// consecutive Q to rtol (1e-8 by default, below float's resolution), and Q rounded in float let
-// that rounding decide when a group stops (reference.py subproblem_objective).
+// A regularizer's parameters in double (the PG objective's ψ term).
 template <typename T>
 SS_FN Reg<double> reg_double(const Reg<T>& reg) {
   return Reg<double>{reg.kind, double(reg.lam), double(reg.lam2), double(reg.omega), double(reg.wg)};
 }
+
+// Subproblem objective Q(X) of one group, in double for every T: the PG stopping rule compares
+// consecutive Q to rtol (1e-8 by default, below float's resolution), and Q rounded in float let
+// that rounding decide when a group stops (reference.py subproblem_objective).
 template <typename T>
 SS_FN double group_objective(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x,
                              int64_t n) {
