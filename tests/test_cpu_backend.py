@@ -382,6 +382,23 @@ def test_all_finite_op_and_skip_nonfinite():
             x = torch.randn(70_001).to(dt)
             x[69_999] = bad
             assert not f([torch.ones(5, dtype=dt), x])
+    # chunks of very unequal tensors (handed out dynamically): a bad value in any chunk is found,
+    # whatever the thread count
+    sizes = [1, 7, 2048, 200_000, 3, 65_536, 65_537, 131_072 * 3 + 5, 64]
+    ts = [torch.randn(n) for n in sizes]
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            assert f(ts)
+            for i, n in enumerate(sizes):
+                for pos in sorted({0, n // 2, n - 1, min(n - 1, 65_536)}):
+                    ts[i][pos] = float("nan")
+                    assert not f(ts), (nt, i, pos)
+                    ts[i][pos] = 0.5
+            assert f(ts)
+    finally:
+        torch.set_num_threads(threads)
     w = torch.nn.Parameter(torch.randn(4, 3))
     opt = ss.RMDA([w], lr=0.1, regularizer=ss.GroupLasso(0.1), backend="cpu")
     w.grad = torch.full_like(w, float("nan"))

@@ -51,6 +51,7 @@ LOOPS = [
     ("solve_rows.h", "newton_row2", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "pg_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "pg_row2", "for (int64_t k = 0; k < n; ++k) {", 0),
+    ("kernels_impl.h", "finite_bits", "for (int64_t i = 0; i < h; ++i) {", 0),  # the NaN/Inf check
 ]
 
 

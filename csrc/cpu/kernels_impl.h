@@ -574,12 +574,21 @@ void dessilbi_tile(const TileArgs& t) {
       [=](int64_t a, int64_t k, T x) { Ga[a * srs + k] = x * kap; });
 }
 
-// All finite: OR over "exponent bits all ones" (NaN or ±Inf), a branch-free vectorized pass.
+// All finite: OR over "exponent bits all ones" (NaN or ±Inf), a branch-free vectorized pass over
+// the two halves of the chunk at once: two read streams a core, 8 % less time than one on the
+// 2-vCPU Xeon of session 16 (ResNet50-CIFAR gradients after an AdamW step, 3.27 → 3.02 ms; four
+// streams 3.0-3.1 ms).
 template <typename U>
-bool finite_bits(const U* x, int64_t n, U mask) {
-  U bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad |= U((x[i] & mask) == mask);
-  return bad == 0;
+inline bool finite_bits(const U* x, int64_t n, U mask) {
+  const int64_t h = n / 2;
+  const U* y = x + h;
+  U bad = 0, bad2 = 0;
+  for (int64_t i = 0; i < h; ++i) {
+    bad |= U((x[i] & mask) == mask);
+    bad2 |= U((y[i] & mask) == mask);
+  }
+  if (n & 1) bad |= U((x[n - 1] & mask) == mask);
+  return (bad | bad2) == 0;
 }
 bool finite32(const uint32_t* x, int64_t n) {
   return finite_bits<uint32_t>(x, n, 0x7F800000u);
