@@ -62,7 +62,11 @@ def test_cbrt_log_uniform(cbrt_exe):
     tiny = np.exp(rng.uniform(np.log(1e-45), np.log(1e-23), 200_000)).astype(np.float32)
     tiny = tiny[tiny > 0]
     d = ulps(run_cbrt(cbrt_exe, tiny), correctly_rounded(tiny))
-    assert d.max() <= 1  # subnormals (scaled by 2^24) and the range where the residual underflows
+    assert d.max() <= 1
+    # u < 2^-96 is scaled by 2^96 (subnormals through their bits), so the residual c³ − u stays
+    # normal: measured 81 misroundings among every float below 2^-96 (260 M). Until session 16
+    # (subnormals scaled by 2^24 only, the residual underflowing up to 2^-96) about 0.7 % of them.
+    assert int((d > 0).sum()) <= 5
 
 
 def test_cbrt_special_values(cbrt_exe):

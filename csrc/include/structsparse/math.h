@@ -266,26 +266,36 @@ SS_FN T newton_next(T r, S s1, S s2, S s3, T tol, bool& stop) {
 // Cube root, P = cbrt(U) + ε. float: bit-trick start of u^(-1/3), three division-free Newton
 // steps y ← y·(4/3 − (u/3)·y³) (one fmaf each), c = u·y², then one Newton step
 // c ← c − (c³ − u)·y²/3 whose residual c³ − u is computed exactly enough with two fmaf (c² split
-// into c·c and its rounding error). Subnormal u is scaled by 2^24 first (and c by 2^-8 after),
-// through factors that are 1 otherwise. The start's i/3 is taken in float (exact to 2^-24 of i,
-// far inside the start's own 3 % error): the signed int32 division took GCC a multiply-high
-// sequence per vector, and with the scaling written as selects (u < 2^-126 ? u·2^24 : u) GCC
-// computed it for both arms. RAMDA exact, ResNet50-CIFAR, 2 threads, in-process A/B (session 10):
-// 6 % less time a step; one 128×128×3×3 tensor, 1 thread: 13 %.
-// Against the correctly rounded cube root (the double cube root rounded), 4M log-uniform samples:
-// ≤ 1 ulp always; in 1e-23..1e30 4 misrounded (the integer-division start: 3), in 1e-45..1e30
-// 3610 (3602; the misroundings are in 1e-38..1e-23, where the residual underflows); 194 of the 4M
-// results differ from the integer-division start's. A sweep of every 7th float bit pattern in
-// [1e-30, 1e30] (238.8 M inputs): 81 misrounded (76 with the integer-division start), 43 differ.
-// Branch-free, no division, no double: vectorizes (with -fno-trapping-math; fmaf is an
-// instruction on the AVX2/AVX-512 variants).
+// into c·c and its rounding error). The start's i/3 is taken in float (exact to 2^-24 of i, far
+// inside the start's own 3 % error): the signed int32 division took GCC a multiply-high sequence
+// per vector. Branch-free, no division, no double: vectorizes (with -fno-trapping-math; fmaf is
+// an instruction on the AVX2/AVX-512 variants).
+// Small u (below 2^-96) is scaled by 2^96 first and c by 2^-32 after (factors that are 1
+// otherwise), a subnormal u through its bits (u·2^149 as an integer: float(bits)·2^-53), so that
+// no float operation takes or makes a subnormal: on Intel cores every such operation is a
+// microcode assist of about a hundred cycles. Until session 16 only subnormal u was scaled (by
+// 2^24, with a float multiply): a subnormal U cost 9.7 ns against 0.42 ns a root on the Xeon
+// of session 16 (one AVX-512 loop, 1 thread), u in 2^-126..2^-96 3.4 ns (the residual c³ − u
+// underflowed). Now 0.45 ns for every u (a normal u pays two selects and a conversion more). The
+// README main job's U holds about 1.5 % subnormals late in training: its RAMDA exact step went
+// 0.62–0.64 → 0.59 ms (0.27 ms with the CPU flushing subnormals; the rest is arithmetic whose
+// results are subnormal, such as U's own update, which IEEE rounding has to produce: not split
+// further).
+// Against the correctly rounded cube root (the double cube root rounded): ≤ 1 ulp always; every
+// positive subnormal: 1 misrounded (3 before); every float in [2^-126, 2^-96): 80 misrounded of
+// 251.7 M (1,791,242 before, where the residual underflowed); every 7th float bit pattern in
+// [2^-96, 2^128): 92 of 268.4 M, the same results as before bit for bit.
 // double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
+  int32_t iu;
+  std::memcpy(&iu, &u, 4);
   const bool pos = u > 0.0f;
-  const bool sub = u < 1.17549435e-38f;
-  const float scale_in = sub ? 16777216.0f : 1.0f;
-  const float scale_out = sub ? 0.00390625f : 1.0f;
-  const float uu = pos ? u * scale_in : 1.0f;
+  const bool small = iu < 0x0F800000;  // with pos: u < 2^-96
+  const bool sub = iu < 0x00800000;    // with pos: u subnormal
+  const float m = sub ? float(iu) : u;
+  const float f = sub ? 1.11022302e-16f : (small ? 7.92281625e28f : 1.0f);  // 2^-53, 2^96
+  const float scale_out = small ? 2.32830644e-10f : 1.0f;                  // 2^-32
+  const float uu = pos ? m * f : 1.0f;
   int32_t i;
   std::memcpy(&i, &uu, 4);
   i = 0x54a2fa8c - int32_t(float(i) * (1.0f / 3.0f));
