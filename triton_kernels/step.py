@@ -105,11 +105,10 @@ def _newton_next(r, s1, s2, s3, active, tol):
 def _cbrt(u):
     """Cube root of u >= 0: exp2/log2 guess, one Newton step (cbrt(u) = 0 for u <= 0).
 
-    Subnormal u is scaled by 2^24 first and the root by 2^-8 after (math.h's cbrt_nonneg did so
-    until session 16; it now scales u < 2^-96 by 2^96, so that its CPU variant makes no
-    subnormal arithmetic, which Intel cores run as microcode assists), so the guess never meets
-    a subnormal: a log2 that flushes it to zero would give y = 0 and an
-    infinite or NaN Newton step. Under the interpreter: within 1 ulp of the correctly rounded cube
+    Subnormal u is scaled by 2^24 first and the root by 2^-8 after, so the guess never meets a
+    subnormal: a log2 that flushes it to zero would give y = 0 and an infinite or NaN Newton step
+    (math.h's cbrt_nonneg scales u < 2^-96 by 2^96 instead: its CPU variant avoids all
+    subnormal arithmetic, which Intel cores run as microcode assists). Under the interpreter: within 1 ulp of the correctly rounded cube
     root (tests/test_triton_backend.py test_cbrt_accuracy)."""
     pos = u > 0
     sub = u < 1.17549435e-38

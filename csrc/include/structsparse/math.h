@@ -276,11 +276,7 @@ SS_FN T newton_next(T r, S s1, S s2, S s3, T tol, bool& stop) {
 // microcode assist of about a hundred cycles. Until session 16 only subnormal u was scaled (by
 // 2^24, with a float multiply): a subnormal U cost 9.7 ns against 0.42 ns a root on the Xeon
 // of session 16 (one AVX-512 loop, 1 thread), u in 2^-126..2^-96 3.4 ns (the residual c³ − u
-// underflowed). Now 0.45 ns for every u (a normal u pays two selects and a conversion more). The
-// README main job's U holds about 1.5 % subnormals late in training: its RAMDA exact step went
-// 0.62–0.64 → 0.59 ms (0.27 ms with the CPU flushing subnormals; the rest is arithmetic whose
-// results are subnormal, such as U's own update, which IEEE rounding has to produce: not split
-// further).
+// underflowed); now 0.45 ns for every u (bench/README, session 16).
 // Against the correctly rounded cube root (the double cube root rounded): ≤ 1 ulp always; every
 // positive subnormal: 1 misrounded (3 before); every float in [2^-126, 2^-96): 80 misrounded of
 // 251.7 M (1,791,242 before, where the residual underflowed); every 7th float bit pattern in
