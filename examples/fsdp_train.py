@@ -133,8 +133,12 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         train_fsdp(a.optimizer, a.epochs, a.batch_size, a.lam, a.grouping, tuple(a.milestones), a.ckpt)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    from structsparse.distributed import exit_process
+
+    exit_process()  # barrier, destroy_process_group, exit without finalizing (see its docstring)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 import structsparse as ss
 
 from .data import DATASETS, DataError, Dataset, ground_truth_linear, load_dataset
-from .distributed import broadcast_buffers, init_from_env, rank_slice, shard_model
+from .distributed import broadcast_buffers, exit_process, init_from_env, rank_slice, shard_model
 from .metrics import zero_groups
 from .models import MODELS, build_model
 
@@ -1599,30 +1599,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
     prints and writes the outputs; accuracy and structure are global."""
     import torch.distributed as dist
 
-    distributed = False
     try:
         with _threads(ns.threads, ns.dataset):
             run_train(_cfg(ns))
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            # every rank done (rank 0 writes the outputs last) before gloo is torn down: a rank
-            # leaving while another is still in the group could abort at exit
-            _barrier()
-    finally:
+    except BaseException:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if distributed:
-        # Leave without finalizing the interpreter. The gloo process group outlives
-        # destroy_process_group (the FSDP2 modules and DTensors still refer to it), and its worker
-        # thread may drop the last reference to a finished collective (the barrier's work, which
-        # holds FSDP2's all-gathers) only after this thread has reached Py_Finalize: the tensors'
-        # decref then takes the GIL from a finalizing interpreter, the thread is cancelled and the
-        # process aborts ("terminate called without an active exception"; seen under gdb in
-        # session 16, in about 1 of 15 runs of the 2-rank torchrun tests). Everything is written
-        # and closed by now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        raise
+    if dist.is_available() and dist.is_initialized():
+        exit_process()  # rank 0 has written and closed its outputs
     return 0
 
 

@@ -118,11 +118,15 @@ def init(rank: int, world: int, port: int) -> None:
 
 
 def entry(rank: int, world: int, port: int, task: str, args: dict) -> None:
+    from structsparse.distributed import exit_process
+
     init(rank, world, port)
     try:
         TASKS[task](rank, world, **args)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_process()  # a clean exit code for mp.spawn (gloo can abort an interpreter's finalization)
 
 
 def mesh_of(world: int):
