@@ -252,7 +252,7 @@ def test_masked_context_equals_deep_copy_and_restores_bit_exactly():
     """``lbi.masked`` evaluates ``W ⊙ mask`` in place: the same logits and accuracy as a deep copy
     with :func:`apply_masks` (what the CLI did before), every parameter bit-identical afterwards
     (also when the block raises), and the CLI's DessiLBI metrics give the deep-copy figures."""
-    from structsparse.cli import _dessilbi_metrics
+    from structsparse.cli.optimizers import _dessilbi_metrics
 
     torch.manual_seed(8)
     train, test = _blobs()
