@@ -2,7 +2,7 @@
 
 Under FSDP2 (``torch.distributed.fsdp.fully_shard``) each parameter is a DTensor sharded on dim 0
 over a 1-D device mesh; a rank holds the contiguous rows ``[r0, r1)`` (possibly none: uneven shards
-are padded by FSDP2, the local tensor is the unpadded slice). Every grouping of SPEC §1 is an
+are padded by FSDP2, the local tensor is the unpadded slice). Every grouping of docs/math.md §1 is an
 ``[A, G, B]`` view of the contiguous tensor, and the *local* shard viewed with its own shape is the
 right local view of the same groups:
 

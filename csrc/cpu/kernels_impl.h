@@ -204,7 +204,7 @@ inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin
 }
 
 // ---------------------------------------------------------------------------------------------
-// RMDA (SPEC §3). sc: [s, sqrt(t), c, tau = α/sqrt(t)]. s0 = anchor W0, s1 = grad_sum V.
+// RMDA (docs/math.md §3). sc: [s, sqrt(t), c, tau = α/sqrt(t)]. s0 = anchor W0, s1 = grad_sum V.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void rmda_tile(const TileArgs& t) {
@@ -227,7 +227,7 @@ void rmda_tile(const TileArgs& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ProxSGD (SPEC §5). sc: [lr, c]. s0 = momentum buffer b.
+// ProxSGD (docs/math.md §5). sc: [lr, c]. s0 = momentum buffer b.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void proxsgd_tile(const TileArgs& t) {
@@ -319,7 +319,7 @@ inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, Elem elem, Fin f
 }
 
 // ---------------------------------------------------------------------------------------------
-// RAMDA (SPEC §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
+// RAMDA (docs/math.md §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
 // ---------------------------------------------------------------------------------------------
 // The state update of one element, every path: V ← V + s·g, U ← U + s·g² (one fma each); returns
 // P = cbrt(U) + ε. The explicit fmas here, in adam_elem, pz and math.h's Newton terms (session 11):
@@ -408,7 +408,7 @@ void ramda_tile(const TileArgs& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ProxGen and ProxSSI (SPEC §5). sc: [lr, β1, β2, ε, wd, bc1, bc2]. s0 = m, s1 = v.
+// ProxGen and ProxSSI (docs/math.md §5). sc: [lr, β1, β2, ε, wd, bc1, bc2]. s0 = m, s1 = v.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 struct AdamConsts {
@@ -524,7 +524,7 @@ void proxssi_tile(const TileArgs& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// DessiLBI (SPEC §6, reference.dessilbi_step without magnitude scaling).
+// DessiLBI (docs/math.md §6, reference.dessilbi_step without magnitude scaling).
 // sc: [lr·κ, lr·κ·wd, lr·κ/ν, lr/ν, κ, μ]. s0 = momentum buffer d, s1 = Z, s2 = Γ (null when the
 // tensor is unpaired: heavy-ball SGD scaled by κ). prox of Ω_λ with weight 1, then Γ = κ·prox(Z).
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// Subproblem solvers of SPEC §4 over a tile in row layout (included by kernels_impl.h inside the
+// Subproblem solvers of docs/math.md §4 over a tile in row layout (included by kernels_impl.h inside the
 // per-ISA namespace; no torch here).
 //
 // A tile holds groups [j0, j0 + ng) of all A rows of the [A, G, B] view. Row a of an array is the

@@ -1,6 +1,6 @@
 // CPU implementations of the structsparse ops (schemas in csrc/bindings.cpp).
 //
-// One call per bucket of tensors. Each tensor, viewed as [A, G, B] (SPEC §1), is cut into tiles
+// One call per bucket of tensors. Each tensor, viewed as [A, G, B] (docs/math.md §1), is cut into tiles
 // of whole groups whose size depends only on (A, G, B), never on the thread count; the tiles of
 // all tensors run under at::parallel_for (streamed prox jobs a chunk of about 2^17 elements at a
 // time, see run_jobs_t). Every tile is computed by one thread in a fixed order, so results are

@@ -1,4 +1,4 @@
-// Device-agnostic math of structsparse (SPEC.md §2-§5), shared by the CPU and CUDA kernels.
+// Device-agnostic math of structsparse (docs/math.md §2–§5), shared by the CPU and CUDA kernels.
 //
 // Everything here is plain C++ on scalars and raw pointers: no torch headers, so the CUDA
 // kernels can include it with nvcc alone. Functions are `static inline` (internal linkage): the
@@ -23,7 +23,7 @@
 
 namespace structsparse {
 
-// Regularizer kinds (the per-group prox maps of SPEC §2).
+// Regularizer kinds (the per-group prox maps of docs/math.md §2).
 enum RegKind : int {
   REG_NONE = 0,
   REG_GROUP_LASSO = 1,         // GroupLasso and L1 (L1 = group LASSO with one element per group)
@@ -155,21 +155,21 @@ SS_FN T group_value(const Reg<T>& reg, T norm, T l1) {
   }
 }
 
-// The subproblem's pz = P⊙W0 − lin of one element (SPEC §4; one fma), in every solver's screening
+// The subproblem's pz = P⊙W0 − lin of one element (docs/math.md §4; one fma), in every solver's screening
 // and Newton's sums.
 template <typename T>
 SS_FN T subproblem_pz(T p, T w0, T lin) {
   return ss_fma(p, w0, -lin);
 }
 
-// Exact screening (SPEC §4): W̃_g = 0 iff ‖P⊙W0 − V‖_g ≤ T_g.
+// Exact screening (docs/math.md §4): W̃_g = 0 iff ‖P⊙W0 − V‖_g ≤ T_g.
 template <typename T>
 SS_FN bool screened(T pz_norm, T thr) {
   return pz_norm <= thr;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Newton's rule of the exact group-LASSO solve (solver="exact"; SPEC §4), shared by the CPU rows
+// Newton's rule of the exact group-LASSO solve (solver="exact"; docs/math.md §4), shared by the CPU rows
 // (csrc/cpu/solve_rows.h newton_roots), group_newton below and the CUDA teams (team_newton), and
 // mirrored in the Triton kernel (triton_kernels/step.py _newton_*).
 // With pz = P⊙W0 − lin, T = a·λ·w_g and q_i = pz_i/(P_i r + T), the root r > 0 of φ(r) = S(r) − 1,
@@ -360,7 +360,7 @@ SS_FN T array_max(const T* x, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Subproblem of one group (SPEC §4):  min_X ⟨L, X − W0⟩ + ½ Σ P (X − W0)² + a·ψ(X)
+// Subproblem of one group (docs/math.md §4):  min_X ⟨L, X − W0⟩ + ½ Σ P (X − W0)² + a·ψ(X)
 // Arrays of n contiguous elements. `pz` and `y` are scratch of n elements.
 // ---------------------------------------------------------------------------------------------
 
