@@ -192,19 +192,11 @@ StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
 // "exact", ProxSSI) run a few passes over the tile, so they take wide tiles whose rows are long
 // enough for the hardware prefetchers (>= 8192 elements, so whole rows of most weights, and a
 // tile is then one contiguous block; <= 2^21 elements a tile, the groups split evenly between
-// the tiles of a tensor). Measured with 2 threads, RAMDA exact: ResNet50-CIFAR 85 -> 72 ms (rows
-// >= 1024, <= 2^20, against rows >= 64, <= 98304), transformer set 223 -> 184 ms (<= 2^21 against
-// <= 2^20: rows of 910 and 682 instead of 455 and 341 for A = 2304, 3072; <= 2^22 gave 171-179 ms
-// at twice the scratch, rows >= 512 225 ms). Session 12, in-process A/B against rows >= 1024
-// (ResNet50-CIFAR, medians of per-step ratios): rows >= 2048 0.935, >= 8192 0.876, >= 8192 at
-// <= 2^22 0.874 (so the cap stayed); >= 8192 with even splits and the one-pass tiles run largest
-// first (run_jobs_t) 0.809; ProxGen exact 0.792, ProxSSI 0.777; transformer set 0.991 (its tiles
-// were whole tensors or capped already; uneven splits there, 2730 + 342 groups, read 1.023).
-// Narrower tiles read 1.26 (rows >= 256, <= 2^17), 1.46 (>= 512, <= 2^18) and 2.44 (>= 64,
-// <= 65536). The scratch of a wide float tile is 3 tiles, 24 MiB per thread at the cap. The PG
-// solvers iterate ~40 times over a tile and keep small, cache-resident tiles (wide tiles measured
-// RAMDA pg 667 -> 922 ms). The tile size never changes a result: every group is computed on its
-// own, with sums over the rows in row order.
+// the tiles of a tensor; the one-pass tiles run largest first). Narrower tiles, a larger cap and
+// uneven splits measured slower or no faster (docs/performance.md). The scratch of a wide float
+// tile is 3 tiles, 24 MiB per thread at the cap. The PG solvers iterate tens of times over a tile
+// and keep small, cache-resident tiles (wide tiles measured slower). The tile size never changes
+// a result: every group is computed on its own, with sums over the rows in row order.
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B, bool wide) {
   const int64_t n = A * B;
   const int64_t target = 8192;  // solver tiles: 4096..32768 measured alike
@@ -385,11 +377,8 @@ std::vector<T>& tls_buffer(int which) {
 // only, so results stay independent of the thread count.
 // Pass 2 of a tile runs on the worker that ran its pass 1 (see run's `owner`), each worker's tiles
 // in reverse order (the most recently touched first): the tile's lines are then in that core's
-// L2 or the L3 it last filled, not in the other core's L2. Handed out afresh (session 11 and
-// before), a pass-2 tile ran on the other core about half the time. In-process A/B, 2 threads,
-// session 12 (medians of per-step ratios): ProxSGD transformer set 0.54-0.58 of the time,
-// ResNet50-CIFAR 0.64-0.96; RMDA 0.95-0.98 (its pass 2 reads W from memory anyway). The
-// spread is the host's: the old order's cost rose and fell with where the two vCPUs ran.
+// L2 or the L3 it last filled, not in the other core's L2. Handed out afresh, a pass-2 tile ran
+// on the other core about half the time (ProxSGD gains most; docs/performance.md).
 
 template <typename T>
 void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool stream, const Shard* sh) {

@@ -72,11 +72,8 @@ def subproblem_objective(
     """Q restricted to each group, shape [G], evaluated in float64 whatever the parameters' dtype.
 
     The PG stopping rule compares consecutive values of Q to ``rtol`` (1e-8 by default, below
-    float32's resolution): in float32 the rounding of Q itself (~6e-8 of its terms) decided when a
-    group stopped, so float32 results followed that noise (RAMDA pg, 20 steps: 3e-5 to 5e-4 from
-    the float64 result) and backends that sum in different orders stopped at different iterations.
-    Evaluated in float64, float32 iterates stop where float64 ones do (4e-7 to 4e-6 of the float64
-    result; README, "PG objective in float64")."""
+    float32's resolution): a float32 Q would let its own rounding decide when a group stops, and
+    backends summing in different orders would stop at different iterations (docs/math.md §4.5)."""
     x3, v3, p3, w03 = x3.double(), v3.double(), p3.double(), w03.double()
     d = x3 - w03
     smooth = group_sum(v3 * d + 0.5 * p3 * d * d)
