@@ -20,8 +20,8 @@ namespace {
 // A short segments (ng·B elements) a row stride apart, which the hardware prefetchers do not
 // follow; the first-touch loops of the narrow (PG) tiles fetch row a + pf_dist(row) while
 // computing row a. The wide tiles of the exact solves (TileArgs::wide, see groups_per_tile) do
-// without: there it measured slower (RAMDA exact, ResNet50-CIFAR, 2 threads: 66-69 ms with,
-// 56-60 ms without).
+// without: their long rows are streamed by the hardware prefetchers, and prefetching measured
+// slower there (docs/performance.md).
 template <typename T>
 inline void pf_row(const T* p, int64_t n) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -102,8 +102,8 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
         gs = static_cast<double*>(t.gsum);  // the complete sums
       }
       // The scales in a plain loop over the groups (it vectorizes; every row block of a streamed
-      // job computes them again), then expanded to positions: RMDA channel-wise 24.5 -> 24.0 ms
-      // against one loop per group with its B positions inside.
+      // job computes them again), then expanded to positions: a little faster than one loop per
+      // group with its B positions inside.
       for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
       const T* __restrict sp = sx;
       if (B == 1) {

@@ -171,7 +171,7 @@ inline void pg_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
 }
 // pg_row over two rows (a at offset 0, a + 1 at offset o1) in one sweep: each position's sums take
 // row a's term, then row a + 1's, as two pg_row calls would (bitwise the same), with half the
-// accumulator traffic (RAMDA pg, ResNet50-CIFAR, 2 threads: 622 -> 454 ms).
+// accumulator traffic (a quarter less time for RAMDA pg; docs/performance.md).
 template <bool SGL, typename T>
 inline void pg_row2(int64_t n, int64_t o1, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                     T* __restrict x, T* __restrict y, const T* __restrict sc, const T* __restrict on,

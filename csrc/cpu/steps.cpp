@@ -151,26 +151,19 @@ struct TileRef {
 
 // Streaming layout of a prox job with A > 1 (many rows): row blocks of >= kRowsMin rows (at most
 // 64 blocks) × column blocks of whole groups, as few as rows of <= kColMin contiguous elements
-// allow, of equal widths (no short remainder block: with kColMin = 4096, G = 512 and B = 9 were
-// cut into 455 + 57 groups, whose 513-element row segments were slow; 2 × 256 measured RMDA
-// ResNet50-CIFAR 26.1 -> 25.6 ms, 6 alternating processes). Depends on (A, G, B) only.
+// allow, of equal widths (no short remainder block: its short row segments are slow). Depends on
+// (A, G, B) only.
 struct StreamLayout {
   int64_t nrb, rows, cb;
 };
 // Work is run in chunks of about kChunkElems elements, at least one column block of all rows of a
-// job (see run_jobs_t); 2^17 measured best among 2^16..2^20 on the ResNet50-CIFAR shapes with 2
-// threads (RMDA 39 ms unchunked → 27–29 ms).
+// job (see run_jobs_t): pass 2 then re-reads its chunk from cache; 2^17 measured best among
+// 2^16..2^20 (docs/performance.md).
 constexpr int64_t kChunkElems = int64_t(1) << 17;
-// Streaming layout: row blocks of >= kRowsMin rows, column blocks of about kColMin elements.
-// Rows >= 64 instead of >= 16 (2 threads, no NaN check, medians of 4 runs in rotation): RMDA
-// ResNet50-CIFAR 25.3 -> 23.4 ms, transformer set 84.8 -> 78.4 ms; >= 128: 23.9 ms; tiles of
-// >= 65536 elements instead (whatever the rows): 24.2 ms. Fewer row blocks mean fewer tiles per
-// chunk for many threads (A = 512: 8 tiles per column block, A = 2048: 32). Rows >= 48 and >= 96
-// measured 24.4-25.1 ms against 23.5-23.7, for a reason not found (running a chunk's pass 2 with
-// the next chunk's pass 1, one barrier per chunk instead of two, measured no gain).
+// Streaming layout: row blocks of >= kRowsMin rows, column blocks of about kColMin elements
+// (whole rows for every ResNet50 layer). Both measured best among their neighbours
+// (docs/performance.md); fewer row blocks mean fewer tiles per chunk for many threads.
 constexpr int64_t kRowsMin = 64;
-// kColMin 8192 instead of 4096 (whole rows for every ResNet50 layer): RMDA nocheck 23.7 -> 22.7 ms
-// (medians of 6 runs in rotation with AdamW, 2 threads); 16384: 22.9 ms.
 constexpr int64_t kColMin = 8192;
 // Width of the blocks that cut n items into as many blocks of at most `width` as needed, of
 // equal widths (no short remainder block).
@@ -551,7 +544,6 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
   flush();
   // One-pass tiles largest first: a thread left with a large tile at the end of the list idles the
   // others (the ResNet50 weights grow towards the last layers). Results do not depend on the order.
-  // RAMDA exact, ResNet50-CIFAR, in-process A/B: 0.919 alone, see groups_per_tile.
   std::stable_sort(p0.begin(), p0.end(), [&](const TileRef& a, const TileRef& b) {
     return jobs[a.job].A * a.ng * jobs[a.job].B > jobs[b.job].A * b.ng * jobs[b.job].B;
   });
