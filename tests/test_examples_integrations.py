@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("sklearn")
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """The examples run on one intra-op thread (tiny tensors); the other tests keep theirs."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)

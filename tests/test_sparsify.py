@@ -33,6 +33,15 @@ SPECS = {
 DUAL = ("rmda", "ramda_pg", "ramda_exact")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only cost (and spin on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
