@@ -51,7 +51,9 @@ def _regularized(opt: torch.optim.Optimizer) -> Iterator[tuple[dict[str, Any], T
 
 
 @contextmanager
-def _local(p: Tensor, state: dict[str, Any], reg: Regularizer) -> Iterator[tuple[Tensor, dict[str, Any]]]:
+def _local(
+    p: Tensor, state: dict[str, Any], reg: Regularizer | None
+) -> Iterator[tuple[Tensor, dict[str, Any]]]:
     """``(local parameter, local state)``; for a DTensor its shard, with the shard's group
     reductions made global (:func:`structsparse.distributed.sharded_bucket`) while inside."""
     if not distributed.is_sharded(p):
@@ -122,6 +124,8 @@ class StructureMixin:
                 z = anchor - v / math.sqrt(t)
                 return reference.prox_bucket(reg, [p], [z], [state["alpha"] / math.sqrt(t)])[0]
             pc = reference.cbrt(state["sq_grad_sum"]).add_(float(group["eps"]))
+            if reg is None:
+                return anchor - v / pc
             w = reference._work(p, v.dtype)
             return reference.solve_subproblem(
                 v,
@@ -135,7 +139,7 @@ class StructureMixin:
                 float(group["rtol"]),
             )
         if algorithm == "dessilbi":
-            gamma = state.get("gamma")
+            gamma = state.get("gamma") if reg is not None else None
             return None if gamma is None else gamma.clone()
         return None
 
@@ -143,11 +147,13 @@ class StructureMixin:
     def subproblem_solution(self, p: Tensor) -> Tensor:
         """The solution ``W̃`` the optimizer holds for parameter ``p`` (a new tensor of ``p``'s
         shape, in its state's dtype; a DTensor for a DTensor parameter — then a collective every
-        rank must call). For the prox baselines it is ``p``'s value, for DessiLBI ``Γ``."""
+        rank must call). For the prox baselines it is ``p``'s value, for DessiLBI ``Γ`` (``p``'s
+        value for its unregularized parameters). Unregularized RMDA/RAMDA parameters have one too
+        (ψ = 0: ``W0 − V/sqrt t``, ``W0 − V/P``)."""
         group = self._group_of(p)
         reg = group["regularizer"]
         state = self.state.get(p) if isinstance(self, torch.optim.Optimizer) else None
-        if not state or reg is None:
+        if not state:
             return p.detach().clone()
         with _local(p, state, reg) as (loc, lst):
             sol = self.local_solution(group, loc, lst)
