@@ -55,13 +55,43 @@ def zero_groups(w: Tensor, grouping: Grouping) -> Tensor:
     return (x3 == 0).all(dim=2).all(dim=0) if x3.numel() else torch.zeros(x3.shape[1], dtype=torch.bool)
 
 
-def group_sparsity(obj: Any, weighted: bool = False, grouping: Grouping = "input") -> float:
+def _solution_groups(obj: Any) -> list[tuple[Tensor, Grouping, Tensor]]:
+    """``(parameter, grouping, zero-group mask of its subproblem solution)`` of an optimizer's
+    regularized parameters (NuclearNorm left out, as for the weights)."""
+    if not hasattr(obj, "structure"):
+        raise ValueError(
+            f"of='solution': needs a structsparse optimizer (its subproblem solution), got {type(obj).__name__}"
+        )
+    regs = {id(p): g["regularizer"] for g in obj.param_groups for p in g["params"]}
+    return [
+        (p, regs[id(p)].grouping, z)
+        for p, z in obj.structure().items()
+        if not isinstance(regs[id(p)], NuclearNorm)
+    ]
+
+
+def _check_of(of: str) -> None:
+    if of not in ("weights", "solution"):
+        raise ValueError(f"of: expected 'weights' or 'solution', got {of!r}")
+
+
+def group_sparsity(
+    obj: Any, weighted: bool = False, grouping: Grouping = "input", of: str = "weights"
+) -> float:
     """Fraction of groups that are entirely zero (``weighted=True``: fraction of the regularized
     parameters that lie in zero groups). ``grouping`` applies to models and tensors; an
-    optimizer's groups use their regularizer's grouping."""
+    optimizer's groups use their regularizer's grouping.
+
+    ``of="solution"`` (structsparse optimizers only) counts the zero groups of the optimizer's
+    subproblem solution instead of the weights: the structure RMDA/RAMDA have identified, which
+    ``W`` only reaches when ``c = 1`` or after ``optimizer.sparsify()`` (docs/sparsity.md)."""
+    _check_of(of)
+    if of == "solution":
+        triples = _solution_groups(obj)
+    else:
+        triples = [(w, gr, zero_groups(w, gr)) for w, gr in _tensors_with_grouping(obj, grouping)]
     zero = total = 0
-    for w, gr in _tensors_with_grouping(obj, grouping):
-        z = zero_groups(w, gr)
+    for w, gr, z in triples:
         if weighted:
             a, g, b = group_view(gr, w.shape)
             zero += int(z.sum()) * a * b
@@ -138,16 +168,26 @@ class StructureTracker:
 
     ``update()`` returns whether the pattern changed since the previous call; ``last_change`` is the
     1-based index of the last update whose pattern differed from the one before (0 if never).
+    ``of="solution"`` tracks the zero groups of a structsparse optimizer's subproblem solution
+    (see :func:`group_sparsity`) instead of the weights.
     """
 
-    def __init__(self, obj: Any, grouping: Grouping = "input") -> None:
+    def __init__(self, obj: Any, grouping: Grouping = "input", of: str = "weights") -> None:
+        _check_of(of)
+        if of == "solution" and not hasattr(obj, "structure"):
+            raise ValueError(
+                f"of='solution': needs a structsparse optimizer (its subproblem solution), got {type(obj).__name__}"
+            )
         self.obj = obj
         self.grouping = grouping
+        self.of = of
         self.updates = 0
         self.last_change = 0
         self._pattern: list[Tensor] | None = None
 
     def pattern(self) -> list[Tensor]:
+        if self.of == "solution":
+            return [z.cpu() for _, _, z in _solution_groups(self.obj)]
         return [zero_groups(w, gr).cpu() for w, gr in _tensors_with_grouping(self.obj, self.grouping)]
 
     def update(self) -> bool:

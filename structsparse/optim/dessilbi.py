@@ -8,9 +8,10 @@ import torch
 from .._optimizer import StructuredOptimizer, check_number
 from ..backends import reference
 from ..regularizers import GroupLasso
+from ..structure import StructureMixin
 
 
-class DessiLBI(StructuredOptimizer):
+class DessiLBI(StructureMixin, StructuredOptimizer):
     r"""DessiLBI: Deep structure splitting Linearized Bregman Iteration (Fu et al., TPAMI; docs/math.md §6).
 
     Each regularized weight ``W`` is coupled to a structure variable ``Γ`` through the augmented

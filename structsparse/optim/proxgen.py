@@ -4,10 +4,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver
+from ..structure import StructureMixin
 from ._adam import check_adam_group
 
 
-class ProxGen(StructuredOptimizer):
+class ProxGen(StructureMixin, StructuredOptimizer):
     r"""ProxGen (Yun et al. 2021) with an AdamW base and a proximal-gradient subproblem solver.
 
     .. code-block:: text

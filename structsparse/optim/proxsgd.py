@@ -4,9 +4,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._optimizer import StructuredOptimizer, check_number
+from ..structure import StructureMixin
 
 
-class ProxSGD(StructuredOptimizer):
+class ProxSGD(StructureMixin, StructuredOptimizer):
     r"""Proximal SGD with momentum (Yang et al. 2019, as run in the RAMDA paper).
 
     .. code-block:: text

@@ -4,10 +4,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._optimizer import StructuredOptimizer
+from ..structure import StructureMixin
 from ._adam import check_adam_group
 
 
-class ProxSSI(StructuredOptimizer):
+class ProxSSI(StructureMixin, StructuredOptimizer):
     r"""ProxSSI (Deleu & Bengio 2021): an AdamW step followed by a preconditioned group prox.
 
     .. code-block:: text

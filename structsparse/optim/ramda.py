@@ -7,9 +7,10 @@ from typing import Any
 from torch import Tensor
 
 from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver
+from ..structure import StructureMixin
 
 
-class RAMDA(StructuredOptimizer):
+class RAMDA(StructureMixin, StructuredOptimizer):
     r"""Regularized Adaptive Momentumized Dual Averaging (NeurIPS 2024).
 
     .. code-block:: text

@@ -7,9 +7,10 @@ from typing import Any
 from torch import Tensor
 
 from .._optimizer import StructuredOptimizer, check_number
+from ..structure import StructureMixin
 
 
-class RMDA(StructuredOptimizer):
+class RMDA(StructureMixin, StructuredOptimizer):
     r"""Regularized Modernized Dual Averaging (Huang & Lee, ICLR 2022).
 
     .. code-block:: text
