@@ -269,12 +269,14 @@ class _Group:
         return out
 
 
-def _zero_in(w: Tensor, cols: list[int]) -> bool:
-    return bool((w[:, cols] == 0).all())
+def _zero_cols(w: Tensor) -> list[bool]:
+    """Per input column (dim 1) of a weight: all zero."""
+    return (w.detach() == 0).transpose(0, 1).flatten(1).all(1).tolist()
 
 
-def _zero_out(w: Tensor, rows: list[int]) -> bool:
-    return bool((w[rows] == 0).all())
+def _zero_rows(w: Tensor) -> list[bool]:
+    """Per output row (dim 0) of a weight: all zero."""
+    return (w.detach() == 0).flatten(1).all(1).tolist()
 
 
 def _foldable(mod: nn.Module) -> bool:
@@ -367,6 +369,7 @@ def _one_pass(
     args: tuple,
     heads: dict[str, int],
     report: CompactReport,
+    orig: dict[str, list[int]],
 ) -> int:
     """Analyse every coupled group of ``model`` once, fold and cut what is exact, record it in
     ``report``; return the number of channels removed."""
@@ -402,11 +405,20 @@ def _one_pass(
         cons = {id(i): g.per_root(i) for i in g.consumers}
         roots = sorted(set(g.root.roots))
 
-        def zero_consumers(r, g=g, cons=cons):
-            return [_zero_in(i.module.weight, cons[id(i)][r]) for i in g.consumers if r in cons[id(i)]]
+        zcol = {id(i): _zero_cols(i.module.weight) for i in g.consumers}
+        zrow = {id(i): _zero_rows(i.module.weight) for i in g.producers}
 
-        def zero_producers(r, g=g, prod=prod):
-            return [_zero_out(i.module.weight, prod[id(i)][r]) for i in g.producers if r in prod[id(i)]]
+        def zero_in(i, r, cons=cons, zcol=zcol):
+            return all(zcol[id(i)][c] for c in cons[id(i)][r])
+
+        def zero_out(i, r, prod=prod, zrow=zrow):
+            return all(zrow[id(i)][c] for c in prod[id(i)][r])
+
+        def zero_consumers(r, g=g, cons=cons, zero_in=zero_in):
+            return [zero_in(i, r) for i in g.consumers if r in cons[id(i)]]
+
+        def zero_producers(r, g=g, prod=prod, zero_out=zero_out):
+            return [zero_out(i, r) for i in g.producers if r in prod[id(i)]]
 
         unit = 1
         head_owner = None
@@ -480,20 +492,10 @@ def _one_pass(
             # partly zero: name the members that are not
             parts = []
             if any(zc):
-                nz = [
-                    i.name
-                    for i in g.consumers
-                    for r in u
-                    if r in cons[id(i)] and not _zero_in(i.module.weight, cons[id(i)][r])
-                ]
+                nz = [i.name for i in g.consumers for r in u if r in cons[id(i)] and not zero_in(i, r)]
                 parts.append("input zero in some consumers but not in " + ", ".join(dict.fromkeys(nz)))
             if any(zp):
-                nz = [
-                    i.name
-                    for i in g.producers
-                    for r in u
-                    if r in prod[id(i)] and not _zero_out(i.module.weight, prod[id(i)][r])
-                ]
+                nz = [i.name for i in g.producers for r in u if r in prod[id(i)] and not zero_out(i, r)]
                 parts.append("output zero in some producers but not in " + ", ".join(dict.fromkeys(nz)))
             keep("; ".join(parts))
         # a layer keeps at least one unit
@@ -509,11 +511,15 @@ def _one_pass(
                 read.update(i.module for i in g.producers)
             cut.extend(u)
             by_rule[rule] = by_rule.get(rule, 0) + len(u)
+        root_name = g.root.name
+        index = orig.setdefault(root_name, list(range(g.size)))  # original channel numbers
         if cut:
             plans.append((g, sorted(cut), head_owner, unit))
             report.removed.append(
                 {
                     "group": g.label,
+                    "layer": root_name,
+                    "removed_channels": sorted(index[c] for c in cut),
                     "channels": g.size,
                     "removed": len(cut),
                     "unit": "head" if head_owner else "channel",
@@ -523,9 +529,21 @@ def _one_pass(
             )
             removed += len(cut)
         for reason, chans in kept.items():
-            report.kept.append({"group": g.label, "channels": sorted(chans), "reason": reason})
+            report.kept.append(
+                {
+                    "group": g.label,
+                    "layer": root_name,
+                    "channels": sorted(index[c] for c in chans),
+                    "reason": reason,
+                }
+            )
 
     for g, cut, head_owner, unit in plans:
+        gone_set = set(cut)
+        for i in g.producers:  # keep the original numbers of every producer's remaining channels
+            index = orig.setdefault(i.name, list(range(len(_zero_rows(i.module.weight)))))
+            dropped = {c for c, r in zip(i.idxs, i.roots) if r in gone_set}
+            orig[i.name] = [o for c, o in enumerate(index) if c not in dropped]
         root = g.group[0].dep
         sub = dg.get_pruning_group(root.target.module, root.handler, cut)
         sub.prune()
@@ -593,9 +611,10 @@ def compact(
         if isinstance(getattr(m, "weight", None), Tensor)
     }
     head_counts = {str(k): int(v) for k, v in (heads or {}).items()}  # updated as heads go
+    orig: dict[str, list[int]] = {}  # layer → original numbers of its remaining output channels
     for k in range(max_passes):
         trial = CompactReport()
-        removed = _one_pass(tp, new, args, head_counts, trial)
+        removed = _one_pass(tp, new, args, head_counts, trial, orig)
         report.removed += trial.removed
         report.kept = trial.kept  # what the last analysis could not remove
         report.passes = k + 1
@@ -625,19 +644,27 @@ def compact(
 # ---------------------------------------------------------------------------------------------
 
 
-def latency_ms(model: nn.Module, x: Tensor, reps: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one eval-mode forward pass of ``model`` on ``x`` (milliseconds)."""
-    was = model.training
-    model.eval()
-    times = []
+def latency_ms(models: nn.Module | Sequence[nn.Module], x: Tensor, reps: int = 20, warmup: int = 3) -> Any:
+    """Median wall time (ms) of one eval-mode forward pass on ``x``; for a list of models, the
+    passes are interleaved (one of each per repetition) so that the load of a shared machine
+    falls on all of them alike, and a list of medians is returned."""
+    many = not isinstance(models, nn.Module)
+    mods = list(models) if many else [models]  # type: ignore[arg-type]
+    modes = [m.training for m in mods]
+    times: list[list[float]] = [[] for _ in mods]
     with torch.inference_mode():
+        for m in mods:
+            m.eval()
         for k in range(warmup + reps):
-            t0 = time.perf_counter()
-            model(x)
-            if k >= warmup:
-                times.append(time.perf_counter() - t0)
-    model.train(was)
-    return 1e3 * statistics.median(times)
+            for j, m in enumerate(mods):
+                t0 = time.perf_counter()
+                m(x)
+                if k >= warmup:
+                    times[j].append(time.perf_counter() - t0)
+    for m, was in zip(mods, modes):
+        m.train(was)
+    med = [1e3 * statistics.median(t) for t in times]
+    return med if many else med[0]
 
 
 def _batch(x: Tensor, n: int) -> Tensor:
@@ -646,16 +673,25 @@ def _batch(x: Tensor, n: int) -> Tensor:
 
 
 def model_stats(
-    model: nn.Module, example: Tensor, batches: Sequence[int] = (1, 64), reps: int = 20
-) -> dict[str, Any]:
+    models: nn.Module | Sequence[nn.Module],
+    example: Tensor,
+    batches: Sequence[int] = (1, 64),
+    reps: int = 20,
+) -> Any:
     """Parameters, MACs of one example (Torch-Pruning's counter) and the CPU latency in ms at each
-    batch size of ``batches`` (examples taken from ``example``, repeated as needed)."""
+    batch size of ``batches`` (``latency_ms_b<B>``; examples taken from ``example``, repeated as
+    needed), of one model or of a list of models (timed interleaved; a list of dicts)."""
     tp = _tp()
-    macs, params = _count(tp, model, (example,))
-    out: dict[str, Any] = {"params": params, "macs": macs}
+    many = not isinstance(models, nn.Module)
+    mods = list(models) if many else [models]  # type: ignore[arg-type]
+    out: list[dict[str, Any]] = []
+    for m in mods:
+        macs, params = _count(tp, m, (example,))
+        out.append({"params": params, "macs": macs})
     for b in batches:
-        out[f"latency_ms_b{b}"] = latency_ms(model, _batch(example, b), reps=reps)
-    return out
+        for d, t in zip(out, latency_ms(mods, _batch(example, b), reps=reps)):
+            d[f"latency_ms_b{b}"] = t
+    return out if many else out[0]
 
 
 def compact_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
@@ -680,8 +716,12 @@ def compact_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
 def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _tmp(path)
     if isinstance(data, str):
         tmp.write_text(data)
     else:
@@ -690,7 +730,7 @@ def _atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def _atomic_save(obj: Any, path: Path, saver: Any = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _tmp(path)
     (saver or torch.save)(obj, tmp)
     os.replace(tmp, path)
 
@@ -769,8 +809,7 @@ def compact_run(
     xv, yv = data.x_val, data.y_val
     example = xv[: max(2, min(examples, len(xv)))]
     small, report = compact(model, example, return_report=True)
-    before = model_stats(model, example, reps=reps)
-    after = model_stats(small, example, reps=reps)
+    before, after = model_stats([model, small], example, reps=reps)
     before["val_acc"], after["val_acc"] = _accuracy(model, xv, yv), _accuracy(small, xv, yv)
     out = run / "compact"
     out.mkdir(exist_ok=True)
