@@ -18,7 +18,13 @@ import sys
 
 from setuptools import setup
 
-PACKAGES = ["structsparse", "structsparse.backends", "structsparse.optim", "structsparse.triton_kernels"]
+PACKAGES = [
+    "structsparse",
+    "structsparse.backends",
+    "structsparse.cli",
+    "structsparse.optim",
+    "structsparse.triton_kernels",
+]
 
 
 def _ext_modules():

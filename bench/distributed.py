@@ -15,7 +15,7 @@ gradient reduce-scatter, which is the same for any optimizer. Step times are med
 ``--steps`` timed steps after ``--warmup`` warm-up steps. The PG solvers run with ``max_iters=20``
 here (the reference PG solver is the slow part: ~5 s per step per block on this machine even so).
 
-The issue's set is 12 blocks (the default, 84.9 M parameters); on 2 shared cores it is measured with
+The default set is 12 blocks (84.9 M parameters, GPT-2 small's); on 2 shared cores it is measured with
 the fewest repetitions (one warm-up step, one timed step):
 
     PYTHONPATH=$PWD python bench/distributed.py --warmup 1 --steps 1 --out bench/results/distributed.json

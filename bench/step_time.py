@@ -323,7 +323,10 @@ def to_markdown(res: dict, meta: dict) -> str:
     lines = [
         f"### {res['set']} ({res['n_params'] / 1e6:.1f} M parameters)",
         "",
-        f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, kernels {meta['isa']}",
+        f"Command: `{meta['command']}`" if meta.get("command") else "",
+        "",
+        f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, kernels {meta['isa']}"
+        + (f"; {meta['date']}" if meta.get("date") else ""),
         "",
         f"load average at start {meta['loadavg_start']}, at end {res['loadavg_end']}",
         "",
@@ -380,6 +383,8 @@ def main() -> None:
         "torch": torch.__version__,
         "isa": torch.ops.structsparse.cpu_isa() if ss.backends.cpu.available()[0] else "n/a",
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "command": "PYTHONPATH=$PWD python bench/step_time.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     sets = [] if args.rss_only else list(SETS) if args.set == "all" else [args.set]
     out = Path(args.out)

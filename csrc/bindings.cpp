@@ -3,7 +3,7 @@
 // names; structsparse/ops.py registers the fake (meta) implementations for torch.compile.
 //
 // Every step op takes one bucket: parallel lists of tensors, per-tensor scalars as lists, the
-// [A, G, B] view of every tensor flattened into `views` (3 ints per tensor, SPEC §1), and the
+// [A, G, B] view of every tensor flattened into `views` (3 ints per tensor, docs/math.md §1), and the
 // param group's scalars. `reg` is "none", "group_lasso" (also L1), "sparse_group_lasso" or
 // "group_mcp"; reg_params = [lam (λ, or λ1 for SGL), lam2 (λ2 for SGL), omega (MCP)].
 // The ops mutate the parameters and state in place and return nothing.
@@ -37,7 +37,7 @@ TORCH_LIBRARY(structsparse, m) {
       "proxssi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "int[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
       "str reg, float[] reg_params) -> ()");
-  // DessiLBI (SPEC §6) without magnitude scaling; reg "none" (unpaired: zs, gammas empty) or
+  // DessiLBI (docs/math.md §6) without magnitude scaling; reg "none" (unpaired: zs, gammas empty) or
   // "group_lasso" (L1 = element grouping), reg_params[0] = λ.
   m.def(
       "dessilbi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(c!)[] zs, "

@@ -1,4 +1,4 @@
-"""``python -m structsparse``: the ``structsparse`` command (see :mod:`structsparse.cli`)."""
+"""``python -m structsparse``: the ``structsparse`` command (see :mod:`structsparse.cli.main`)."""
 
 import sys
 

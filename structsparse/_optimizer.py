@@ -169,7 +169,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return self.tensor_state, self.scalar_state
 
     def restart(self) -> None:
-        """SPEC §7 restart of every param group (lr untouched). Dual averaging only:
+        """docs/math.md §7 restart of every param group (lr untouched). Dual averaging only:
         ``t ← 0, α ← 0, W0 ← W, V ← 0, U ← 0``; ProxSGD/ProxGen/ProxSSI have nothing to restart."""
         if not self.dual_averaging:
             return

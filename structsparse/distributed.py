@@ -1,79 +1,11 @@
 """Sharded training: exact *global* group reductions under FSDP2 (and plain DDP).
 
-Under FSDP2 (``torch.distributed.fsdp.fully_shard``) each parameter is a DTensor sharded on dim 0
-over a 1-D device mesh; a rank holds the contiguous rows ``[r0, r1)`` (possibly none: uneven shards
-are padded by FSDP2, the local tensor is the unpadded slice). Every grouping of SPEC §1 is an
-``[A, G, B]`` view of the contiguous tensor, and the *local* shard viewed with its own shape is the
-right local view of the same groups:
-
-============================  ===================  ==========================================
-grouping                      local view           communication
-============================  ===================  ==========================================
-``"output"`` ``[1, out, in]``  ``[1, out_loc, in]``  none: a rank owns whole groups ("aligned")
-``"kernel"``, ``"element"``    ``[1, G_loc, B]``     none ("aligned")
-``"input"`` ``[out, in, k]``   ``[out_loc, in, k]``  per-group partial sums, all-reduced ("split")
-tuple dims with 0 in them      ``[A_loc, G, B]``     split
-tuple dims without 0           ``[1, G_loc, B]``     aligned
-NuclearNorm                    —                   unsupported on a sharded parameter (ValueError)
-============================  ===================  ==========================================
-
-A grouping *splits* a group across ranks iff dim 0 is one of its norm dims. The group weight
-``w_g = sqrt(A·B)`` always comes from the *global* shape.
-
-**The hook.** The math (``backends/reference.py``, ``regularizers.py``) does every reduction over
-the elements of a group through :func:`group_sum` / :func:`group_max` (local reduction over dims
-0 and 2 of the view, then :func:`reduce_groups`) and asks :func:`global_shape` for group weights.
-In a single process (no shard scope) these are plain ``sum``/``amax`` and the identity. Inside
-``with tensor_scope(local_param):`` for a split grouping, :func:`reduce_groups` all-reduces the
-``[G]`` partial sums over the shard's process group — so every rank sees the global group norms,
-screening decisions, Newton ``φ(r)`` sums and PG objectives, and all ranks take the same branches.
-
-Communication per step (one bucket, ``G`` groups summed over the bucket's split tensors, ``S``
-bytes per element: 8 for float64 *and* float32/half state, whose group sums accumulate in float64 —
-see :func:`group_sum` —; ``max P`` reductions use the state dtype; aligned groupings and
-unregularized params send nothing):
-
-- RMDA, ProxSGD: **one** all-reduce of ``G·S`` bytes per bucket (:func:`batched`: the pure prox of
-  the bucket is run once recording its partial sums, one all-reduce, then run again on the reduced
-  sums; run-twice costs local flops only, no communication).
-- RAMDA/ProxGen ``solver="exact"``, ProxSSI: per tensor one SUM (screening norms) and one MAX
-  (``max P``) all-reduce of ``G`` elements, then one all-reduce of ``2G`` (``φ``, ``φ'``) per Newton
-  iteration (typically 3–8).
-- RAMDA/ProxGen ``solver="pg"``: per tensor one MAX (step sizes), one SUM (screening), two pairs of
-  SUMs for the initial objectives, then three all-reduces of ``G`` per PG iteration (prox norms,
-  smooth part and ψ of the objective).
-- Skipping non-finite steps (``skip_nonfinite=True``) adds one 1-element all-reduce per step.
-
-The ``cpu`` backend's solver steps (RAMDA, ProxGen, ProxSSI) use the other scheme instead,
-**redistribution to whole-group owners** (:func:`owned_groups`): per split bucket two
-``all_to_all`` calls per step (counted under ``"redistribute"``), no group reduction at all; per
-rank ``n·(w−1)/w`` elements of its ``n`` local ones travel, times the summed element sizes of the
-lists sent there (gradient, parameter and state: 20 B for float32 RAMDA, 16 B for ProxGen/ProxSSI)
-plus back (parameter and state: 12 B). More bytes than the per-iteration reductions, two latencies
-instead of hundreds, and the owners run the single-process kernels on whole groups: bitwise the
-single-process result.
-
-Never an all-gather of parameters. :func:`comm_stats` counts calls and bytes by purpose.
-
-**Backends.** A backend module that sets ``supports_shards = True`` promises to route its
-per-group reductions through :func:`group_sum`/:func:`group_max`/:func:`reduce_groups` (or to
-call :func:`reduce_groups` on its own ``[G]`` partial sums between its reduction and apply phases)
-inside :func:`tensor_scope`. Sharded buckets on any other backend run on ``reference``.
-The ``cpu`` backend supports shards: aligned tensors run its fused kernels unchanged (whole groups
-are local); RMDA, ProxSGD and DessiLBI buckets with split tensors run the fused kernels in two
-phases (``*_step_sharded`` ops: state update + per-group partial sums, one :func:`all_reduce_sums`
-of ``G`` float64 per bucket, then the prox); RAMDA, ProxGen and ProxSSI buckets with split tensors are redistributed
-to whole-group owners (:func:`owned_groups`) and run the single-process kernels there;
-magnitude-scaled DessiLBI buckets with split tensors run on ``reference``. Any other backend
-(Triton, CUDA: no ``supports_shards``) steps a bucket with split tensors on whole-group owners
-(:func:`owned_bucket`: the same two ``all_to_all`` calls, carrying the parameter, its gradient and
-every per-element state tensor there and all but the gradient back — e.g. 20 + 16 B per element
-for float32 RAMDA), the backend seeing each tensor as its ``[A, G, B]`` view under an ``"input"``
-regrouping of the same groups; magnitude-scaled DessiLBI (whole-tensor counts) runs on
-``reference``.
-
-**DDP** needs nothing: gradients are averaged by DDP, parameters and state are replicated, every
-rank computes the same step.
+A split grouping (dim 0 among its norm dims) all-reduces per-group partial sums inside
+:func:`tensor_scope` (:func:`group_sum`, :func:`group_max`, :func:`reduce_groups`, :func:`batched`);
+aligned groupings communicate nothing; the fused solvers redistribute split buckets to whole-group
+owners (:func:`owned_groups`, :func:`owned_bucket`). Never an all-gather of parameters;
+:func:`comm_stats` counts calls and bytes. The layout, the communication per step, the backends'
+sharded paths and the measurements: docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -698,9 +630,9 @@ def exit_process() -> NoReturn:
     still refer to it, and its worker thread may drop the last reference to a finished collective
     (the barrier's work, which holds FSDP2's all-gathers) only after the main thread has reached
     ``Py_Finalize``: the tensors' decref then takes the GIL from a finalizing interpreter, the
-    thread is cancelled and the process aborts ("terminate called without an active exception";
-    seen under gdb in session 16, in about 1 of 15 runs of the 2-rank tests). Files must be
-    closed by the caller; stdout and stderr are flushed here."""
+    thread is cancelled and the process aborts ("terminate called without an active exception",
+    in a small fraction of runs). Files must be closed by the caller; stdout and stderr are
+    flushed here."""
     import os
     import sys
 

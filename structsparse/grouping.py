@@ -1,4 +1,4 @@
-"""Groupings: how a parameter tensor is partitioned into groups (SPEC §1).
+"""Groupings: how a parameter tensor is partitioned into groups (docs/math.md §1).
 
 Every grouping is a view of the contiguous tensor as ``[A, G, B]``: group ``j`` is
 ``x[a, j, b]`` for all ``a, b``; its size is ``A·B`` and its weight ``sqrt(A·B)``.

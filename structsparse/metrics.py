@@ -1,4 +1,4 @@
-"""Structure metrics (SPEC §8).
+"""Structure metrics (docs/math.md §8).
 
 Each metric takes a model (its regularizable weights, see :func:`structsparse.params.regularizable_weights`),
 an optimizer (its regularized parameters, each with its own grouping), or an iterable of tensors.

@@ -8,7 +8,7 @@ registered from Python at import when CUDA and triton are available). The fake
 mutates its parameter and state lists in place (``Tensor(a!)[]`` in the schema) and returns
 nothing.
 
-Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tensor, SPEC §1;
+Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tensor, docs/math.md §1;
 ``reg`` is ``"none"``, ``"group_lasso"``, ``"sparse_group_lasso"`` or ``"group_mcp"`` and
 ``reg_params`` is ``[lam, lam2, omega]``)::
 

@@ -1,4 +1,4 @@
-"""Regularizers ψ and their proximal operators (SPEC §2).
+"""Regularizers ψ and their proximal operators (docs/math.md §2).
 
 A regularizer is a *grouping* (how a tensor is viewed as ``[A, G, B]`` groups, see
 :mod:`structsparse.grouping`) composed with a per-group *prox map*. The weight λ lives in the
@@ -185,9 +185,8 @@ def _mcp_value(rho: Tensor, lam: float, omega: float) -> Tensor:
 def _firm_threshold(rho: Tensor, tau: Tensor, lam: float, omega: float) -> Tensor:
     """Prox of ``tau·MCP_{λ,ω}`` applied to a norm ``rho ≥ 0``.
 
-    For ``ω > τ`` the firm threshold of SPEC §2. For ``ω ≤ τ`` the scalar problem is concave on
-    ``|x| ≤ ωλ`` and the prox is the hard threshold at ``λ·sqrt(τω)`` (derivation in SPEC.md's
-    counterpart, docs of :class:`GroupMCP`).
+    For ``ω > τ`` the firm threshold. For ``ω ≤ τ`` the scalar problem is concave on ``|x| ≤ ωλ``
+    and the prox is the hard threshold at ``λ·sqrt(τω)`` (derivation: docs/math.md §2.4).
     """
     tau = tau.expand_as(rho)
     firm_ok = omega > tau

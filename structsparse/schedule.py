@@ -1,4 +1,4 @@
-"""Stage schedules with restarts (SPEC §7)."""
+"""Stage schedules with restarts (docs/math.md §7)."""
 
 from __future__ import annotations
 

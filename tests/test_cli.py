@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from structsparse import cli
-from structsparse.data import DataError, load_dataset, read_idx, write_idx
-from structsparse.models import MODELS, build_model
+from structsparse.cli.data import DataError, load_dataset, read_idx, write_idx
+from structsparse.cli.models import MODELS, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

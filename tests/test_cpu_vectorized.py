@@ -1,9 +1,9 @@
 """The hot loops of the CPU tile kernels vectorize (GCC's own report, -fopt-info-vec).
 
 A loop the compiler leaves scalar still gives the right numbers, only several times slower, and
-no numeric test notices. In session 11 an edit of RAMDA's exact state sweep (exact_state_rows)
-pushed its row loop past GCC's size limit for complete unrolling; the vectorizer then gave up on
-the whole sweep and the step went from 2 to 13 ns per element. This test compiles the AVX-512 and
+no numeric test notices: an edit of RAMDA's exact state sweep (exact_state_rows) that pushes its
+row loop past GCC's size limit for complete unrolling makes the vectorizer give up on the whole
+sweep, and the step then takes several times longer per element. This test compiles the AVX-512 and
 AVX2 kernel files as setup.py does (they need no torch headers) with GCC's vectorization report,
 and checks, for each elementwise loop below, that it is reported vectorized and that at most the
 listed number of its instantiations is not (RAMDA's double instantiations call the library's

@@ -1,4 +1,4 @@
-"""DessiLBI (SPEC §6): the reference step against a hand-derived step, the inverse scale space
+"""DessiLBI (docs/math.md §6): the reference step against a hand-derived step, the inverse scale space
 property, weight decay outside the buffer, masks, tickets, state_dict resume and bad input."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def soft(x: float, t: float) -> float:
 
 
 def hand_step(w, g, d, z, gam, *, lr, kappa, nu, mu, wd, lam, groups, ms=False, floor=0.0):
-    """SPEC §6 written out per element. ``groups``: list of lists of flat indices (the groups of Ω);
+    """docs/math.md §6 written out per element. ``groups``: list of lists of flat indices (the groups of Ω);
     group threshold λ·sqrt(|g|) (L1: groups of one element, threshold λ)."""
     w, g, d, z, gam = (t.double().flatten().tolist() for t in (w, g, d, z, gam))
     n = len(w)
@@ -252,7 +252,7 @@ def test_masked_context_equals_deep_copy_and_restores_bit_exactly():
     """``lbi.masked`` evaluates ``W ⊙ mask`` in place: the same logits and accuracy as a deep copy
     with :func:`apply_masks` (what the CLI did before), every parameter bit-identical afterwards
     (also when the block raises), and the CLI's DessiLBI metrics give the deep-copy figures."""
-    from structsparse.cli import _dessilbi_metrics
+    from structsparse.cli.optimizers import _dessilbi_metrics
 
     torch.manual_seed(8)
     train, test = _blobs()

@@ -186,9 +186,9 @@ def test_cli_train_under_torchrun_2_ranks(tmp_path):
     import torch
 
     import structsparse as ss
-    from structsparse.cli import _evaluate, run_train
-    from structsparse.data import load_dataset
-    from structsparse.models import build_model
+    from structsparse.cli.data import load_dataset
+    from structsparse.cli.models import build_model
+    from structsparse.cli.train import _evaluate, run_train
 
     args = ["--optimizer", "ramda", "--momentum", "0", "--milestones", "none", "--epochs", "2"]
     args += ["--lam", "1e-3", "--no-plot", "--no-progress", "--save-model"]
@@ -238,9 +238,9 @@ def test_cli_train_dessilbi_under_torchrun_2_ranks(tmp_path):
     gradient-summation rounding, as the RAMDA twin above)."""
     import torch
 
-    from structsparse.cli import _evaluate, run_train
-    from structsparse.data import load_dataset
-    from structsparse.models import build_model
+    from structsparse.cli.data import load_dataset
+    from structsparse.cli.models import build_model
+    from structsparse.cli.train import _evaluate, run_train
 
     args = ["--optimizer", "dessilbi", "--epochs", "2", "--lam", "0.02"]
     lines = _torchrun_train([*args, "--no-plot", "--no-progress", "--save-model"], tmp_path, "lbi")

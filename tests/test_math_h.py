@@ -64,8 +64,8 @@ def test_cbrt_log_uniform(cbrt_exe):
     d = ulps(run_cbrt(cbrt_exe, tiny), correctly_rounded(tiny))
     assert d.max() <= 1
     # u < 2^-96 is scaled by 2^96 (subnormals through their bits), so the residual c³ − u stays
-    # normal: measured 81 misroundings among every float below 2^-96 (260 M). Until session 16
-    # (subnormals scaled by 2^24 only, the residual underflowing up to 2^-96) about 0.7 % of them.
+    # normal: measured 81 misroundings among every float below 2^-96 (260 M); a residual that
+    # underflows misrounds about 0.7 % of them.
     assert int((d > 0).sum()) <= 5
 
 
@@ -108,7 +108,7 @@ def test_newton_negative_first_step_stops(newton_exe):
     assert rec.shape == (groups,)
     neg = rec["neg"] == 1
     assert neg.sum() >= 5  # measured 22: the path is exercised
-    assert (rec["passes"][neg] == 1).all()  # before session 14 every one of them took 2 passes
+    assert (rec["passes"][neg] == 1).all()  # the negative-step stop: one pass each
     assert (rec["passes"] <= 2).all()
     p64, z64, r = p.astype(np.float64), pz.astype(np.float64), rec["r"].astype(np.float64)
     root = r.copy()

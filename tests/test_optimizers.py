@@ -222,7 +222,7 @@ def test_restart_resets_exactly_spec_7(name):
         st = opt.state[p]
         assert st["step"] == 0 and st["alpha"] == 0.0
         assert torch.equal(st["anchor"], p.detach())
-        assert st["anchor"].shape == p.shape  # conv weights keep their 4-D shape (SPEC §9)
+        assert st["anchor"].shape == p.shape  # conv weights keep their 4-D shape (docs/math.md §9)
         assert not st["grad_sum"].any()
         if "sq_grad_sum" in st:
             assert not st["sq_grad_sum"].any()

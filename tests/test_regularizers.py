@@ -19,7 +19,7 @@ def _float64():
     torch.set_default_dtype(old)
 
 
-# (name, shape) of the layer weights of SPEC §1's table
+# (name, shape) of the layer weights of docs/math.md §1's table
 SHAPES = {
     "linear": (7, 5),
     "conv1d": (4, 3, 5),
@@ -159,7 +159,7 @@ def test_group_mcp_prox_is_the_global_minimizer_along_each_group(gr, tau):
 def test_mcp_firm_threshold_formula():
     reg = ss.MCP(1.0, 2.0)
     z = torch.tensor([0.05, -0.1, 0.5, -1.5, 2.5, -3.0])
-    tau = 0.1  # τ < ω: firm threshold of SPEC §2
+    tau = 0.1  # τ < ω: firm threshold of docs/math.md §2
     x = reg.prox(z, tau)
     expected = torch.where(
         z.abs() <= tau * 1.0,

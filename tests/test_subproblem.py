@@ -1,4 +1,4 @@
-"""The weighted subproblem of RAMDA/ProxGen/ProxSSI (SPEC §4): screening, Newton, PG."""
+"""The weighted subproblem of RAMDA/ProxGen/ProxSSI (docs/math.md §4): screening, Newton, PG."""
 
 from __future__ import annotations
 

@@ -234,7 +234,7 @@ def _regs(alg):
 SCREENABLE = ("none", "gl_input", "gl_output", "gl_kernel", "gl_dims", "l1")
 ALL_REGS = SCREENABLE + ("sgl", "gmcp", "mcp")
 
-# Conv-shaped (every grouping of SPEC §1 applies): 3x3 kernels, a prime-sized 1x1 conv spanning
+# Conv-shaped (every grouping of docs/math.md §1 applies): 3x3 kernels, a prime-sized 1x1 conv spanning
 # several programs at TILE = 64, and a single element.
 SHAPES = [(2, 3, 3, 3), (7, 13, 1, 1), (1, 1, 1, 1)]
 # Two-phase: 'input' groups have 36 elements, 'output' groups 27 (> 16); 'kernel' groups (9) fit.

@@ -273,7 +273,7 @@ def test_registration_under_cuda_key_and_no_double_registration():
     assert not any(_has_cuda_kernel(n) for n in STEP_OPS)
 
 
-# -- no per-step allocations proportional to the model (DESIGN.md) ----------------------------
+# -- no per-step allocations proportional to the model --------------------------------------------
 
 
 def _recording_contiguous(calls):

@@ -243,7 +243,7 @@ def rmda(
     reg_code: int,
     **reg_scalars,
 ) -> None:
-    """RMDA step of tensors sharing the counters ``t`` and ``alpha`` (SPEC §3)."""
+    """RMDA step of tensors sharing the counters ``t`` and ``alpha`` (docs/math.md §3)."""
     sqrt_t = math.sqrt(t)
     launch(
         ALG_RMDA,
@@ -275,7 +275,7 @@ def ramda(
     solver: str,
     **solver_scalars,
 ) -> None:
-    """RAMDA step (SPEC §4): screening, then ``solver`` ("pg" or "exact") per group."""
+    """RAMDA step (docs/math.md §4): screening, then ``solver`` ("pg" or "exact") per group."""
     launch(
         ALG_RAMDA,
         reg_code,
@@ -292,7 +292,7 @@ def ramda(
 def proxsgd(
     params, grads, momentum_buffers, views, *, lr: float, c: float, reg_code: int, **reg_scalars
 ) -> None:
-    """ProxSGD step (SPEC §5)."""
+    """ProxSGD step (docs/math.md §5)."""
     launch(
         ALG_PROXSGD,
         reg_code,
@@ -322,7 +322,7 @@ def proxgen(
     solver: str,
     **solver_scalars,
 ) -> None:
-    """ProxGen step (SPEC §5): AdamW moments, weighted subproblem with weights D."""
+    """ProxGen step (docs/math.md §5): AdamW moments, weighted subproblem with weights D."""
     bc1 = 1 - beta1**t
     bc2 = 1 - beta2**t
     launch(
@@ -353,7 +353,7 @@ def proxssi(
     reg_code: int,
     **solver_scalars,
 ) -> None:
-    """ProxSSI step (SPEC §5): HF-style AdamW step, then the weighted group prox by Newton."""
+    """ProxSSI step (docs/math.md §5): HF-style AdamW step, then the weighted group prox by Newton."""
     bc1 = 1 - beta1**t
     bc2 = 1 - beta2**t
     launch(
@@ -385,7 +385,7 @@ def dessilbi(
     magnitude_scaling: bool,
     scaling_floor: float,
 ) -> None:
-    """DessiLBI step (SPEC §6, :mod:`.lbi_step`). ``zs``/``gammas`` empty: unpaired tensors
+    """DessiLBI step (docs/math.md §6, :mod:`.lbi_step`). ``zs``/``gammas`` empty: unpaired tensors
     (heavy-ball SGD scaled by κ); else each tensor's Z and Γ with its ``[A, G, B]`` group view of
     Ω_λ (L1: ``(1, numel, 1)``). ``magnitude_scaling`` runs a support-count launch first."""
     paired = len(zs) > 0

@@ -1,4 +1,4 @@
-"""DessiLBI step kernel (SPEC §6; the math of ``reference.dessilbi_step``), one pass per tensor.
+"""DessiLBI step kernel (docs/math.md §6; the math of ``reference.dessilbi_step``), one pass per tensor.
 
 Per element (all right-hand sides use the values before the step)::
 

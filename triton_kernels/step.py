@@ -1,11 +1,11 @@
-"""One Triton kernel family for every structsparse step (SPEC §3–§5).
+"""One Triton kernel family for every structsparse step (docs/math.md §3–§5).
 
 Each algorithm is written as a *preamble* (update the state, then describe the per-group
 subproblem ``min_X ⟨lin, X − center⟩ + ½ Σ P (X − center)² + a·ψ(X)``) followed by a *solver*:
 
 - ``SOLVER_PROX``: closed form ``prox_{a·ψ}(center − lin/P)`` (RMDA and ProxSGD have P ≡ 1,
   lin ≡ 0; every algorithm without a regularizer is elementwise ``center − lin/P``);
-- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, SPEC §4), by the
+- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, docs/math.md §4), by the
   rule of the C++ kernels (csrc/include/structsparse/math.h: start at the larger of two lower
   bounds of the root, stop on a small step or on an a-priori bound of the error left);
 - ``SOLVER_PG``: screened proximal gradient with the per-group stopping rule of the reference

@@ -20,8 +20,8 @@ namespace {
 // A short segments (ng·B elements) a row stride apart, which the hardware prefetchers do not
 // follow; the first-touch loops of the narrow (PG) tiles fetch row a + pf_dist(row) while
 // computing row a. The wide tiles of the exact solves (TileArgs::wide, see groups_per_tile) do
-// without: there it measured slower (RAMDA exact, ResNet50-CIFAR, 2 threads: 66-69 ms with,
-// 56-60 ms without).
+// without: their long rows are streamed by the hardware prefetchers, and prefetching measured
+// slower there (docs/performance.md).
 template <typename T>
 inline void pf_row(const T* p, int64_t n) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -46,10 +46,8 @@ inline Reg<T> make_reg(const TileArgs& t) {
 //   fin(a, k, x)     stores the prox value x of element (a, k)
 //   pfw              null, or an array (row stride t.w_rs) that fin reads and upd does not (RMDA's W):
 //                    one-pass tiles of one row prefetch it chunk by chunk in the first pass, so the
-//                    second pass does not start a cold stream. RMDA "output" groups, ResNet50-CIFAR,
-//                    × AdamW in rotation, 4 alternating processes (session 9): 1 thread 1.36-1.55 ->
-//                    1.31-1.45 (medians 1.51 -> 1.36), 2 threads 1.07-1.16 against 1.08-1.30 (no
-//                    gain measurable once the two threads share the memory bandwidth)
+//                    second pass does not start a cold stream (a gain with 1 thread; measured in
+//                    docs/performance.md)
 // Rows are processed in chunks of whole groups through a small buffer so that every loop is a
 // plain vectorizable loop. The squares z² (rounded in T) are summed in double and the group sum is
 // rounded to T once, as the reference's group_sum does: the norm then hardly depends on the
@@ -57,9 +55,7 @@ inline Reg<T> make_reg(const TileArgs& t) {
 // ng + row doubles, then row + ng T (or 2 chunks of T and the ng scales).
 // The first-pass loops carry `#pragma GCC ivdep`: iteration k touches element k of each array only
 // (no loop-carried dependence). Without it GCC could not vectorize DessiLBI's first pass (three
-// stores: too many run-time alias checks to version the loop) and ran it scalar: DessiLBI
-// ResNet50-CIFAR × AdamW 1.48-2.30 -> 1.35-1.66 ("output" groups), 1.60-2.37 -> 1.39-1.72
-// ("input"), 4 alternating old/new processes, 2 threads, session 9; bitwise the same.
+// stores: too many run-time alias checks to version the loop) and ran it scalar.
 template <int KIND, typename T, typename Upd, typename Rez, typename Fin>
 inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd upd, Rez rez, Fin fin,
                         const T* pfw) {
@@ -106,8 +102,8 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
         gs = static_cast<double*>(t.gsum);  // the complete sums
       }
       // The scales in a plain loop over the groups (it vectorizes; every row block of a streamed
-      // job computes them again), then expanded to positions: RMDA channel-wise 24.5 -> 24.0 ms
-      // against one loop per group with its B positions inside.
+      // job computes them again), then expanded to positions: a little faster than one loop per
+      // group with its B positions inside.
       for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
       const T* __restrict sp = sx;
       if (B == 1) {
@@ -204,7 +200,7 @@ inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin
 }
 
 // ---------------------------------------------------------------------------------------------
-// RMDA (SPEC §3). sc: [s, sqrt(t), c, tau = α/sqrt(t)]. s0 = anchor W0, s1 = grad_sum V.
+// RMDA (docs/math.md §3). sc: [s, sqrt(t), c, tau = α/sqrt(t)]. s0 = anchor W0, s1 = grad_sum V.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void rmda_tile(const TileArgs& t) {
@@ -227,7 +223,7 @@ void rmda_tile(const TileArgs& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ProxSGD (SPEC §5). sc: [lr, c]. s0 = momentum buffer b.
+// ProxSGD (docs/math.md §5). sc: [lr, c]. s0 = momentum buffer b.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void proxsgd_tile(const TileArgs& t) {
@@ -252,9 +248,8 @@ void proxsgd_tile(const TileArgs& t) {
 // sweep stores them (row q at p + q·oz, z + q·oz) and accumulates Newton's start sums per position
 // (Σ pz² in double, max P, Σ y² and Σ y²/P with y = pz/P in T; solve_rows.h newton_start_row),
 // row 0's terms first: the sums of NR one-row sweeps, bitwise, with 1/NR of their loads and stores
-// (2 rows a sweep here and in newton_roots' pass against 1, ResNet50-CIFAR, 2 threads, in-process
-// A/B, session 10: RAMDA exact, ProxGen exact and ProxSSI 2.5-3.5 % less time a step). The state
-// pass and row_newton's first pass in one.
+// (two rows a sweep take a few percent less time than one). The state pass and row_newton's first
+// pass in one.
 template <int NR, typename T, typename Elem>
 inline void exact_state_rows(int64_t n, Elem elem, T* __restrict p, T* __restrict z, int64_t oz,
                              double* __restrict acc, T* __restrict pm, T* __restrict sy, T* __restrict sc) {
@@ -319,12 +314,11 @@ inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, Elem elem, Fin f
 }
 
 // ---------------------------------------------------------------------------------------------
-// RAMDA (SPEC §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
+// RAMDA (docs/math.md §4). sc: [s, c, eps, α]. s0 = W0, s1 = V, s2 = U.
 // ---------------------------------------------------------------------------------------------
 // The state update of one element, every path: V ← V + s·g, U ← U + s·g² (one fma each); returns
-// P = cbrt(U) + ε. The explicit fmas here, in adam_elem, pz and math.h's Newton terms (session 11):
-// kernel-only, 1 thread, 128×128×3×3, min over 3 alternating processes, RAMDA exact 2.05 → 1.94–1.99
-// ns/element, ProxGen exact 1.35 → 1.29–1.33, ProxSSI 1.40 → 1.31–1.33.
+// P = cbrt(U) + ε. The multiply-adds here, in adam_elem, pz and math.h's Newton terms are explicit
+// fmas: fewer instructions, and every ISA variant rounds alike (the build has -ffp-contract=off).
 template <typename T>
 inline T ramda_state(T g, T s, T eps, T& v, T& u) {
   v = ss_fma(s, g, v);
@@ -408,7 +402,7 @@ void ramda_tile(const TileArgs& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ProxGen and ProxSSI (SPEC §5). sc: [lr, β1, β2, ε, wd, bc1, bc2]. s0 = m, s1 = v.
+// ProxGen and ProxSSI (docs/math.md §5). sc: [lr, β1, β2, ε, wd, bc1, bc2]. s0 = m, s1 = v.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 struct AdamConsts {
@@ -524,7 +518,7 @@ void proxssi_tile(const TileArgs& t) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// DessiLBI (SPEC §6, reference.dessilbi_step without magnitude scaling).
+// DessiLBI (docs/math.md §6, reference.dessilbi_step without magnitude scaling).
 // sc: [lr·κ, lr·κ·wd, lr·κ/ν, lr/ν, κ, μ]. s0 = momentum buffer d, s1 = Z, s2 = Γ (null when the
 // tensor is unpaired: heavy-ball SGD scaled by κ). prox of Ω_λ with weight 1, then Γ = κ·prox(Z).
 // ---------------------------------------------------------------------------------------------
@@ -575,9 +569,8 @@ void dessilbi_tile(const TileArgs& t) {
 }
 
 // All finite: OR over "exponent bits all ones" (NaN or ±Inf), a branch-free vectorized pass over
-// the two halves of the chunk at once: two read streams a core, 8 % less time than one on the
-// 2-vCPU Xeon of session 16 (ResNet50-CIFAR gradients after an AdamW step, 3.27 → 3.02 ms; four
-// streams 3.0-3.1 ms).
+// the two halves of the chunk at once: two read streams a core read faster than one (four gain
+// nothing more; docs/performance.md).
 template <typename U>
 inline bool finite_bits(const U* x, int64_t n, U mask) {
   const int64_t h = n / 2;

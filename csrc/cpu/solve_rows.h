@@ -1,4 +1,4 @@
-// Subproblem solvers of SPEC §4 over a tile in row layout (included by kernels_impl.h inside the
+// Subproblem solvers of docs/math.md §4 over a tile in row layout (included by kernels_impl.h inside the
 // per-ISA namespace; no torch here).
 //
 // A tile holds groups [j0, j0 + ng) of all A rows of the [A, G, B] view. Row a of an array is the
@@ -78,8 +78,7 @@ inline void pz_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
 }
 // Newton's start sums (the state pass of an exact solve; the fused state passes of kernels_impl.h
 // repeat these lines): pz (math.h subproblem_pz), Σ pz² (screening, in double), max P, and math.h's
-// newton_start_add in T (Σ y² and Σ y²/P with y = pz/P; session 8's try in double left the loop
-// unvectorized).
+// newton_start_add in T (Σ y² and Σ y²/P with y = pz/P; in double the loop does not vectorize).
 template <typename T>
 inline void newton_start_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                              T* __restrict z, double* __restrict s, T* __restrict pm, T* __restrict sy,
@@ -108,12 +107,8 @@ inline void newton_row(int64_t n, const T* __restrict p, const T* __restrict z, 
 // sweep: each position's sums take the two rows' terms added in T, then converted (one rounding
 // more than two newton_row calls; half the conversions and double adds). The terms are positive,
 // so a float tile's sums carry at most 2^-24 more relative error, whatever the group's size (a
-// float accumulation, session 10, grows with it), of the order of the terms' own rounding (q and
-// q² are rounded in float).
-// Session 13, in-process A/B against adding each row's term in double (2 threads, medians of the
-// per-step ratios): ResNet50-CIFAR RAMDA exact 0.986, 0.992, 0.983, ProxGen exact 0.972 (twice),
-// ProxSSI 0.986; transformer set RAMDA exact 1.011 (its large tiles stream their scratch from
-// memory). One cache-resident 128×128×3×3 tensor, 1 thread: Newton's passes 0.59 -> 0.51 ns/element.
+// float accumulation would grow with it), of the order of the terms' own rounding (q and q² are
+// rounded in float). A little faster than a double add per row (docs/performance.md).
 template <typename T>
 inline void newton_row2(int64_t n, int64_t op, int64_t oz, const T* __restrict p, const T* __restrict z,
                         const T* __restrict r, T thr, double* __restrict s1, double* __restrict s2,
@@ -135,9 +130,8 @@ inline void newton_final_row(int64_t n, const T* __restrict p, const T* __restri
 // One PG iteration at one position (see row_pg_k): x ← on ? y·sc : x; the objective terms of x
 // in double (smooth q = (½P·d)·d + lin·d with d = x − W0, x², |x|: the stopping rule compares
 // consecutive Q to rtol, below float's resolution; reference.py subproblem_objective); the next
-// step y = x − η(lin + P·d) (SGL: soft threshold t1) and y², in T. q and y are fmas (RAMDA pg,
-// in-process A/B against the plain multiply-adds, session 11: 0.94–0.99 of the time, ResNet50-CIFAR
-// 2 threads and single tensors); fmas in the sums of x² and y² measured no gain.
+// step y = x − η(lin + P·d) (SGL: soft threshold t1) and y², in T. q and y are fmas (a few percent
+// faster than the plain multiply-adds); fmas in the sums of x² and y² gave nothing.
 template <typename T>
 struct PgElem {
   T x, y, y2;
@@ -177,7 +171,7 @@ inline void pg_row(int64_t n, const T* __restrict l, const T* __restrict p, cons
 }
 // pg_row over two rows (a at offset 0, a + 1 at offset o1) in one sweep: each position's sums take
 // row a's term, then row a + 1's, as two pg_row calls would (bitwise the same), with half the
-// accumulator traffic (RAMDA pg, ResNet50-CIFAR, 2 threads: 622 -> 454 ms).
+// accumulator traffic (a quarter less time for RAMDA pg; docs/performance.md).
 template <bool SGL, typename T>
 inline void pg_row2(int64_t n, int64_t o1, const T* __restrict l, const T* __restrict p, const T* __restrict w,
                     T* __restrict x, T* __restrict y, const T* __restrict sc, const T* __restrict on,
@@ -291,9 +285,8 @@ inline void newton_roots(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> P, 
     // a run costs its positions plus about a cache line (per row and array), so scattered running
     // groups of B = 1 take the whole row. Rows in the same pairs in every pass, so that a group's
     // sums never depend on which other groups share its tile (nor on this choice).
-    // Session 14, in-process A/B, 2 threads, transformer set (its 2304- and 3072-row weights leave
-    // 5-10 % of their 768 groups for a second pass, ~50 runs a row): RAMDA exact 0.984-0.993,
-    // ProxGen exact 0.986 (before: runs whenever at most half the groups ran); bitwise the same.
+    // Scattered running groups of B = 1 (a second pass over a large weight) are where the whole
+    // row wins; the choice changes no result bit.
     int64_t nr = 0;
     if (n_act < ng) {
       int64_t cost = 0;

@@ -1,6 +1,6 @@
 // CPU implementations of the structsparse ops (schemas in csrc/bindings.cpp).
 //
-// One call per bucket of tensors. Each tensor, viewed as [A, G, B] (SPEC §1), is cut into tiles
+// One call per bucket of tensors. Each tensor, viewed as [A, G, B] (docs/math.md §1), is cut into tiles
 // of whole groups whose size depends only on (A, G, B), never on the thread count; the tiles of
 // all tensors run under at::parallel_for (streamed prox jobs a chunk of about 2^17 elements at a
 // time, see run_jobs_t). Every tile is computed by one thread in a fixed order, so results are
@@ -151,26 +151,19 @@ struct TileRef {
 
 // Streaming layout of a prox job with A > 1 (many rows): row blocks of >= kRowsMin rows (at most
 // 64 blocks) × column blocks of whole groups, as few as rows of <= kColMin contiguous elements
-// allow, of equal widths (no short remainder block: with kColMin = 4096, G = 512 and B = 9 were
-// cut into 455 + 57 groups, whose 513-element row segments were slow; 2 × 256 measured RMDA
-// ResNet50-CIFAR 26.1 -> 25.6 ms, 6 alternating processes). Depends on (A, G, B) only.
+// allow, of equal widths (no short remainder block: its short row segments are slow). Depends on
+// (A, G, B) only.
 struct StreamLayout {
   int64_t nrb, rows, cb;
 };
 // Work is run in chunks of about kChunkElems elements, at least one column block of all rows of a
-// job (see run_jobs_t); 2^17 measured best among 2^16..2^20 on the ResNet50-CIFAR shapes with 2
-// threads (RMDA 39 ms unchunked → 27–29 ms).
+// job (see run_jobs_t): pass 2 then re-reads its chunk from cache; 2^17 measured best among
+// 2^16..2^20 (docs/performance.md).
 constexpr int64_t kChunkElems = int64_t(1) << 17;
-// Streaming layout: row blocks of >= kRowsMin rows, column blocks of about kColMin elements.
-// Rows >= 64 instead of >= 16 (2 threads, no NaN check, medians of 4 runs in rotation): RMDA
-// ResNet50-CIFAR 25.3 -> 23.4 ms, transformer set 84.8 -> 78.4 ms; >= 128: 23.9 ms; tiles of
-// >= 65536 elements instead (whatever the rows): 24.2 ms. Fewer row blocks mean fewer tiles per
-// chunk for many threads (A = 512: 8 tiles per column block, A = 2048: 32). Rows >= 48 and >= 96
-// measured 24.4-25.1 ms against 23.5-23.7, for a reason not found (running a chunk's pass 2 with
-// the next chunk's pass 1, one barrier per chunk instead of two, measured no gain).
+// Streaming layout: row blocks of >= kRowsMin rows, column blocks of about kColMin elements
+// (whole rows for every ResNet50 layer). Both measured best among their neighbours
+// (docs/performance.md); fewer row blocks mean fewer tiles per chunk for many threads.
 constexpr int64_t kRowsMin = 64;
-// kColMin 8192 instead of 4096 (whole rows for every ResNet50 layer): RMDA nocheck 23.7 -> 22.7 ms
-// (medians of 6 runs in rotation with AdamW, 2 threads); 16384: 22.9 ms.
 constexpr int64_t kColMin = 8192;
 // Width of the blocks that cut n items into as many blocks of at most `width` as needed, of
 // equal widths (no short remainder block).
@@ -192,19 +185,11 @@ StreamLayout stream_layout(int64_t A, int64_t G, int64_t B) {
 // "exact", ProxSSI) run a few passes over the tile, so they take wide tiles whose rows are long
 // enough for the hardware prefetchers (>= 8192 elements, so whole rows of most weights, and a
 // tile is then one contiguous block; <= 2^21 elements a tile, the groups split evenly between
-// the tiles of a tensor). Measured with 2 threads, RAMDA exact: ResNet50-CIFAR 85 -> 72 ms (rows
-// >= 1024, <= 2^20, against rows >= 64, <= 98304), transformer set 223 -> 184 ms (<= 2^21 against
-// <= 2^20: rows of 910 and 682 instead of 455 and 341 for A = 2304, 3072; <= 2^22 gave 171-179 ms
-// at twice the scratch, rows >= 512 225 ms). Session 12, in-process A/B against rows >= 1024
-// (ResNet50-CIFAR, medians of per-step ratios): rows >= 2048 0.935, >= 8192 0.876, >= 8192 at
-// <= 2^22 0.874 (so the cap stayed); >= 8192 with even splits and the one-pass tiles run largest
-// first (run_jobs_t) 0.809; ProxGen exact 0.792, ProxSSI 0.777; transformer set 0.991 (its tiles
-// were whole tensors or capped already; uneven splits there, 2730 + 342 groups, read 1.023).
-// Narrower tiles read 1.26 (rows >= 256, <= 2^17), 1.46 (>= 512, <= 2^18) and 2.44 (>= 64,
-// <= 65536). The scratch of a wide float tile is 3 tiles, 24 MiB per thread at the cap. The PG
-// solvers iterate ~40 times over a tile and keep small, cache-resident tiles (wide tiles measured
-// RAMDA pg 667 -> 922 ms). The tile size never changes a result: every group is computed on its
-// own, with sums over the rows in row order.
+// the tiles of a tensor; the one-pass tiles run largest first). Narrower tiles, a larger cap and
+// uneven splits measured slower or no faster (docs/performance.md). The scratch of a wide float
+// tile is 3 tiles, 24 MiB per thread at the cap. The PG solvers iterate tens of times over a tile
+// and keep small, cache-resident tiles (wide tiles measured slower). The tile size never changes
+// a result: every group is computed on its own, with sums over the rows in row order.
 int64_t groups_per_tile(int64_t A, int64_t G, int64_t B, bool wide) {
   const int64_t n = A * B;
   const int64_t target = 8192;  // solver tiles: 4096..32768 measured alike
@@ -385,11 +370,8 @@ std::vector<T>& tls_buffer(int which) {
 // only, so results stay independent of the thread count.
 // Pass 2 of a tile runs on the worker that ran its pass 1 (see run's `owner`), each worker's tiles
 // in reverse order (the most recently touched first): the tile's lines are then in that core's
-// L2 or the L3 it last filled, not in the other core's L2. Handed out afresh (session 11 and
-// before), a pass-2 tile ran on the other core about half the time. In-process A/B, 2 threads,
-// session 12 (medians of per-step ratios): ProxSGD transformer set 0.54-0.58 of the time,
-// ResNet50-CIFAR 0.64-0.96; RMDA 0.95-0.98 (its pass 2 reads W from memory anyway). The
-// spread is the host's: the old order's cost rose and fell with where the two vCPUs ran.
+// L2 or the L3 it last filled, not in the other core's L2. Handed out afresh, a pass-2 tile ran
+// on the other core about half the time (ProxSGD gains most; docs/performance.md).
 
 template <typename T>
 void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool stream, const Shard* sh) {
@@ -562,7 +544,6 @@ void run_jobs_t(const std::vector<Job>& jobs, const Common& cm, TileFn fn, bool 
   flush();
   // One-pass tiles largest first: a thread left with a large tile at the end of the list idles the
   // others (the ResNet50 weights grow towards the last layers). Results do not depend on the order.
-  // RAMDA exact, ResNet50-CIFAR, in-process A/B: 0.919 alone, see groups_per_tile.
   std::stable_sort(p0.begin(), p0.end(), [&](const TileRef& a, const TileRef& b) {
     return jobs[a.job].A * a.ng * jobs[a.job].B > jobs[b.job].A * b.ng * jobs[b.job].B;
   });

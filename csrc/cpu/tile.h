@@ -1,7 +1,7 @@
 // Interface between the CPU dispatcher (bindings.cpp side, compiled with default flags) and the
 // per-ISA tile kernels (kernels_impl.h compiled several times with different target flags).
 //
-// A tensor viewed as [A, G, B] (SPEC §1) is cut into tiles of `ng` consecutive groups. A tile is
+// A tensor viewed as [A, G, B] (docs/math.md §1) is cut into tiles of `ng` consecutive groups. A tile is
 // A rows; row a holds the ng·B contiguous elements (a, j0..j0+ng, 0..B). Each array of a tile is a
 // pointer to row 0 plus a row stride (rs): element (a, j, b) of the tile is p[a·rs + j·B + b].
 // The dispatcher points state arrays into the (contiguous) state tensors and the parameter and

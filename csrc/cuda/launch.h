@@ -3,7 +3,7 @@
 // torch glue (csrc/cuda_bindings.cpp) fills these structs from tensors; the host emulation test
 // (tests/cuda_host/emulate.cu) fills them from files.
 //
-// A bucket is a list of tensors, each viewed as [A, G, B] (SPEC §1; group j = x[:, j, :],
+// A bucket is a list of tensors, each viewed as [A, G, B] (docs/math.md §1; group j = x[:, j, :],
 // n = A·B elements). Each tensor gets a *path* and a number of *work items*; one launch covers
 // every work item of the bucket, a block finds its tensor by binary search over `item0`.
 //

@@ -1,4 +1,4 @@
-// ProxGen (SPEC §5): AdamW base, weighted-prox subproblem per group (Newton or PG).
+// ProxGen (docs/math.md §5): AdamW base, weighted-prox subproblem per group (Newton or PG).
 // Kernel body and paths: kernels.cuh; interface: launch.h.
 #include "kernels.cuh"
 

@@ -1,4 +1,4 @@
-// ProxSGD (SPEC §5): closed-form group prox of W − lr·b.
+// ProxSGD (docs/math.md §5): closed-form group prox of W − lr·b.
 // Kernel body and paths: kernels.cuh; interface: launch.h.
 #include "kernels.cuh"
 

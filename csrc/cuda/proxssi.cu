@@ -1,4 +1,4 @@
-// ProxSSI (SPEC §5): HF AdamW step, then the weighted group prox by Newton.
+// ProxSSI (docs/math.md §5): HF AdamW step, then the weighted group prox by Newton.
 // Kernel body and paths: kernels.cuh; interface: launch.h.
 #include "kernels.cuh"
 

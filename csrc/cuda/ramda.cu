@@ -1,4 +1,4 @@
-// RAMDA (SPEC §4): weighted-prox subproblem per group, screening then Newton or PG.
+// RAMDA (docs/math.md §4): weighted-prox subproblem per group, screening then Newton or PG.
 // Kernel body and paths: kernels.cuh; interface: launch.h.
 #include "kernels.cuh"
 

@@ -1,4 +1,4 @@
-// RMDA (SPEC §3): closed-form group prox of W0 − V/sqrt(t).
+// RMDA (docs/math.md §3): closed-form group prox of W0 − V/sqrt(t).
 // Kernel body and paths: kernels.cuh; interface: launch.h.
 #include "kernels.cuh"
 

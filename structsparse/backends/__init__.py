@@ -1,4 +1,4 @@
-"""Backends: executors of the algorithms of SPEC.md, all with the signatures of :mod:`.reference`.
+"""Backends: executors of the algorithms of docs/math.md, all with the signatures of :mod:`.reference`.
 
 ``"reference"`` is pure PyTorch (the oracle); ``"cpu"``, ``"triton"`` and ``"cuda"`` are fused
 kernels; ``"auto"`` picks the fastest available for the tensors' device and falls back to

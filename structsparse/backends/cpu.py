@@ -338,7 +338,7 @@ def dessilbi_step(
     magnitude_scaling=False,
     scaling_floor=0.0,
 ) -> None:
-    """DessiLBI (SPEC §6): one fused pass per tensor for L1 and GroupLasso on any grouping and for
+    """DessiLBI (docs/math.md §6): one fused pass per tensor for L1 and GroupLasso on any grouping and for
     unpaired tensors (``reg=None``). **magnitude_scaling=True delegates to the reference backend**
     for the bucket (its β needs the whole tensor's support counts before the Z update)."""
     if magnitude_scaling or not (reg is None or isinstance(reg, GroupLasso)):

@@ -1,7 +1,7 @@
-"""Reference backend: the mathematics of SPEC.md in plain PyTorch, one function per algorithm.
+"""Reference backend: the mathematics of docs/math.md in plain PyTorch, one function per algorithm.
 
 This module is the oracle every fused backend is tested against. It is written to read like
-SPEC.md, not to be fast. Every step function takes one *bucket*: lists of parameters, gradients
+docs/math.md, not to be fast. Every step function takes one *bucket*: lists of parameters, gradients
 and state tensors, plus the scalars of their param group. The optimizer classes have already
 advanced the per-tensor counters (``steps``: t, ``alphas``: α) before calling.
 
@@ -24,7 +24,7 @@ from torch import Tensor
 from ..distributed import batched, group_max, group_sum, tensor_scope, tensor_sum
 from ..regularizers import Regularizer
 
-# Newton on φ(r) (SPEC §4) stops when a step no longer increases r by more than this many ulps.
+# Newton on φ(r) (docs/math.md §4) stops when a step no longer increases r by more than this many ulps.
 NEWTON_MAX_ITERS = 50
 NEWTON_ULPS = 4.0
 
@@ -58,7 +58,7 @@ def _mix(w: Tensor, w_tilde: Tensor, c: float) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Subproblem of RAMDA / ProxGen / ProxSSI (SPEC §4)
+# Subproblem of RAMDA / ProxGen / ProxSSI (docs/math.md §4)
 #
 #   min_X  Q(X) = ⟨V, X − W0⟩ + ½ Σ_i P_i (X_i − W0_i)² + a·ψ(X),        P > 0
 #
@@ -72,11 +72,8 @@ def subproblem_objective(
     """Q restricted to each group, shape [G], evaluated in float64 whatever the parameters' dtype.
 
     The PG stopping rule compares consecutive values of Q to ``rtol`` (1e-8 by default, below
-    float32's resolution): in float32 the rounding of Q itself (~6e-8 of its terms) decided when a
-    group stopped, so float32 results followed that noise (RAMDA pg, 20 steps: 3e-5 to 5e-4 from
-    the float64 result) and backends that sum in different orders stopped at different iterations.
-    Evaluated in float64, float32 iterates stop where float64 ones do (4e-7 to 4e-6 of the float64
-    result; README, "PG objective in float64")."""
+    float32's resolution): a float32 Q would let its own rounding decide when a group stops, and
+    backends summing in different orders would stop at different iterations (docs/math.md §4.5)."""
     x3, v3, p3, w03 = x3.double(), v3.double(), p3.double(), w03.double()
     d = x3 - w03
     smooth = group_sum(v3 * d + 0.5 * p3 * d * d)
@@ -214,7 +211,7 @@ def prox_bucket(
 
 
 # ---------------------------------------------------------------------------------------------
-# RMDA (SPEC §3)
+# RMDA (docs/math.md §3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -242,7 +239,7 @@ def rmda_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# RAMDA (SPEC §4)
+# RAMDA (docs/math.md §4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -280,7 +277,7 @@ def ramda_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# Baselines (SPEC §5)
+# Baselines (docs/math.md §5)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -374,7 +371,7 @@ def proxssi_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# DessiLBI (SPEC §6) — inverse scale space: W coupled to a sparse structure variable Γ
+# DessiLBI (docs/math.md §6) — inverse scale space: W coupled to a sparse structure variable Γ
 #
 #   d ← μ·d + g                                   (heavy-ball buffer of the loss gradient only)
 #   W ← W − lr·κ·(d + wd·W_old + (W_old − Γ)/ν)   (coupling and decay enter here, not the buffer)
@@ -425,7 +422,7 @@ def dessilbi_step(
     magnitude_scaling: bool = False,
     scaling_floor: float = 0.0,
 ) -> None:
-    """One DessiLBI step of a bucket (see the section comment above; SPEC §6).
+    """One DessiLBI step of a bucket (see the section comment above; docs/math.md §6).
 
     ``reg=None`` (unpaired parameters): ``zs`` and ``gammas`` are empty and the step is heavy-ball
     SGD scaled by κ with the same decoupled decay, ``W ← W − lr·κ·(d + wd·W_old)``.

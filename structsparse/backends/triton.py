@@ -17,7 +17,7 @@ so float64 tensors match the reference to ~1e-7 relative, not to float64 precisi
 Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD)
 and any regularizer class this module does not know.
 
-``dessilbi_step`` (SPEC §6) runs L1 and GroupLasso (any grouping), with and without the
+``dessilbi_step`` (docs/math.md §6) runs L1 and GroupLasso (any grouping), with and without the
 magnitude-scaling option, in the kernels of ``triton_kernels/lbi_step.py``.
 
 The same kernels are registered as the CUDA kernels of the ``structsparse::*_step`` ops when no
@@ -327,7 +327,7 @@ def dessilbi_step(
     magnitude_scaling: bool = False,
     scaling_floor: float = 0.0,
 ) -> None:
-    """DessiLBI (SPEC §6): one pass per tensor, Γ's group norm on chip or two-phase; L1 and
+    """DessiLBI (docs/math.md §6): one pass per tensor, Γ's group norm on chip or two-phase; L1 and
     GroupLasso on any grouping, with or without magnitude scaling (which adds one counting
     launch for the tensors' support sizes). Other regularizers go to :mod:`.reference`."""
     paired = reg is not None

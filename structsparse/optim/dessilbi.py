@@ -11,7 +11,7 @@ from ..regularizers import GroupLasso
 
 
 class DessiLBI(StructuredOptimizer):
-    r"""DessiLBI: Deep structure splitting Linearized Bregman Iteration (Fu et al., TPAMI; SPEC §6).
+    r"""DessiLBI: Deep structure splitting Linearized Bregman Iteration (Fu et al., TPAMI; docs/math.md §6).
 
     Each regularized weight ``W`` is coupled to a structure variable ``Γ`` through the augmented
     loss ``L(W) + ‖W − Γ‖²/(2ν)``; ``Γ`` follows a linearized Bregman (mirror descent) path of the
@@ -42,7 +42,7 @@ class DessiLBI(StructuredOptimizer):
 
     All right-hand sides use the values before the step (``W``, ``Γ`` of step t − 1).
     ``weight_decay`` is an L2 term on ``W`` applied in the update, never accumulated in the
-    momentum buffer (the public code's trap, SPEC §9); with ``momentum=0`` it equals coupled L2
+    momentum buffer (the public code's trap, docs/math.md §9); with ``momentum=0`` it equals coupled L2
     decay. ``prox_{Ω_λ}`` is the regularizer's ``prox(Z, 1)``: the paper's unweighted group
     threshold ``λ_paper`` corresponds to ``GroupLasso(lam=λ_paper/sqrt(|g|))``.
     :meth:`restart` does nothing (at milestones only lr is scaled).

@@ -19,7 +19,7 @@ class ProxSSI(StructuredOptimizer):
             denom = sqrt(v) + ε
             W ← W − lr·sqrt(1 − β2^t)/(1 − β1^t) · m/denom
             W ← W − lr·wd·W
-            W ← argmin_X ½‖X − W‖²_denom + lr·ψ(X)        (screening + Newton, SPEC §4)
+            W ← argmin_X ½‖X − W‖²_denom + lr·ψ(X)        (screening + Newton, docs/math.md §4)
 
     The Newton solve stops per group when a step is below a few float ulps of the group norm
     (the public code's 1e-7 absolute tolerance is unreachable in float32).

@@ -1,4 +1,4 @@
-// Device-agnostic math of structsparse (SPEC.md §2-§5), shared by the CPU and CUDA kernels.
+// Device-agnostic math of structsparse (docs/math.md §2–§5), shared by the CPU and CUDA kernels.
 //
 // Everything here is plain C++ on scalars and raw pointers: no torch headers, so the CUDA
 // kernels can include it with nvcc alone. Functions are `static inline` (internal linkage): the
@@ -23,7 +23,7 @@
 
 namespace structsparse {
 
-// Regularizer kinds (the per-group prox maps of SPEC §2).
+// Regularizer kinds (the per-group prox maps of docs/math.md §2).
 enum RegKind : int {
   REG_NONE = 0,
   REG_GROUP_LASSO = 1,         // GroupLasso and L1 (L1 = group LASSO with one element per group)
@@ -155,21 +155,21 @@ SS_FN T group_value(const Reg<T>& reg, T norm, T l1) {
   }
 }
 
-// The subproblem's pz = P⊙W0 − lin of one element (SPEC §4; one fma), in every solver's screening
+// The subproblem's pz = P⊙W0 − lin of one element (docs/math.md §4; one fma), in every solver's screening
 // and Newton's sums.
 template <typename T>
 SS_FN T subproblem_pz(T p, T w0, T lin) {
   return ss_fma(p, w0, -lin);
 }
 
-// Exact screening (SPEC §4): W̃_g = 0 iff ‖P⊙W0 − V‖_g ≤ T_g.
+// Exact screening (docs/math.md §4): W̃_g = 0 iff ‖P⊙W0 − V‖_g ≤ T_g.
 template <typename T>
 SS_FN bool screened(T pz_norm, T thr) {
   return pz_norm <= thr;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Newton's rule of the exact group-LASSO solve (solver="exact"; SPEC §4), shared by the CPU rows
+// Newton's rule of the exact group-LASSO solve (solver="exact"; docs/math.md §4), shared by the CPU rows
 // (csrc/cpu/solve_rows.h newton_roots), group_newton below and the CUDA teams (team_newton), and
 // mirrored in the Triton kernel (triton_kernels/step.py _newton_*).
 // With pz = P⊙W0 − lin, T = a·λ·w_g and q_i = pz_i/(P_i r + T), the root r > 0 of φ(r) = S(r) − 1,
@@ -188,16 +188,15 @@ SS_FN bool screened(T pz_norm, T thr) {
 // since P/(P r + T) = (1 − T/(P r + T))/r and S ≥ 1 left of the root, |ψ''| ≤ 3H/r² between r and
 // the root (H and 1/r² only fall as r grows). The error after the step is then e ≤ K(δ + e)² with
 // K = 1.5·H·S^(3/2)/(r²·D), so e ≤ 2Kδ² when Kδ ≤ 1/8. When T is small against P·r (ψ nearly
-// linear) one step from R − c̄ lands within the bound: on ResNet50-CIFAR at the bench's λ every
-// tile of the CPU solves stops after one pass over its elements (counted, session 8).
+// linear) one step from R − c̄ lands within the bound: typically every group of a tile stops after
+// one pass over its elements.
 // A step δ < 0 (r right of the root r*, where S < 1: the start R − c̄ summed in a narrow type may
 // land there) lands left of r*, by e = |ψ''(ξ)|·(r − r*)²/(2ψ'(r)) ≤ K_R·δ² with ξ in [r*, r] and
 // r − r* ≤ |δ|. There |ψ''| = 3·S^(-1/2)·Var_w((1 − t)/ξ) ≤ 3H·S^(-3/2)/ξ² (w = q²/S, t = T/(Pξ + T)),
 // S(ξ) ≥ S(r), and for ξ ≤ r, H(ξ) ≤ H(r)·(r/ξ)⁴: K_R = 1.5·H/(r²·D)·(r/(r + δ))⁶. The group stops
 // after the step when |δ| ≤ r/8 and 2·K_R·δ² ≤ tol·(r + δ), the margin of the positive case.
-// Session 14: the float start sums of the transformer set's 2304- and 3072-row weights land 5-10 %
-// of the groups about 6e-7 right of the root; they took a second pass, whose step then stopped
-// below the tolerance at the same r + δ.
+// Without this stop, start sums over a few thousand rows that land a few ulps right of the root
+// cost the tile a second pass that ends at the same r + δ.
 // ---------------------------------------------------------------------------------------------
 
 // Newton start r₀ = max(0, (‖P⊙Z‖ − T)/max P), φ(r₀) ≥ 0.
@@ -273,14 +272,10 @@ SS_FN T newton_next(T r, S s1, S s2, S s3, T tol, bool& stop) {
 // Small u (below 2^-96) is scaled by 2^96 first and c by 2^-32 after (factors that are 1
 // otherwise), a subnormal u through its bits (u·2^149 as an integer: float(bits)·2^-53), so that
 // no float operation takes or makes a subnormal: on Intel cores every such operation is a
-// microcode assist of about a hundred cycles. Until session 16 only subnormal u was scaled (by
-// 2^24, with a float multiply): a subnormal U cost 9.7 ns against 0.42 ns a root on the Xeon
-// of session 16 (one AVX-512 loop, 1 thread), u in 2^-126..2^-96 3.4 ns (the residual c³ − u
-// underflowed); now 0.45 ns for every u (bench/README, session 16).
+// microcode assist of about a hundred cycles (timings in docs/performance.md).
 // Against the correctly rounded cube root (the double cube root rounded): ≤ 1 ulp always; every
-// positive subnormal: 1 misrounded (3 before); every float in [2^-126, 2^-96): 80 misrounded of
-// 251.7 M (1,791,242 before, where the residual underflowed); every 7th float bit pattern in
-// [2^-96, 2^128): 92 of 268.4 M, the same results as before bit for bit.
+// positive subnormal: 1 misrounded; every float in [2^-126, 2^-96): 80 misrounded of 251.7 M;
+// every 7th float bit pattern in [2^-96, 2^128): 92 of 268.4 M.
 // double: the library cbrt.
 SS_FN float cbrt_nonneg(float u) {
   int32_t iu;
@@ -360,7 +355,7 @@ SS_FN T array_max(const T* x, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Subproblem of one group (SPEC §4):  min_X ⟨L, X − W0⟩ + ½ Σ P (X − W0)² + a·ψ(X)
+// Subproblem of one group (docs/math.md §4):  min_X ⟨L, X − W0⟩ + ½ Σ P (X − W0)² + a·ψ(X)
 // Arrays of n contiguous elements. `pz` and `y` are scratch of n elements.
 // ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,124 @@
+"""Small utilities shared by the subcommands: the CLI's error type, device choice, run folders, the
+per-epoch log, progress bars, number formatting and Markdown tables, the thread-count context.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CLIError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"--device: invalid device {name!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device: {name!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device: unsupported device type {dev.type!r}; expected cpu or cuda")
+    return dev
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _run_dir(base: str | None, name: str, unique: bool) -> Path:
+    root = Path(base) if base else Path.cwd() / "runs"
+    path = root / name
+    if unique and path.exists():
+        k = 1
+        while (root / f"{name}-{k}").exists():
+            k += 1
+        path = root / f"{name}-{k}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out: cannot create {path}: {e.strerror}") from e
+    return path
+
+
+class _Log:
+    """Per-epoch log written as JSON lines or CSV (flushed every row)."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self.f = open(path, "w", newline="")
+        self.writer: csv.DictWriter | None = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.f.write(json.dumps(row) + "\n")
+        else:
+            if self.writer is None:
+                self.writer = csv.DictWriter(self.f, fieldnames=list(row))
+                self.writer.writeheader()
+            self.writer.writerow(row)
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(
+        iterable, total=total, desc=desc, leave=False, unit="batch", file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _fmt(x: Any) -> str:
+    return f"{100 * x:5.1f}%" if isinstance(x, float) else str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+class _threads:
+    """Set torch's intra-op thread count for the duration of a run (restored afterwards).
+
+    ``None`` (auto): one thread for the small embedded/synthetic data sets, where the tensors are
+    too small for intra-op parallelism to pay and a busy machine makes spinning threads very slow;
+    torch's default otherwise."""
+
+    def __init__(self, n: int | None, dataset: str) -> None:
+        self.n = n if n is not None else (1 if dataset in ("digits", "synthetic") else None)
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n is not None:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+def _silent(_msg: str) -> None:
+    """``echo`` of the ranks other than 0."""

@@ -1,0 +1,198 @@
+"""The configuration of ``train`` and ``compare``: defaults, validation, and the flags both share."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import CLIError
+from .data import DATASETS
+from .models import MODELS
+from .optimizers import GROUPINGS, OPTIMIZERS, REGULARIZERS
+
+TRAIN_DEFAULTS: dict[str, Any] = dict(
+    dataset="digits",
+    data_dir="data",
+    download=False,
+    subset=None,
+    model="mlp",
+    optimizer="ramda",
+    regularizer="group_lasso",
+    grouping="input",
+    lam=None,
+    omega=4.0,
+    lr=None,
+    momentum=None,
+    eps=None,
+    solver=None,
+    weight_decay=None,
+    kappa=None,
+    nu=None,
+    epochs=30,
+    milestones=[10, 20],
+    gamma=0.1,
+    ramp="sqrt",
+    batch_size=64,
+    seed=0,
+    device="auto",
+    backend="auto",
+    log_format="jsonl",
+    out=None,
+    run_name=None,
+    threads=None,
+    quiet=False,
+    progress=True,
+    plot=True,
+    save_model=False,
+)
+
+
+def _check_train_cfg(cfg: dict[str, Any]) -> None:
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise CLIError(
+            f"--optimizer: unknown optimizer {cfg['optimizer']!r}; expected one of {', '.join(OPTIMIZERS)}"
+        )
+    if cfg["model"] not in MODELS:
+        raise CLIError(f"--model: unknown model {cfg['model']!r}; expected one of {', '.join(MODELS)}")
+    if cfg["dataset"] not in DATASETS:
+        raise CLIError(
+            f"--dataset: unknown data set {cfg['dataset']!r}; expected one of {', '.join(DATASETS)}"
+        )
+    if cfg["regularizer"] not in REGULARIZERS:
+        raise CLIError(
+            f"--regularizer: unknown regularizer {cfg['regularizer']!r}; expected one of {', '.join(REGULARIZERS)}"
+        )
+    if cfg["grouping"] not in GROUPINGS:
+        raise CLIError(
+            f"--grouping: unknown grouping {cfg['grouping']!r}; expected one of {', '.join(GROUPINGS)}"
+        )
+    if cfg.get("threads") is not None and cfg["threads"] < 1:
+        raise CLIError(f"--threads: expected a positive thread count, got {cfg['threads']}")
+    if cfg["epochs"] < 1:
+        raise CLIError(f"--epochs: expected a positive number of epochs, got {cfg['epochs']}")
+    if cfg["batch_size"] < 1:
+        raise CLIError(f"--batch-size: expected a positive batch size, got {cfg['batch_size']}")
+    ms = cfg["milestones"]
+    if any(m <= 0 for m in ms) or ms != sorted(set(ms)):
+        raise CLIError(f"--milestones: expected increasing positive epochs, got {ms}")
+    if (
+        ms
+        and ms[-1] >= cfg["epochs"]
+        and cfg["ramp"] == "sqrt"
+        and OPTIMIZERS[cfg["optimizer"]].dual_averaging
+    ):
+        raise CLIError(
+            f"--milestones: the last milestone ({ms[-1]}) must come before the last epoch ({cfg['epochs']}) "
+            "so the c ramp can reach 1"
+        )
+    if cfg["log_format"] not in ("jsonl", "csv"):
+        raise CLIError(f"--log-format: expected jsonl or csv, got {cfg['log_format']!r}")
+    if cfg["ramp"] not in ("sqrt", "geometric", None):
+        raise CLIError(f"--ramp: expected sqrt, geometric or none, got {cfg['ramp']!r}")
+
+
+def _milestones(s: str) -> list[int]:
+    if s.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(v) for v in s.replace(",", " ").split()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {s!r}") from e
+
+
+def _ramp(s: str) -> str | None:
+    if s == "none":
+        return None
+    if s not in ("sqrt", "geometric"):
+        raise argparse.ArgumentTypeError(f"expected sqrt, geometric or none, got {s!r}")
+    return s
+
+
+def _add_common(p: argparse.ArgumentParser, *, with_optimizer: bool) -> None:
+    d = TRAIN_DEFAULTS
+    g = p.add_argument_group("data and model")
+    g.add_argument(
+        "--dataset", default=d["dataset"], choices=DATASETS, help="data set (default: %(default)s, embedded)"
+    )
+    g.add_argument(
+        "--data-dir",
+        default=d["data_dir"],
+        help="where mnist/fashion-mnist/cifar files live (torchvision layout)",
+    )
+    g.add_argument("--download", action="store_true", help="download a missing data set (needs network)")
+    g.add_argument("--subset", type=int, default=None, metavar="N", help="use only N training examples")
+    g.add_argument("--model", default=d["model"], choices=MODELS, help="default: %(default)s")
+    g = p.add_argument_group("optimization")
+    if with_optimizer:
+        g.add_argument(
+            "--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS), help="default: %(default)s"
+        )
+    g.add_argument(
+        "--regularizer", default=d["regularizer"], choices=REGULARIZERS, help="default: %(default)s"
+    )
+    g.add_argument(
+        "--grouping",
+        default=d["grouping"],
+        choices=GROUPINGS,
+        help="default: %(default)s (channel/column-wise)",
+    )
+    g.add_argument("--lam", type=float, default=None, help="regularization weight λ (default: per optimizer)")
+    g.add_argument("--omega", type=float, default=d["omega"], help="ω of (group) MCP (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
+    g.add_argument(
+        "--momentum", type=float, default=None, help="momentum; 1 − c for RMDA/RAMDA (default: per optimizer)"
+    )
+    g.add_argument("--eps", type=float, default=None, help="RAMDA ε (default 1e-6)")
+    g.add_argument(
+        "--solver", choices=("pg", "exact"), default=None, help="RAMDA/ProxGen subproblem solver (default pg)"
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="ProxGen/ProxSSI/DessiLBI/dense baselines (default 0)",
+    )
+    g.add_argument("--kappa", type=float, default=None, help="DessiLBI damping κ (default 1)")
+    g.add_argument("--nu", type=float, default=None, help="DessiLBI coupling ν (default 10)")
+    g.add_argument("--epochs", type=int, default=d["epochs"], help="default: %(default)s")
+    g.add_argument(
+        "--milestones",
+        type=_milestones,
+        default=d["milestones"],
+        help="epochs of lr decay + restart, e.g. 10,20 (default: 10,20; 'none')",
+    )
+    g.add_argument(
+        "--gamma", type=float, default=d["gamma"], help="lr factor at each milestone (default: %(default)s)"
+    )
+    g.add_argument(
+        "--ramp",
+        type=_ramp,
+        default=d["ramp"],
+        help="c ramp of RMDA/RAMDA: sqrt (after the last milestone), geometric, none",
+    )
+    g.add_argument("--batch-size", type=int, default=d["batch_size"], help="default: %(default)s")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--device", default=d["device"], help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument(
+        "--backend",
+        default=d["backend"],
+        choices=("auto", "reference", "cpu", "triton", "cuda"),
+        help="structsparse backend",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on digits/synthetic, else torch's)",
+    )
+    g.add_argument("--log-format", default=d["log_format"], choices=("jsonl", "csv"))
+    g.add_argument("--out", default=None, metavar="DIR", help="parent folder of the run (default: ./runs)")
+    g.add_argument("--run-name", default=None)
+    g.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG plots")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+
+
+def _cfg(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(ns).items() if k in TRAIN_DEFAULTS}
