@@ -354,33 +354,23 @@ def test_fsdp2_gathered_state_dict(tmp_path):
         assert _rel(dense(x), small(x)) <= 1e-5
 
 
-def test_trained_digits_run_compacted_with_accuracy_unchanged(tmp_path):
-    from structsparse.cli import run_train
+def test_trained_digits_run_compacted_with_accuracy_unchanged(tmp_path, capsys):
+    """``structsparse train --compact`` (RAMDA on digits), then ``structsparse compact RUN_DIR``."""
+    from structsparse.cli import main
 
-    s = run_train(
-        dict(
-            model="mlp",
-            optimizer="ramda",
-            epochs=7,
-            milestones=[2, 3],
-            quiet=True,
-            plot=False,
-            save_model=True,
-            out=str(tmp_path),
-            run_name="digits",
-            device="cpu",
-        )
-    )
-    assert s["group_sparsity"] > 0.2
-    r = compact_run(s["run_dir"], reps=2, echo=lambda _m: None)
-    b, a = r["before"], r["after"]
-    assert a["val_acc"] == b["val_acc"]
-    assert a["params"] < 0.8 * b["params"] and a["macs"] < 0.8 * b["macs"]
+    argv = ["train", "--optimizer", "ramda", "--epochs", "7", "--milestones", "2,3", "--compact"]
+    argv += ["--out", str(tmp_path), "--run-name", "digits", "--no-plot", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "## Compact model" in capsys.readouterr().out
     run = tmp_path / "digits"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["group_sparsity"] > 0.2
+    b, a = summary["compact"]["before"], summary["compact"]["after"]
+    assert a["val_acc"] == b["val_acc"] and abs(b["val_acc"] - summary["val_acc"]) < 1e-12
+    assert a["params"] < 0.8 * b["params"] and a["macs"] < 0.8 * b["macs"]
     for f in ("model.pt", "model.pt2", "report.json", "report.md"):
         assert (run / "compact" / f).is_file()
     assert "## Compact model" in (run / "summary.md").read_text()
-    assert json.loads((run / "summary.json").read_text())["compact"]["after"]["params"] == a["params"]
     # the exported program rebuilds the compact model: same outputs as the dense trained model
     dense = build_model("mlp", (1, 8, 8), 10)
     dense.load_state_dict(torch.load(run / "model.pt", weights_only=True))
@@ -388,9 +378,13 @@ def test_trained_digits_run_compacted_with_accuracy_unchanged(tmp_path):
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         assert _rel(dense.eval()(x), rebuilt(x)) <= 1e-5
-    # a second run replaces the table instead of appending another one
-    compact_run(s["run_dir"], reps=1, echo=lambda _m: None)
+    # `structsparse compact RUN_DIR` on the existing run replaces the table instead of adding one
+    assert main(["compact", str(run), "--reps", "2", "-q"]) == 0
     assert (run / "summary.md").read_text().count("## Compact model") == 1
+    r = compact_run(run, reps=1, echo=lambda _m: None)
+    assert r["after"]["params"] == a["params"]
+    assert main(["compact", str(tmp_path / "nothing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
 
 
 def test_stats_and_latency():
