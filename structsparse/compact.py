@@ -151,26 +151,28 @@ class CompactReport:
         }
 
     def to_markdown(self) -> str:
-        lines = [
-            "| | before | after | ratio |",
-            "|---|---:|---:|---:|",
-        ]
+        lines = ["| | before | after | before / after |", "|---|---:|---:|---:|"]
         for key in ("params", "macs"):
-            if key in getattr(self, key, {}) or getattr(self, key):
-                b, a = getattr(self, key)["before"], getattr(self, key)["after"]
-                lines.append(f"| {key} | {b:,} | {a:,} | {b / max(a, 1):.2f}× |")
+            d = getattr(self, key)
+            if d:
+                lines.append(
+                    f"| {key} | {d['before']:,} | {d['after']:,} | {d['before'] / max(d['after'], 1):.2f}× |"
+                )
         lines.append("")
         if self.layers:
             lines += ["| layer | weight before | weight after |", "|---|---|---|"]
-            for name, s in self.layers.items():
+            for name, sh in self.layers.items():
                 lines.append(
-                    f"| {name} | {'×'.join(map(str, s['before']))} | {'×'.join(map(str, s['after']))} |"
+                    f"| {name} | {'×'.join(map(str, sh['before']))} | {'×'.join(map(str, sh['after']))} |"
                 )
             lines.append("")
         if self.kept:
-            lines += ["| kept channels (group) | count | reason |", "|---|---:|---|"]
+            lines += ["| kept: channels of layer | count | group | reason |", "|---|---:|---|---|"]
             for k in self.kept:
-                lines.append(f"| {k['group']} | {len(k['channels'])} | {k['reason']} |")
+                chans = ", ".join(map(str, k["channels"][:8])) + (", …" if len(k["channels"]) > 8 else "")
+                lines.append(
+                    f"| {k['layer']}: {chans} | {len(k['channels'])} | {k['group']} | {k['reason']} |"
+                )
             lines.append("")
         return "\n".join(lines)
 
