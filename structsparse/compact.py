@@ -646,12 +646,8 @@ def compact(
 # ---------------------------------------------------------------------------------------------
 
 
-def latency_ms(models: nn.Module | Sequence[nn.Module], x: Tensor, reps: int = 20, warmup: int = 3) -> Any:
-    """Median wall time (ms) of one eval-mode forward pass on ``x``; for a list of models, the
-    passes are interleaved (one of each per repetition) so that the load of a shared machine
-    falls on all of them alike, and a list of medians is returned."""
-    many = not isinstance(models, nn.Module)
-    mods = list(models) if many else [models]  # type: ignore[arg-type]
+def _pass_times(mods: Sequence[nn.Module], x: Tensor, reps: int, warmup: int) -> list[list[float]]:
+    """Seconds of each timed eval-mode forward pass, per model, passes interleaved."""
     modes = [m.training for m in mods]
     times: list[list[float]] = [[] for _ in mods]
     with torch.inference_mode():
@@ -665,8 +661,27 @@ def latency_ms(models: nn.Module | Sequence[nn.Module], x: Tensor, reps: int = 2
                     times[j].append(time.perf_counter() - t0)
     for m, was in zip(mods, modes):
         m.train(was)
-    med = [1e3 * statistics.median(t) for t in times]
-    return med if many else med[0]
+    return times
+
+
+def latency_ms(
+    models: nn.Module | Sequence[nn.Module],
+    x: Tensor,
+    reps: int = 20,
+    warmup: int = 3,
+    stat: str = "median",
+) -> Any:
+    """Wall time (ms) of one eval-mode forward pass on ``x``: the median (``stat="median"``) or
+    the minimum (``"min"``: the least disturbed pass, on a shared machine) of ``reps`` passes;
+    for a list of models, the passes are interleaved (one of each per repetition) so that the load
+    of a shared machine falls on all of them alike, and a list is returned."""
+    if stat not in ("median", "min"):
+        raise ValueError(f"latency_ms: stat must be 'median' or 'min', got {stat!r}")
+    many = not isinstance(models, nn.Module)
+    mods = list(models) if many else [models]  # type: ignore[arg-type]
+    agg = statistics.median if stat == "median" else min
+    res = [1e3 * agg(t) for t in _pass_times(mods, x, reps, warmup)]
+    return res if many else res[0]
 
 
 def _batch(x: Tensor, n: int) -> Tensor:
@@ -679,10 +694,14 @@ def model_stats(
     example: Tensor,
     batches: Sequence[int] = (1, 64),
     reps: int = 20,
+    warmup: int = 3,
+    with_min: bool = False,
 ) -> Any:
     """Parameters, MACs of one example (Torch-Pruning's counter) and the CPU latency in ms at each
     batch size of ``batches`` (``latency_ms_b<B>``; examples taken from ``example``, repeated as
-    needed), of one model or of a list of models (timed interleaved; a list of dicts)."""
+    needed), of one model or of a list of models (timed interleaved; a list of dicts).
+    ``latency_ms_b<B>`` is the median of ``reps`` passes; ``with_min`` adds their minimum,
+    ``latency_min_ms_b<B>`` (the least disturbed pass, on a machine shared with other jobs)."""
     tp = _tp()
     many = not isinstance(models, nn.Module)
     mods = list(models) if many else [models]  # type: ignore[arg-type]
@@ -691,8 +710,10 @@ def model_stats(
         macs, params = _count(tp, m, (example,))
         out.append({"params": params, "macs": macs})
     for b in batches:
-        for d, t in zip(out, latency_ms(mods, _batch(example, b), reps=reps)):
-            d[f"latency_ms_b{b}"] = t
+        for d, t in zip(out, _pass_times(mods, _batch(example, b), reps, warmup)):
+            d[f"latency_ms_b{b}"] = 1e3 * statistics.median(t)
+            if with_min:
+                d[f"latency_min_ms_b{b}"] = 1e3 * min(t)
     return out if many else out[0]
 
 
@@ -702,6 +723,8 @@ def compact_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     for k in before:
         if k.startswith("latency_ms_b"):
             rows.append((f"CPU latency, batch {k.removeprefix('latency_ms_b')} (ms)", k, "{:.3f}"))
+        if k.startswith("latency_min_ms_b"):
+            rows.append((f"CPU latency, batch {k.removeprefix('latency_min_ms_b')}, min (ms)", k, "{:.3f}"))
     lines = ["| | dense | compact | dense / compact |", "|---|---:|---:|---:|"]
     for label, key, fmt in rows:
         b, a = before[key], after[key]
