@@ -1,6 +1,7 @@
 """structsparse: regularized dual averaging optimizers (RMDA, RAMDA) and their baselines for
 training structurally sparse networks, with fused kernels and a pure-PyTorch reference backend."""
 
+from .compact import compact
 from .grouping import group_view
 from .metrics import (
     StructureTracker,
@@ -48,4 +49,5 @@ __all__ = [
     "zero_groups",
     "StructureTracker",
     "group_view",
+    "compact",
 ]

@@ -11,6 +11,8 @@ Subcommands (``structsparse <cmd> --help`` for all flags):
   versus random masks of the same sparsity.
 - ``compare``: several optimizers on one task with the same budget: a table like the papers'
   Table 1, sparsity and accuracy versus epochs, and the structure-stability figure.
+- ``compact``: a trained run's model as a smaller dense model with the same outputs (the channels
+  its structure made removable cut out), with parameters, MACs and CPU latency before and after.
 
 Outputs go to ``runs/<run-name>/`` under the current directory, or under ``--out DIR``.
 Bad input gives a one-line error on stderr and exit code 2.
@@ -31,7 +33,7 @@ from typing import Any
 
 import structsparse as ss
 
-from . import compare, identify, ticket, train
+from . import compact, compare, identify, ticket, train
 from .common import CLIError
 from .data import DataError
 
@@ -42,6 +44,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     identify.register,
     compare.register,
     ticket.register,
+    compact.register,
 ]
 
 

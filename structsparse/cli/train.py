@@ -380,9 +380,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
     prints and writes the outputs; accuracy and structure are global."""
     import torch.distributed as dist
 
+    cfg = _cfg(ns)
+    if ns.compact:
+        cfg["save_model"] = True
     try:
         with _threads(ns.threads, ns.dataset):
-            run_train(_cfg(ns))
+            summary = run_train(cfg)
+        if ns.compact and (not dist.is_initialized() or dist.get_rank() == 0):
+            from .compact import compact_after_train
+
+            compact_after_train(summary["run_dir"], ns.threads, ns.dataset, ns.quiet)
     except BaseException:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -401,5 +408,11 @@ def register(sub) -> None:
         "--save-model",
         action="store_true",
         help="also write model.pt (the trained state_dict, gathered to full tensors under torchrun)",
+    )
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="also write the compact model (compact/ in the run folder; implies --save-model) and "
+        "add its parameters, MACs and CPU latency to the summary (needs structsparse[compact])",
     )
     p.set_defaults(func=cmd_train)
