@@ -3,6 +3,8 @@ bad input, and the identification experiment on a small instance."""
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import pickle
 import subprocess
@@ -13,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+import structsparse as ss
 from structsparse import cli
 from structsparse.cli.data import DataError, load_dataset, read_idx, write_idx
 from structsparse.cli.models import MODELS, build_model
+from structsparse.cli.optimizers import OPTIMIZERS, resolve_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +105,7 @@ def test_train_csv_dense_baseline_and_conv_model(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert out == ""  # quiet
+    assert out.startswith("| metric | value |") and "epoch   1/1" not in out  # -q: the final table only
     lines = (tmp_path / "c" / "log.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,c,train_loss") and len(lines) == 2
     s = json.loads((tmp_path / "c" / "summary.json").read_text())
@@ -142,10 +146,121 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
 
 
-def test_argparse_unknown_choice_exits_2(capsys):
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--optimizer", "nope"], "--optimizer"),
+        (["train", "--epochs", "x"], "--epochs"),
+        (["train", "--milestones", "a,b"], "--milestones"),
+        (["train", "--bogus"], "--bogus"),
+        (["tran"], "tran"),
+        ([], "required"),
+        (["identify", "--n", "1.5"], "--n"),
+        (["ticket", "--rewind", "x"], "--rewind"),
+    ],
+)
+def test_argparse_errors_are_one_line_exit_2(capsys, argv, needle):
+    """argparse's own errors follow the CLI's style: one line on stderr, no usage dump, exit 2."""
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--optimizer", "nope"])
+        cli.main(argv)
     assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and needle in err and "usage:" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--lam", "-1"], "--lam"),
+        (["train", "--gamma", "0"], "--gamma"),
+        (["train", "--subset", "0"], "--subset"),
+        (["train", "--threads", "0"], "--threads"),
+        (["train", "--momentum", "1.5"], "momentum"),
+        (["train", "--optimizer", "proxgen", "--solver", "exact", "--regularizer", "group_mcp"], "exact"),
+        (["compare", "--lr", "-1", "--optimizers", "proxsgd"], "lr"),
+        (["compare", "--set", "ramda.momentum=2", "--optimizers", "rmda,ramda"], "momentum"),
+        (["identify", "--lam", "-1"], "--lam"),
+        (["identify", "--ref-iters", "0"], "--ref-iters"),
+        (["ticket", "--lr", "nan"], "--lr"),
+    ],
+)
+def test_bad_values_fail_before_any_output(tmp_path, capsys, argv, needle):
+    """Bad values are refused before the run folder exists: one line, exit 2, nothing written."""
+    code, out, err = run([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cmd", ["train", "compare", "identify", "ticket"])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_unavailable_backend_is_a_one_line_error_without_a_run_folder(
+    tmp_path, capsys, monkeypatch, cmd, backend
+):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():  # the backends run here: the error case needs a machine without CUDA
+        pytest.skip("CUDA is available")
+    code, out, err = run([cmd, "--backend", backend, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"--backend {backend}" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_milestones_follow_epochs(tmp_path, capsys):
+    from structsparse.cli.config import default_milestones
+
+    assert default_milestones(30) == [10, 20]  # the main job's
+    assert default_milestones(45) == [15, 30] and default_milestones(3) == [1, 2]
+    assert default_milestones(2) == [1] and default_milestones(1) == []
+    argv = ["train", "--optimizer", "rmda", "--model", "logreg", "--epochs", "3", "--subset", "200"]
+    code, out, err = run(
+        [*argv, "--out", str(tmp_path), "--run-name", "r", "--no-plot", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["milestones"] == [1, 2] and cfg["epochs"] == 3
+
+
+def test_no_milestones_note_says_there_is_none(tmp_path, capsys):
+    argv = ["train", "--model", "logreg", "--epochs", "1", "--subset", "64", "--milestones", "none"]
+    code, out, err = run([*argv, "--out", str(tmp_path), "--no-plot", "--no-progress"], capsys)
+    assert code == 0, err
+    note = [ln for ln in out.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "has none" in note[0] and "c stays 0.1" in note[0]
+    assert "iterations after" not in out
+
+
+def test_help_texts_say_what_runs(capsys):
+    p = cli.build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sp in sub.choices.items():
+        assert sp.description, name  # every subcommand describes itself in --help
+    helps = {a.dest: a.help for a in sub.choices["train"]._actions}
+    assert "exact for RAMDA" in helps["solver"]
+    assert "10" in helps["nu"] and "100" in helps["nu"]  # the CLI's default and the library's
+    assert "1/3 and 2/3" in helps["milestones"]
+    assert "final table" in helps["quiet"]
+    assert OPTIMIZERS["ramda"].defaults["solver"] == "exact"
+    dessilbi_nu = inspect.signature(ss.DessiLBI).parameters["nu"].default
+    assert OPTIMIZERS["dessilbi"].defaults["nu"] == 10.0 and dessilbi_nu == 100.0
+    # RAMDA's exact solve exists for group LASSO and L1 only: other regularizers default to pg
+    hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": "group_mcp"})
+    assert hp["solver"] == "pg"
+    hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": "group_lasso"})
+    assert hp["solver"] == "exact"
+
+
+def test_rmda_defaults_give_structure(tmp_path, capsys):
+    """``structsparse train --optimizer rmda`` with its defaults (digits, MLP, 30 epochs) ends with
+    exact zero groups and a useful model."""
+    argv = ["train", "--optimizer", "rmda", "--out", str(tmp_path), "--run-name", "r", "-q", "--no-plot"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["group_sparsity"] > 0.4 and s["val_acc"] > 0.93, s
 
 
 def test_dessilbi_hook_is_a_table_row():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +33,32 @@ def _pick_device(name: str) -> torch.device:
     return dev
 
 
+def check_backend(name: str, device: str, distributed: bool = False) -> None:
+    """Fail early (a :class:`CLIError`, before any output is created) when ``--backend`` cannot run
+    here with ``--device`` (under ``torchrun`` the device is the CPU)."""
+    dev = _pick_device("cpu" if distributed else device)
+    if name in ("auto", "reference"):
+        return
+    from .. import backends
+
+    try:
+        backends.resolve(name, dev)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--backend {name}: {str(e).splitlines()[0]}") from e
+    if name == "cuda" and dev.type != "cuda":
+        raise CLIError("--backend cuda: runs on CUDA tensors; use --device cuda")
+    if name == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise CLIError("--backend triton: runs on CUDA tensors (on CPU only with TRITON_INTERPRET=1)")
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
 
-def _run_dir(base: str | None, name: str, unique: bool) -> Path:
+def _run_dir(base: str | None, name: str, unique: bool, create: bool = True) -> Path:
+    """``<base or ./runs>/<name>``, with ``-1``, ``-2``, … appended when ``unique`` and it exists;
+    created unless ``create`` is false (then :func:`make_dir` creates it once the input is valid)."""
     root = Path(base) if base else Path.cwd() / "runs"
     path = root / name
     if unique and path.exists():
@@ -45,6 +66,10 @@ def _run_dir(base: str | None, name: str, unique: bool) -> Path:
         while (root / f"{name}-{k}").exists():
             k += 1
         path = root / f"{name}-{k}"
+    return make_dir(path) if create else path
+
+
+def make_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -108,6 +133,8 @@ class _threads:
     torch's default otherwise."""
 
     def __init__(self, n: int | None, dataset: str) -> None:
+        if n is not None and n < 1:
+            raise CLIError(f"--threads: expected a positive thread count, got {n}")
         self.n = n if n is not None else (1 if dataset in ("digits", "synthetic") else None)
 
     def __enter__(self):

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, _md_table, _pct, _run_dir, _threads
-from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg
+from .common import CLIError, _md_table, _pct, _run_dir, _threads, make_dir
+from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg, resolve_milestones
 from .data import load_dataset
 from .optimizers import OPTIMIZERS
 from .plotting import _plot_compare
@@ -31,7 +31,8 @@ def run_compare(
     """Run every optimizer on one task with the same budget. ``sweeps[o]``: λ values to try for
     ``o``; then each optimizer is represented by its sweep run with the highest group sparsity among
     those reaching ``target_acc`` (default: the lowest of the optimizers' best accuracies − 1 point),
-    i.e. the table compares sparsity at matched accuracy."""
+    i.e. the table compares sparsity at matched accuracy. ``out_dir`` is created once the input
+    is valid and the data are loaded."""
     for o in optimizers:
         if o not in OPTIMIZERS:
             raise CLIError(
@@ -40,8 +41,15 @@ def run_compare(
     for o in overrides:
         if o not in optimizers:
             raise CLIError(f"--set: optimizer {o!r} is not in --optimizers")
-    cfg = {**TRAIN_DEFAULTS, **cfg}
-    _check_train_cfg({**cfg, "optimizer": optimizers[0]})
+    cfg = resolve_milestones({**TRAIN_DEFAULTS, **cfg})
+    for o in optimizers:
+        _check_train_cfg({**cfg, "optimizer": o, **overrides.get(o, {})})
+    sweeps = sweeps or {}
+    for o in sweeps:
+        if o not in optimizers:
+            raise CLIError(f"--lams: optimizer {o!r} is not in --optimizers")
+        if not OPTIMIZERS[o].regularized:
+            raise CLIError(f"--lams: {o!r} is a dense baseline without λ")
     data = load_dataset(
         cfg["dataset"],
         cfg["data_dir"],
@@ -49,12 +57,7 @@ def run_compare(
         seed=cfg["seed"],
         subset=cfg["subset"],
     )
-    sweeps = sweeps or {}
-    for o in sweeps:
-        if o not in optimizers:
-            raise CLIError(f"--lams: optimizer {o!r} is not in --optimizers")
-        if not OPTIMIZERS[o].regularized:
-            raise CLIError(f"--lams: {o!r} is a dense baseline without λ")
+    make_dir(out_dir)
     runs: dict[str, list[dict[str, Any]]] = {}
     for o in optimizers:
         lams = sweeps.get(o) or [None]
@@ -69,6 +72,7 @@ def run_compare(
                 {**sub, "quiet": True, "progress": cfg["progress"] and not cfg["quiet"]},
                 data,
                 out_dir / o if lam is None else out_dir / o / f"lam{lam:g}",
+                summary_table=False,
             )
             runs[o].append(r)
             if not cfg["quiet"]:
@@ -131,8 +135,7 @@ def run_compare(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if cfg["plot"]:
         _plot_compare(results, out_dir, title, cfg["epochs"])
-    if not cfg["quiet"]:
-        echo(f"\n{title}\n\n{table}{extra_md}")
+    echo(f"\n{title}\n\n{table}{extra_md}")
     return results
 
 
@@ -176,22 +179,23 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     if not opts:
         raise CLIError("--optimizers: empty list")
     name = ns.run_name or f"compare-{ns.dataset}-{ns.model}-s{ns.seed}"
-    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None)
+    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None, create=False)
+    sets, lams = _parse_sets(ns.set or []), _parse_lams(ns.lams or [])
     with _threads(ns.threads, ns.dataset):
         target = None if ns.target_acc is None else ns.target_acc / (100 if ns.target_acc > 1 else 1)
-        run_compare(
-            cfg,
-            opts,
-            _parse_sets(ns.set or []),
-            out_dir,
-            sweeps=_parse_lams(ns.lams or []),
-            target_acc=target,
-        )
+        run_compare(cfg, opts, sets, out_dir, sweeps=lams, target_acc=target)
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compare", help="several optimizers, same budget: table, sparsity and stability plots")
+    p = sub.add_parser(
+        "compare",
+        help="several optimizers, same budget: table, sparsity and stability plots",
+        description="Train several optimizers on one task with the same budget and compare them: a "
+        "table (validation accuracy, group sparsities, last epoch the zero pattern changed), sparsity "
+        "and accuracy versus epochs, and the structure-stability figure. With --lams each optimizer is "
+        "reported at its sparsest λ reaching the target accuracy.",
+    )
     _add_common(p, with_optimizer=False)
     p.add_argument(
         "--optimizers",

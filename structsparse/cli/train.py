@@ -31,7 +31,7 @@ from .common import (
     _sync,
     _threads,
 )
-from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg
+from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg, resolve_milestones
 from .data import Dataset, load_dataset
 from .models import build_model
 from .optimizers import OPTIMIZERS, _pattern, _sparsities, _structure, make_regularizer, resolve_hparams
@@ -116,10 +116,12 @@ def run_train(
     data: Dataset | None = None,
     out_dir: Path | None = None,
     echo: Callable[[str], None] = print,
+    summary_table: bool = True,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says (keys of :data:`TRAIN_DEFAULTS`); write the log, plot and
-    summary under ``out_dir`` and return the summary dict."""
-    cfg = {**TRAIN_DEFAULTS, **cfg}
+    summary under ``out_dir`` and return the summary dict. ``cfg["quiet"]`` hides the progress
+    and per-epoch lines; ``summary_table`` whether the final table is printed."""
+    cfg = resolve_milestones({**TRAIN_DEFAULTS, **cfg})
     _check_train_cfg(cfg)
     # under torchrun (WORLD_SIZE > 1): FSDP2 data parallelism, rank 0 prints and writes
     rank, world = _init_parallel(cfg)
@@ -202,14 +204,23 @@ def run_train(
         hps = ", ".join(f"{k}={hp[k]}" for k in ("lr", "momentum", "lam") if hp.get(k) is not None)
         par = f"; FSDP2 data-parallel over {world} ranks (gloo)" if world > 1 else ""
         echo(f"{data!r}; model {cfg['model']}; {spec.name} ({hps}){par}; output {out_dir}")
-    if spec.dual_averaging and cfg["ramp"] == "sqrt" and not quiet:
-        c0 = 1.0 - float(hp["momentum"])
-        after = nb * (cfg["epochs"] - (cfg["milestones"][-1] if cfg["milestones"] else cfg["epochs"]))
-        if c0 < 1 and c0 * math.sqrt(max(after, 0)) < 1:
+    c0 = 1.0 - float(hp["momentum"]) if spec.dual_averaging else 1.0
+    if c0 < 1 and cfg["ramp"] == "sqrt" and not quiet:
+        if not cfg["milestones"]:
             echo(
-                f"note: c = 1 − momentum ramps to 1 only {math.ceil(1 / c0**2)} iterations after the last "
-                f"milestone, and this run has {after}: W will hold no exact zeros (add epochs or milestones)"
+                f"note: the sqrt ramp of c = 1 − momentum starts at the last milestone and this run has "
+                f"none: c stays {c0:g} and W will hold no exact zeros (give --milestones, or --momentum 0)"
             )
+        else:
+            after = nb * (cfg["epochs"] - cfg["milestones"][-1])
+            if c0 * math.sqrt(after) < 1:
+                echo(
+                    f"note: c = 1 − momentum ramps to 1 only {math.ceil(1 / c0**2)} iterations after the "
+                    f"last milestone, and this run has {after}: W will hold no exact zeros (add epochs "
+                    "or move the milestones earlier)"
+                )
+    elif c0 < 1 and cfg["ramp"] is None and not quiet:
+        echo(f"note: --ramp none: c stays {c0:g} and W will hold no exact zeros (give --momentum 0)")
     t_start = time.perf_counter()
     for epoch in range(1, cfg["epochs"] + 1):
         model.train()
@@ -337,7 +348,7 @@ def run_train(
         (out_dir / "summary.md").write_text(table + "\n")
         if cfg["plot"]:
             _plot_train(history, out_dir / "curves.png", f"{data.name} / {cfg['model']} / {spec.name}")
-        if not quiet:
+        if summary_table:
             echo(table)
     return {**summary, "history": history}
 
@@ -394,7 +405,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="train one model and report its structure", description=cmd_train.__doc__
+        "train",
+        help="train one model and report its structure",
+        description="Train one model with one optimizer and report its structure: a per-epoch log, "
+        "accuracy and structured sparsity versus epochs, a final table. Under torchrun "
+        "(WORLD_SIZE > 1) the model is sharded with FSDP2 on CPU (gloo); rank 0 prints and writes.",
     )
     _add_common(p, with_optimizer=True)
     p.add_argument(
