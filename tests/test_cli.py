@@ -7,6 +7,7 @@ import argparse
 import inspect
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -591,3 +592,122 @@ def test_compare_lambda_sweep_selects_sparsest_at_matched_accuracy(tmp_path, cap
     assert s["ramda"]["hparams"]["lam"] != 1.0
     table = (d / "table.md").read_text()
     assert "λ sweep" in table and f"{100 * target:.2f} %" in table
+
+
+# ------------------------------------------------------------------------- atomic files, resume
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from structsparse.cli.common import atomic_open, save_torch, write_text
+
+    path = tmp_path / "model.pt"
+    save_torch({"w": torch.arange(3.0)}, path)
+    with pytest.raises(RuntimeError), atomic_open(path, "wb") as f:
+        f.write(b"truncated")
+        raise RuntimeError("killed while writing")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3.0))
+    write_text(tmp_path / "s.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "s.json"]  # no temporary left
+
+
+_TIMING = {"run_dir", "mean_step_ms", "total_time_s"}
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same results: summary (but timings), log rows, weights bitwise."""
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert {k: v for k, v in sa.items() if k not in _TIMING} == {
+        k: v for k, v in sb.items() if k not in _TIMING
+    }
+
+    def rows(d):
+        return [
+            {k: v for k, v in json.loads(ln).items() if k not in ("epoch_time", "step_time_ms")}
+            for ln in (d / "log.jsonl").read_text().splitlines()
+        ]
+
+    assert rows(a) == rows(b)
+    ma, mb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+@pytest.mark.parametrize("optimizer", ["ramda", "dessilbi", "sgd"])
+def test_resume_is_bit_exact(tmp_path, capsys, optimizer):
+    """6 epochs straight versus 3 epochs, an interruption, and ``--resume`` to 6: the same summary,
+    log and weights, bit for bit (model, optimizer, scheduler and every generator restored)."""
+    from structsparse.cli.common import _threads
+    from structsparse.cli.train import run_train
+
+    cfg = dict(optimizer=optimizer, epochs=6, subset=300, checkpoint_every=2, save_model=True, plot=False)
+
+    def interrupt(msg):
+        if msg.startswith("epoch   3/6"):
+            raise KeyboardInterrupt
+
+    with _threads(None, "digits"):  # as the command: one thread (the resume below runs through it)
+        run_train({**cfg, "progress": False}, out_dir=tmp_path / "a", echo=lambda m: None)
+        with pytest.raises(KeyboardInterrupt):
+            run_train({**cfg, "progress": False}, out_dir=tmp_path / "b", echo=interrupt)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 2 and len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 3
+    code, out, err = run(["train", "--resume", str(tmp_path / "b"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert (
+        "resumed from the checkpoint of epoch 2" in out and "epoch   3/6" in out and "epoch   2/6" not in out
+    )
+    _same_run(tmp_path / "a", tmp_path / "b")
+    # a finished run resumes to its report, unchanged
+    code, out, err = run(["train", "--resume", str(tmp_path / "b"), "-q"], capsys)
+    assert code == 0 and "| validation accuracy |" in out
+    _same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_resume_bad_input(tmp_path, capsys):
+    code, out, err = run(["train", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "no config.json" in err
+    argv = ["train", "--model", "logreg", "--epochs", "1", "--subset", "64", "--no-plot", "-q"]
+    code, out, err = run([*argv, "--out", str(tmp_path), "--run-name", "r"], capsys)
+    assert code == 0, err
+    code, out, err = run(["train", "--resume", str(tmp_path / "r")], capsys)
+    assert code == 2 and "no checkpoint" in err
+    code, out, err = run(["train", "--resume", str(tmp_path / "r"), "--lr", "0.5"], capsys)
+    assert code == 2 and "--lr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_resume_skips_finished_runs(tmp_path, capsys):
+    argv = [
+        "compare",
+        "--optimizers",
+        "proxsgd,rmda",
+        "--model",
+        "logreg",
+        "--epochs",
+        "2",
+        "--subset",
+        "100",
+    ]
+    argv += [
+        "--checkpoint-every",
+        "1",
+        "--no-plot",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+        "--run-name",
+        "c",
+    ]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    c = tmp_path / "c"
+    table = (c / "table.md").read_text()
+    shutil.rmtree(c / "rmda")  # as if interrupted before rmda started
+    before = (c / "proxsgd" / "model.pt").exists(), (c / "proxsgd" / "checkpoint.pt").stat().st_mtime_ns
+    code, out, err = run(["compare", "--resume", str(c), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "== proxsgd" in out and "== rmda" in out
+    assert (c / "proxsgd" / "checkpoint.pt").stat().st_mtime_ns == before[1]  # finished: not retrained
+
+    def strip(t):  # the table without its timing columns
+        return [ln.rsplit("|", 3)[0] for ln in t.splitlines()]
+
+    assert strip((c / "table.md").read_text()) == strip(table)

@@ -4,11 +4,13 @@ per-epoch log, progress bars, number formatting and Markdown tables, the thread-
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +79,68 @@ def make_dir(path: Path) -> Path:
     return path
 
 
-class _Log:
-    """Per-epoch log written as JSON lines or CSV (flushed every row)."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Write ``path`` all or nothing: the block writes a temporary file in the same folder, which is
+    flushed, fsync'ed and renamed over ``path`` (``os.replace``, atomic on POSIX) when the block
+    ends without error; on error it is removed and ``path`` keeps its previous content."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the permissions of a file opened with open()
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable (not every file system allows it)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
-    def __init__(self, path: Path, fmt: str) -> None:
+
+def write_text(path: str | Path, text: str) -> None:
+    """``Path.write_text`` done atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` done atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> None:
+    """A matplotlib figure saved as PNG atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
+class _Log:
+    """Per-epoch log written as JSON lines or CSV, one flushed row at a time. ``keep`` rows of an
+    existing log are kept (a resumed run: the file is first rewritten atomically with them)."""
+
+    def __init__(self, path: Path, fmt: str, keep: int | None = None) -> None:
         self.path, self.fmt = path, fmt
-        self.f = open(path, "w", newline="")
         self.writer: csv.DictWriter | None = None
+        if keep is None:
+            self.f = open(path, "w", newline="")
+            return
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        header = 1 if fmt == "csv" and lines else 0
+        write_text(path, "".join(lines[: header + keep]))
+        self.f = open(path, "a", newline="")
+        if header:
+            self.writer = csv.DictWriter(self.f, fieldnames=lines[0].strip().split(","))
 
     def write(self, row: dict[str, Any]) -> None:
         if self.fmt == "jsonl":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +50,45 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     progress=True,
     plot=True,
     save_model=False,
+    checkpoint_every=0,
+    resume=None,
 )
+
+#: what ``--resume`` may change; every other setting is the saved run's
+RESUME_KEYS = (
+    "epochs",
+    "checkpoint_every",
+    "backend",
+    "device",
+    "threads",
+    "quiet",
+    "progress",
+    "plot",
+    "save_model",
+    "out",
+    "run_name",
+    "resume",
+)
+
+
+def resume_config(run_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The configuration of a resumed run: the one saved in ``run_dir/config.json``, with the
+    :data:`RESUME_KEYS` that ``given`` sets (to other than their defaults); any other setting in
+    ``given`` that differs from both its default and the saved value is an error."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CLIError(f"--resume: {run_dir} is not a run folder of structsparse train (no config.json)")
+    saved = json.loads(path.read_text())
+    cfg = {k: saved[k] for k in TRAIN_DEFAULTS if k in saved}
+    for k, v in given.items():
+        if k not in TRAIN_DEFAULTS or v == TRAIN_DEFAULTS[k]:
+            continue
+        if k in RESUME_KEYS:
+            cfg[k] = v
+        elif v != cfg.get(k):
+            flag = "--" + k.replace("_", "-")
+            raise CLIError(f"{flag}: {v!r} differs from the resumed run's {cfg.get(k)!r}; --resume keeps it")
+    return cfg
 
 
 def default_milestones(epochs: int) -> list[int]:
@@ -93,6 +133,8 @@ def _check_train_cfg(cfg: dict[str, Any]) -> None:
         raise CLIError(f"--threads: expected a positive thread count, got {cfg['threads']}")
     if cfg["epochs"] < 1:
         raise CLIError(f"--epochs: expected a positive number of epochs, got {cfg['epochs']}")
+    if cfg["checkpoint_every"] < 0:
+        raise CLIError(f"--checkpoint-every: expected a number of epochs >= 0, got {cfg['checkpoint_every']}")
     if cfg["batch_size"] < 1:
         raise CLIError(f"--batch-size: expected a positive batch size, got {cfg['batch_size']}")
     if cfg.get("subset") is not None and cfg["subset"] < 1:
@@ -250,6 +292,20 @@ def _add_common(p: argparse.ArgumentParser, *, with_optimizer: bool) -> None:
     g.add_argument("--log-format", default=d["log_format"], choices=("jsonl", "csv"))
     g.add_argument("--out", default=None, metavar="DIR", help="parent folder of the run (default: ./runs)")
     g.add_argument("--run-name", default=None)
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save a checkpoint every N epochs and at the last one (default: 0, none)",
+    )
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoint, bit for bit (its saved settings; "
+        "--epochs may extend it)",
+    )
     g.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG plots")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument(

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 import structsparse as ss
 
 from ..metrics import zero_groups
-from .common import CLIError, _md_table, _pct, _run_dir, _threads, check_backend, make_dir
+from .common import CLIError, _md_table, _pct, _run_dir, _threads, check_backend, make_dir, write_text
 from .config import _milestones, default_milestones
 from .data import ground_truth_linear
 from .optimizers import OPTIMIZERS
@@ -446,9 +446,10 @@ def run_identify(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, A
     ]
     table = _md_table(header, rows)
     make_dir(out_dir)
-    (out_dir / "table.md").write_text(table + "\n")
-    (out_dir / "identify.json").write_text(
-        json.dumps({"config": args, "reference": refs, "results": results}, indent=2, default=str) + "\n"
+    write_text(out_dir / "table.md", table + "\n")
+    write_text(
+        out_dir / "identify.json",
+        json.dumps({"config": args, "reference": refs, "results": results}, indent=2, default=str) + "\n",
     )
     if args["plot"]:
         _plot_identify(results, {k: p.name for k, p, _ in problems}, out_dir / "identify.png")

@@ -11,7 +11,18 @@ from typing import Any
 
 import torch
 
-from .common import CLIError, _md_table, _pct, _pick_device, _run_dir, _threads, check_backend, make_dir
+from .common import (
+    CLIError,
+    _md_table,
+    _pct,
+    _pick_device,
+    _run_dir,
+    _threads,
+    check_backend,
+    make_dir,
+    save_figure,
+    write_text,
+)
 from .data import DATASETS, load_dataset
 from .models import MODELS, build_model
 from .plotting import _plt
@@ -142,9 +153,10 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
         f"dense network retrained the same way: {_pct(dense)}\n\n{t_tk}\n"
     )
     make_dir(out_dir)
-    (out_dir / "table.md").write_text(text)
-    (out_dir / "ticket.json").write_text(
-        json.dumps({"config": args, "time_s": elapsed, **res}, indent=2, default=str) + "\n"
+    write_text(out_dir / "table.md", text)
+    write_text(
+        out_dir / "ticket.json",
+        json.dumps({"config": args, "time_s": elapsed, **res}, indent=2, default=str) + "\n",
     )
     if args["plot"]:
         plt = _plt()
@@ -162,7 +174,7 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
         ax.set_title(f"{data.name} / {args['model']}: early tickets", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "tickets.png", dpi=80)
+        save_figure(fig, out_dir / "tickets.png", dpi=80)
         plt.close(fig)
     echo(f"{text}" if args["quiet"] else f"\n{text}\n({elapsed:.1f} s)")
     return res
