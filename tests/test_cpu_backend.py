@@ -170,13 +170,23 @@ def test_group_lasso_groupings(algo, grouping, dtype):
     _case(algo, "group_lasso", grouping, dtype, CONV)
 
 
-# solver="exact" (and ProxSSI) take GroupLasso/L1 only: the optimizers reject the others
+# solver="exact" (and ProxSSI) take every regularizer but NuclearNorm: the optimizers reject it
 REG_CASES = [
     (algo, kind)
     for algo in ALGOS
     for kind in ("none", "l1", "sgl", "group_mcp", "mcp", "nuclear")
-    if not (algo in EXACT and kind in ("sgl", "group_mcp", "mcp", "nuclear"))
+    if not (algo in EXACT and kind == "nuclear")
 ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("algo", EXACT)
+@pytest.mark.parametrize("kind", ["sgl", "group_mcp"])
+@pytest.mark.parametrize("grouping", ["output", "kernel", (0, 2, 3)])
+def test_exact_new_regularizers_groupings(algo, kind, grouping, dtype):
+    """The exact SparseGroupLasso/GroupMCP solves (solve_rows.h) on conv groupings, both GroupMCP
+    regimes (its ω spans the groups' min P against α/ω_g)."""
+    _case(algo, kind, grouping, dtype, CONV)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
