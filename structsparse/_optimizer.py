@@ -76,9 +76,17 @@ def check_int(name: str, value: Any, low: int) -> int:
 
 
 def check_solver(solver: Any) -> str:
-    if solver not in ("pg", "exact"):
-        raise ValueError(f"solver: unknown solver {solver!r}; expected 'pg' or 'exact'")
+    if solver not in ("auto", "pg", "exact"):
+        raise ValueError(f"solver: unknown solver {solver!r}; expected 'auto', 'pg' or 'exact'")
     return solver
+
+
+def resolve_solver(solver: str, reg: Any) -> str:
+    """The subproblem solver a step runs: ``"auto"`` is ``"exact"`` where the regularizer has an
+    exact solve (or there is none), ``"pg"`` otherwise (NuclearNorm); the others as given."""
+    if solver != "auto":
+        return solver
+    return "exact" if reg is None or reg.exact_solve else "pg"
 
 
 class StructuredOptimizer(torch.optim.Optimizer):
@@ -134,11 +142,12 @@ class StructuredOptimizer(torch.optim.Optimizer):
             if reg is not None:
                 reg.check(p, where)
             distributed.check_param(p, reg, where)
-        if reg is not None and self.needs_screenable_for(group) and not reg.screenable:
+        if reg is not None and self.needs_screenable_for(group) and not reg.exact_solve:
             raise ValueError(
                 f"regularizer: {type(reg).__name__} has no exact group solve; "
                 f"{type(self).__name__} with solver={group.get('solver', 'exact')!r} supports "
-                "GroupLasso and L1 (use solver='pg' for other regularizers)"
+                "GroupLasso, L1, SparseGroupLasso, GroupMCP and MCP (use solver='pg' or 'auto' "
+                "for other regularizers)"
             )
 
     def needs_screenable_for(self, group: dict[str, Any]) -> bool:
