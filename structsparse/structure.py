@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from . import distributed
+from ._optimizer import resolve_solver
 from .backends import reference
 from .regularizers import NuclearNorm, Regularizer
 
@@ -134,7 +135,7 @@ class StructureMixin:
                 w,
                 state["alpha"],
                 reg,
-                group["solver"],
+                resolve_solver(group["solver"], reg),
                 int(group["max_iters"]),
                 float(group["rtol"]),
             )
