@@ -18,9 +18,10 @@ import torch
 
 import structsparse as ss
 from structsparse import cli
+from structsparse._optimizer import resolve_solver
 from structsparse.cli.data import DataError, load_dataset, read_idx, write_idx
 from structsparse.cli.models import MODELS, build_model
-from structsparse.cli.optimizers import OPTIMIZERS, resolve_hparams
+from structsparse.cli.optimizers import OPTIMIZERS, make_regularizer, resolve_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,7 @@ def test_argparse_errors_are_one_line_exit_2(capsys, argv, needle):
         (["train", "--subset", "0"], "--subset"),
         (["train", "--threads", "0"], "--threads"),
         (["train", "--momentum", "1.5"], "momentum"),
-        (["train", "--optimizer", "proxgen", "--solver", "exact", "--regularizer", "group_mcp"], "exact"),
+        (["train", "--optimizer", "proxgen", "--solver", "exact", "--regularizer", "nuclear"], "exact"),
         (["compare", "--lr", "-1", "--optimizers", "proxsgd"], "lr"),
         (["compare", "--set", "ramda.momentum=2", "--optimizers", "rmda,ramda"], "momentum"),
         (["identify", "--lam", "-1"], "--lam"),
@@ -240,18 +241,21 @@ def test_help_texts_say_what_runs(capsys):
     for name, sp in sub.choices.items():
         assert sp.description, name  # every subcommand describes itself in --help
     helps = {a.dest: a.help for a in sub.choices["train"]._actions}
-    assert "exact for RAMDA" in helps["solver"]
+    assert "auto for RAMDA" in helps["solver"]
     assert "10" in helps["nu"] and "100" in helps["nu"]  # the CLI's default and the library's
     assert "1/3 and 2/3" in helps["milestones"]
     assert "final table" in helps["quiet"]
-    assert OPTIMIZERS["ramda"].defaults["solver"] == "exact"
+    assert OPTIMIZERS["ramda"].defaults["solver"] == "auto"
     dessilbi_nu = inspect.signature(ss.DessiLBI).parameters["nu"].default
     assert OPTIMIZERS["dessilbi"].defaults["nu"] == 10.0 and dessilbi_nu == 100.0
-    # RAMDA's exact solve exists for group LASSO and L1 only: other regularizers default to pg
-    hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": "group_mcp"})
-    assert hp["solver"] == "pg"
-    hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": "group_lasso"})
-    assert hp["solver"] == "exact"
+    # "auto": the optimizer picks exact where the regularizer has one (every one but nuclear)
+    for reg, solver in (("group_mcp", "exact"), ("group_lasso", "exact"), ("nuclear", "pg")):
+        hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": reg})
+        assert (
+            ss.RAMDA([torch.zeros(2, 2, requires_grad=True)], solver=hp["solver"]).defaults["solver"]
+            == "auto"
+        )
+        assert resolve_solver(hp["solver"], make_regularizer(reg, 1e-3, "input", 3.0)) == solver
 
 
 def test_rmda_defaults_give_structure(tmp_path, capsys):

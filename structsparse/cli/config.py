@@ -235,11 +235,12 @@ def _add_common(p: argparse.ArgumentParser, *, with_optimizer: bool) -> None:
     g.add_argument("--eps", type=float, default=None, help="RAMDA ε (default: 1e-6)")
     g.add_argument(
         "--solver",
-        choices=("pg", "exact"),
+        choices=("auto", "pg", "exact"),
         default=None,
-        help="subproblem solver of RAMDA and ProxGen: pg (proximal gradient) or exact (Newton on a kept "
-        "group's norm; group_lasso and l1 only) (default: exact for RAMDA with group_lasso or l1, "
-        "else pg)",
+        help="subproblem solver of RAMDA and ProxGen: exact (screening and Newton on a group's norm; "
+        "every regularizer but nuclear), pg (the papers' proximal gradient) or auto (exact where the "
+        "regularizer has one, else pg) (default: auto for RAMDA; pg for ProxGen, the setting of the "
+        "published comparisons in docs/cli.md)",
     )
     g.add_argument(
         "--weight-decay",

@@ -151,7 +151,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         _build_ramda,
         True,
         True,
-        dict(_COMMON, lr=1e-2, momentum=0.9, lam=1e-3, eps=1e-6, solver="exact"),
+        dict(_COMMON, lr=1e-2, momentum=0.9, lam=1e-3, eps=1e-6, solver="auto"),
         help="RAMDA (ss.RAMDA)",
     ),
     "proxsgd": OptimizerSpec(
@@ -211,8 +211,6 @@ REGULARIZERS = ("group_lasso", "l1", "sparse_group_lasso", "group_mcp", "mcp", "
 
 
 GROUPINGS = ("input", "output", "kernel", "element")
-#: regularizers with an exact group solve (``solver="exact"``); RAMDA's default falls back to pg
-EXACT_SOLVE = ("group_lasso", "l1", "none")
 
 
 def make_regularizer(name: str, lam: float, grouping: str, omega: float) -> ss.Regularizer | None:
@@ -286,7 +284,5 @@ def resolve_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     for k in ("lr", "momentum", "eps", "solver", "weight_decay", "lam", "kappa", "nu"):
         if cfg.get(k) is not None:
             hp[k] = cfg[k]
-    if cfg.get("solver") is None and hp["solver"] == "exact" and cfg.get("regularizer") not in EXACT_SOLVE:
-        hp["solver"] = "pg"  # the exact group solve exists for group LASSO and L1 only
     hp["backend"] = cfg["backend"]
     return hp
