@@ -1,6 +1,7 @@
 """structsparse: regularized dual averaging optimizers (RMDA, RAMDA) and their baselines for
 training structurally sparse networks, with fused kernels and a pure-PyTorch reference backend."""
 
+from .factory import create_optimizer, make_regularizer
 from .grouping import group_view
 from .metrics import (
     StructureTracker,
@@ -40,6 +41,8 @@ __all__ = [
     "NuclearNorm",
     "Regularizer",
     "group_params",
+    "create_optimizer",
+    "make_regularizer",
     "RestartScheduler",
     "group_sparsity",
     "unstructured_sparsity",
