@@ -104,6 +104,11 @@ SAVED_KEYS = ("algorithm", "skipped_steps")
 
 
 _MISSING = object()
+_UNSUPPORTED = {
+    "capturable": "the step counters (t, alpha) are host numbers, so a step cannot be captured in "
+    "a CUDA graph",
+    "differentiable": "the step updates parameters and state in place under torch.no_grad()",
+}
 
 
 def _unchanged(snapshot: dict[str, Any], group: dict[str, Any]) -> bool:
@@ -135,7 +140,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
     at construction, by ``add_param_group``, by ``load_state_dict`` and, when it changed, by
     ``step``; an unknown key in a param group raises. ``maximize=True`` steps on ``-grad``;
     ``foreach`` is accepted and has no effect (every backend already steps a bucket of tensors per
-    call); ``capturable`` and ``differentiable`` must be False.
+    call); ``capturable`` and ``differentiable`` (constructor only) must be False.
     """
 
     #: name stored in state_dicts; loading a state_dict of another algorithm raises
@@ -164,10 +169,12 @@ class StructuredOptimizer(torch.optim.Optimizer):
         defaults = dict(defaults)
         defaults.setdefault("regularizer", None)
         defaults["backend"] = check_backend(backend)
-        defaults.update(
-            maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable
-        )
+        defaults.update(maximize=maximize, foreach=foreach)
         self._check_flags(defaults)
+        # not param-group keys: torch.compile sets a group's "capturable" to True while tracing
+        for k, v in (("capturable", capturable), ("differentiable", differentiable)):
+            if v is not False:
+                raise ValueError(f"{k}={v!r} is not supported: {_UNSUPPORTED[k]}")
         self.skip_nonfinite = bool(skip_nonfinite)
         self._skipped = 0
         # steps skipped inside torch.compile, counted on the device (see _masked_step)
@@ -217,21 +224,10 @@ class StructuredOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _check_flags(group: dict[str, Any]) -> None:
-        for k in ("maximize", "capturable", "differentiable"):
-            if not isinstance(group[k], bool):
-                raise ValueError(f"{k}: expected a bool, got {group[k]!r}")
+        if not isinstance(group["maximize"], bool):
+            raise ValueError(f"maximize: expected a bool, got {group['maximize']!r}")
         if group["foreach"] not in (None, True, False):
             raise ValueError(f"foreach: expected None or a bool, got {group['foreach']!r}")
-        if group["capturable"]:
-            raise ValueError(
-                "capturable=True is not supported: the step counters (t, alpha) are host numbers, "
-                "so a step cannot be captured in a CUDA graph"
-            )
-        if group["differentiable"]:
-            raise ValueError(
-                "differentiable=True is not supported: the step updates parameters and state in "
-                "place under torch.no_grad()"
-            )
 
     def _check_group(self, group: dict[str, Any], index: int, *, params: bool) -> None:
         """Every check of a param group, with the constructor's errors; ``params``: also check

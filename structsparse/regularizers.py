@@ -51,7 +51,10 @@ def _check_nonneg(name: str, value: float, *, positive: bool = False) -> float:
 
 def _as_group_tau(tau: Tensor | float, x3: Tensor) -> Tensor:
     """tau as a [1, G, 1] (or broadcastable) tensor of x3's dtype."""
-    t = torch.as_tensor(tau, dtype=x3.dtype, device=x3.device)
+    if isinstance(tau, Tensor):
+        t = tau.to(dtype=x3.dtype, device=x3.device)
+    else:  # scalar_tensor: torch.compile keeps a symbolic tau symbolic (as_tensor specializes it)
+        t = torch.scalar_tensor(tau, dtype=x3.dtype, device=x3.device)
     if t.dim() == 1:
         t = t.view(1, -1, 1)
     return t
