@@ -25,14 +25,34 @@ def check_backend(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
+_loaded: dict[str, ModuleType] = {}
+
+
 def _load(name: str) -> tuple[ModuleType | None, str]:
-    """Import backend module ``name``; return (module or None, reason it is unavailable)."""
+    """Import backend module ``name``; return (module or None, reason it is unavailable).
+    An available module is cached, so a step traced by ``torch.compile`` finds it without calling
+    importlib; an unavailable one is asked again (its availability can depend on the environment)."""
+    mod = _loaded.get(name)
+    if mod is not None:
+        return mod, ""
     try:
         mod = importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         return None, str(e)
     ok, why = mod.available()
-    return (mod if ok else None), why
+    if not ok:
+        return None, why
+    _loaded[name] = mod
+    return mod, ""
+
+
+def preload(name: str, device: torch.device) -> None:
+    """Import the modules :func:`resolve` may pick for ``device`` (never raises or warns)."""
+    if name == "auto":
+        for cand in _auto_candidates(device):
+            _load(cand)
+    elif name != "reference":
+        _load(name)
 
 
 def _auto_candidates(device: torch.device) -> tuple[str, ...]:
