@@ -37,11 +37,6 @@ def _load_fast_all_finite():
 _fast_all_finite = _load_fast_all_finite()
 
 
-class _Verdicts(dict):
-    """id(param) -> (weakref to the gradient, its ``_version``, verdict) of the NaN/Inf check taken
-    when the gradient was produced (a dict subclass, so the hooks can hold it weakly)."""
-
-
 def _verdict(g: Tensor) -> bool | Tensor:
     """Whether ``g`` is finite: a bool on CPU, a 0-d device tensor elsewhere (finite iff its
     max-abs is; read once per step for all gradients together, so the backward does not sync)."""
@@ -57,14 +52,14 @@ def _verdict(g: Tensor) -> bool | Tensor:
 def _record_check(ref: weakref.ref, p: Tensor) -> None:
     """Post-accumulate-grad hook: check the gradient just accumulated (still in cache) and record
     the verdict with the gradient's identity and version, so step() re-reads only gradients
-    changed since."""
-    verdicts = ref()
-    if verdicts is None or torch.compiler.is_compiling():
+    changed since. Does nothing when the optimizer's check is off or under torch.compile."""
+    opt = ref()
+    if opt is None or not opt.skip_nonfinite or torch.compiler.is_compiling():
         return
     g = p.grad
     if g is None or g.is_sparse or distributed.is_sharded(g):
         return
-    verdicts[id(p)] = (weakref.ref(g), g._version, _verdict(g))
+    opt._grad_checks[id(p)] = (weakref.ref(g), g._version, _verdict(g))
 
 
 def _remove_hooks(handles: list[Any]) -> None:
@@ -243,12 +238,13 @@ class StructuredOptimizer(torch.optim.Optimizer):
         """The NaN/Inf check's per-gradient verdicts and the hooks that take them during backward
         (removed when the optimizer is collected; not part of pickles or deep copies, which
         register their own)."""
-        self._grad_checks = _Verdicts()
+        # id(param) -> (weakref to the gradient, its _version, verdict)
+        self._grad_checks: dict[int, tuple[Any, int, bool | Tensor]] = {}
         self._grad_hooks: list[Any] = []
         weakref.finalize(self, _remove_hooks, self._grad_hooks)
 
     def _hook_params(self, params: Iterable[Tensor]) -> None:
-        hook = functools.partial(_record_check, weakref.ref(self._grad_checks))
+        hook = functools.partial(_record_check, weakref.ref(self))
         for p in params:
             if isinstance(p, Tensor) and p.requires_grad and p.is_leaf:
                 self._grad_hooks.append(p.register_post_accumulate_grad_hook(hook))
