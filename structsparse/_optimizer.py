@@ -43,9 +43,18 @@ def _verdict(g: Tensor) -> bool | Tensor:
     if not g.numel():
         return True
     if g.device.type == "cpu":
-        if _fast_all_finite is not None:
-            return bool(_fast_all_finite([g]))
-        return bool(torch.isfinite(g).all())
+        # one intra-op thread: the gradient was just written (in cache), and a parallel region
+        # per parameter wakes the pool once per parameter (bench/nonfinite_check.py)
+        n = torch.get_num_threads()
+        if n > 1:
+            torch.set_num_threads(1)
+        try:
+            if _fast_all_finite is not None:
+                return bool(_fast_all_finite([g]))
+            return bool(torch.isfinite(g).all())
+        finally:
+            if n > 1:
+                torch.set_num_threads(n)
     return torch.linalg.vector_norm(g, float("inf"))
 
 
