@@ -258,6 +258,34 @@ void proxssi_step(at::TensorList params, at::TensorList grads, at::TensorList ex
             views, lr, beta1, beta2, eps, weight_decay, cm);
 }
 
+void dessilbi_step(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList zs,
+                   at::TensorList gammas, at::IntArrayRef views, double lr, double kappa, double nu, double momentum,
+                   double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
+  Common cm;
+  set_reg(cm, reg, reg_params);
+  TORCH_CHECK(cm.reg_kind == REG_NONE || cm.reg_kind == REG_GROUP_LASSO,
+              "dessilbi_step: reg must be 'none' or 'group_lasso' (L1 = group LASSO by element)");
+  const bool paired = cm.reg_kind != REG_NONE;
+  TORCH_CHECK(paired ? (zs.size() == params.size() && gammas.size() == params.size())
+                     : (zs.empty() && gammas.empty()),
+              "dessilbi_step: zs and gammas must match params when reg is given, and be empty otherwise");
+  TORCH_CHECK(nu > 0, "dessilbi_step: nu must be > 0");
+  std::vector<at::TensorList> states{momentum_buffers};
+  if (paired) {
+    states.push_back(zs);
+    states.push_back(gammas);
+  }
+  run_bucket("dessilbi_step", params, grads, states, views, cm, false, launch_dessilbi_f32, launch_dessilbi_f64,
+             [&](size_t, double* sc) {
+               sc[0] = lr * kappa;
+               sc[1] = lr * kappa * weight_decay;
+               sc[2] = lr * kappa / nu;
+               sc[3] = lr / nu;
+               sc[4] = kappa;
+               sc[5] = momentum;
+             });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(structsparse, CUDA, m) {
@@ -266,6 +294,7 @@ TORCH_LIBRARY_IMPL(structsparse, CUDA, m) {
   m.impl("proxsgd_step", &proxsgd_step);
   m.impl("proxgen_step", &proxgen_step);
   m.impl("proxssi_step", &proxssi_step);
+  m.impl("dessilbi_step", &dessilbi_step);
 }
 
 }  // namespace cuda

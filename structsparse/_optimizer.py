@@ -246,7 +246,9 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 self.group_state(p, st, group)
                 buckets[(p.device, p.dtype)].append((p, g))
             for (device, _), bucket in buckets.items():
-                backend = resolve(group["backend"], device)
+                backend = resolve(
+                    group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None
+                )
                 params = [p for p, _ in bucket]
                 grads = [g for _, g in bucket]
                 states = [self.state[p] for p in params]

@@ -35,16 +35,40 @@ Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tenso
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import torch
 
-try:
-    from . import _C  # noqa: F401  (loading it registers the ops)
+#: Why the extension is absent when the package was installed without it: pip builds in an isolated
+#: environment without torch unless told otherwise, and setup.py then skips the extension.
+NOT_BUILT = (
+    "structsparse._C is not built (installed without its C++ extension, e.g. by `pip install .` "
+    "in pip's isolated build environment); to build it: pip install --no-build-isolation ."
+)
 
-    _LOAD_ERROR: str | None = None
-except ImportError as e:  # built without a compiler, or an ABI mismatch
-    _LOAD_ERROR = f"structsparse._C could not be imported ({e})"
+
+def _load_extension() -> str | None:
+    """Import ``structsparse._C`` (which registers the ops); None, or why it is unavailable. A
+    missing module is told apart from one that fails to load: importing a missing submodule of a
+    package still initializing reads as a circular import, which it is not."""
+    name = f"{__package__}._C"
+    if importlib.util.find_spec(name) is None:
+        return NOT_BUILT
+    try:
+        importlib.import_module(name)
+    except ImportError as e:  # an ABI mismatch (built against another torch), a missing library
+        return f"structsparse._C could not be imported ({e}); rebuild it: pip install --no-build-isolation ."
+    return None
+
+
+_LOAD_ERROR: str | None = _load_extension()
 
 STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step", "dessilbi_step")
+#: Ops that have a CUDA kernel in a CUDA build of the extension (csrc/cuda_bindings.cpp); the
+#: sharded twins and ``all_finite`` are CPU-only (on CUDA the optimizers check gradients with
+#: ``torch._foreach_norm``). .ci/cuda_build_check asserts that each of these is registered.
+CUDA_OPS = STEP_OPS
 #: CPU-only sharded twins (FSDP2): the plain op's arguments + ``int[] split, float[] group_weights,
 #: int phase, Tensor(x!) sums`` (see csrc/bindings.cpp and structsparse/backends/cpu.py)
 SHARDED_OPS = ("rmda_step_sharded", "proxsgd_step_sharded", "dessilbi_step_sharded")

@@ -36,6 +36,7 @@ ALGOS = {
     "proxgen_pg": (ss.ProxGen, dict(lr=0.05, weight_decay=0.01, solver="pg"), 1.0),
     "proxgen_exact": (ss.ProxGen, dict(lr=0.05, weight_decay=0.01, solver="exact"), 1.0),
     "proxssi": (ss.ProxSSI, dict(lr=0.05, weight_decay=0.01), 1.0),
+    "dessilbi": (ss.DessiLBI, dict(lr=0.2, kappa=2.0, nu=0.5, momentum=0.9, weight_decay=0.01), 0.3),
 }
 EXACT = ("ramda_exact", "proxgen_exact", "proxssi")
 PG = ("ramda_pg", "proxgen_pg")
@@ -148,6 +149,7 @@ REG_CASES = [
     for algo in ALGOS
     for kind in ("none", "l1", "sgl", "group_mcp", "mcp")
     if not (algo in EXACT and kind in ("sgl", "group_mcp", "mcp"))
+    and not (algo == "dessilbi" and kind in ("sgl", "group_mcp", "mcp"))  # L1/GroupLasso only
 ]
 
 
@@ -168,7 +170,7 @@ def test_channels_last(algo):
 
 
 @gpu
-@pytest.mark.parametrize("algo", ["rmda", "ramda_exact", "proxgen_pg", "proxssi"])
+@pytest.mark.parametrize("algo", ["rmda", "ramda_exact", "proxgen_pg", "proxssi", "dessilbi"])
 def test_many_tensors_one_bucket(algo):
     shapes = [(i % 7 + 1, i % 5 + 2) for i in range(300)] + [(1100, 2)]
     _case(algo, "group_lasso", "input", torch.float64, shapes)
@@ -176,7 +178,7 @@ def test_many_tensors_one_bucket(algo):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("algo", ["rmda", "ramda_exact", "proxgen_exact", "proxssi"])
+@pytest.mark.parametrize("algo", ["rmda", "ramda_exact", "proxgen_exact", "proxssi", "dessilbi"])
 def test_low_precision(algo, dtype):
     reg = make_reg("group_lasso", ALGOS[algo][2])
     weights = make_tensors(SHAPES, dtype)
@@ -211,3 +213,58 @@ def test_auto_picks_a_gpu_backend():
     from structsparse.backends import resolve
 
     assert resolve("auto", torch.device("cuda")) is cuda_backend  # "cuda" is tried first
+
+
+# -- availability per op (no GPU needed: CUDA kernels registered from Python stand in for the
+# compiled ones of a CUDA build) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def partial_cuda_build(monkeypatch):
+    """The compiled CUDA kernels of every step op but dessilbi_step, and a visible GPU."""
+    from structsparse import ops
+
+    if not ops.loaded()[0]:
+        pytest.skip(ops.loaded()[1])
+    if cuda_backend.compiled_cuda_ops():
+        pytest.skip("the extension has compiled CUDA kernels: the stand-ins would collide")
+    lib = torch.library.Library("structsparse", "IMPL")
+    have = [n for n in ops.STEP_OPS if n != "dessilbi_step"]
+    for name in have:
+        lib.impl(name, lambda *args: None, "CUDA")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    yield have
+    lib._destroy()
+
+
+def test_one_missing_kernel_leaves_the_others_available(partial_cuda_build):
+    from structsparse.backends import resolve, triton
+
+    assert cuda_backend.compiled_cuda_ops() == tuple(partial_cuda_build)
+    assert cuda_backend.missing_cuda_kernels() == ("dessilbi_step",)
+    assert not cuda_backend.has_cuda_kernels()  # not a complete build
+    assert cuda_backend.has_cuda_kernels("rmda_step") and not cuda_backend.has_cuda_kernels("dessilbi_step")
+    assert cuda_backend.available() == (True, "")
+    assert cuda_backend.available("rmda_step") == (True, "")
+    ok, why = cuda_backend.available("dessilbi_step")
+    assert not ok and "no compiled CUDA kernel for dessilbi_step" in why
+    dev = torch.device("cuda")
+    assert resolve("cuda", dev, "rmda_step") is cuda_backend
+    assert resolve("auto", dev, "proxgen_step") is cuda_backend
+    with pytest.raises(RuntimeError, match="dessilbi_step"):
+        resolve("cuda", dev, "dessilbi_step")
+    if triton.available("dessilbi_step")[0]:
+        assert resolve("auto", dev, "dessilbi_step") is triton  # that op alone goes to Triton
+    with pytest.raises(RuntimeError, match="no compiled CUDA kernel for dessilbi_step"):
+        cuda_backend.dessilbi_step([], [], [], [], [], lr=0.1, kappa=1.0, nu=1.0, momentum=0.0,
+                                   weight_decay=0.0, reg=None)  # fmt: skip
+
+
+def test_cpu_only_build_reason(monkeypatch):
+    from structsparse import ops
+
+    if not ops.loaded()[0] or cuda_backend.compiled_cuda_ops():
+        pytest.skip("needs a CPU-only build of the extension")
+    assert cuda_backend.missing_cuda_kernels() == ops.STEP_OPS
+    ok, why = cuda_backend.available("rmda_step")
+    assert not ok and "built without CUDA kernels" in why

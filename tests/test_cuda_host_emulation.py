@@ -3,8 +3,9 @@ kernels' own per-element and per-group code (csrc/cuda/kernels.cuh: state update
 group prox, screening, Newton, PG with the per-group stopping rule and the warm-start guard,
 mixing, dtype conversion) over a bucket planned by the kernels' ``plan_bucket``, with a one-lane
 team. Compared with the reference backend: parameters and all state, several steps with a
-restart, every algorithm × solver × regularizer, groupings hitting every path (elementwise, warp-
-and block-sized groups, groups above the on-chip limit in the global workspace).
+restart, every algorithm × solver × regularizer (DessiLBI: L1, group LASSO and unpaired tensors),
+groupings hitting every path (elementwise, warp- and block-sized groups, groups above the on-chip
+limit in the global workspace).
 
 Not exercised here: multi-lane warp/block reductions, barriers, the launch and the torch glue
 (tests/test_cuda_backend.py covers those on a GPU). Skipped when nvcc is not installed."""
@@ -30,7 +31,7 @@ NVCC = os.environ.get("NVCC") or shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found: CUDA host emulation not built")
 
 DT = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-NSTATE = {"rmda": 2, "ramda": 3, "proxsgd": 1, "proxgen": 2, "proxssi": 2}
+NSTATE = {"rmda": 2, "ramda": 3, "proxsgd": 1, "proxgen": 2, "proxssi": 2, "dessilbi": 3}
 
 # case name -> (algorithm, solver, hyperparameters, regularizer weight)
 ALGOS = {
@@ -46,7 +47,10 @@ ALGOS = {
         1.0,
     ),
     "proxssi": ("proxssi", "exact", dict(lr=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01), 1.0),
+    "dessilbi": ("dessilbi", None, dict(lr=0.2, kappa=2.0, nu=0.5, momentum=0.9, weight_decay=0.01), 0.3),
 }
+#: DessiLBI pairs parameters with Z, Γ only under L1 / group LASSO (no regularizer: heavy-ball SGD)
+DESSILBI_KINDS = ("group_lasso", "none", "l1")
 MAX_ITERS, RTOL = 100, 1e-8
 
 # shapes whose [A, G, B] views under "input"/"output" hit every path: groups of ≤ 128 elements
@@ -90,6 +94,9 @@ def _scalars(algo: str, hp: dict, t: int, alpha: float) -> list[float]:
         return [hp["lr"] * math.sqrt(t), hp["c"], hp["eps"], alpha]
     if algo == "proxsgd":
         return [hp["lr"], hp["c"]]
+    if algo == "dessilbi":
+        lk = hp["lr"] * hp["kappa"]
+        return [lk, lk * hp["weight_decay"], lk / hp["nu"], hp["lr"] / hp["nu"], hp["kappa"], hp["momentum"]]
     b1, b2 = hp["beta1"], hp["beta2"]
     return [hp["lr"], b1, b2, hp["eps"], hp["weight_decay"], 1 - b1**t, 1 - b2**t]
 
@@ -139,6 +146,9 @@ def reference_step(algo, solver, hp, reg, params, grads, states, t, alpha, opts)
         )  # fmt: skip
     elif algo == "proxsgd":
         reference.proxsgd_step(params, grads, *states, reg=reg, **hp)
+    elif algo == "dessilbi":
+        zs, gammas = (states[1], states[2]) if reg is not None else ([], [])
+        reference.dessilbi_step(params, grads, states[0], zs, gammas, reg=reg, **hp)
     elif algo == "proxgen":
         reference.proxgen_step(
             params, grads, *states, steps=[t] * len(params), reg=reg, solver=solver, max_iters=opts[0],
@@ -161,7 +171,8 @@ def trajectory(case, reg, shapes, dtype, runner, steps=4, restart_at=2, opts=(MA
                 1, -1, *([1] * (len(shape) - 2))
             )
         params.append(w.to(dtype))
-    states = [[torch.zeros(p.shape, dtype=sdt) for p in params] for _ in range(NSTATE[algo])]
+    nstate = 1 if algo == "dessilbi" and reg is None else NSTATE[algo]
+    states = [[torch.zeros(p.shape, dtype=sdt) for p in params] for _ in range(nstate)]
     if algo in ("rmda", "ramda"):
         states[0] = [p.to(sdt, copy=True) for p in params]  # anchors
     t, alpha = 0, 0.0
@@ -201,6 +212,7 @@ CASES = [
         ("mcp", "input"),
     ]
     if not (ALGOS[case][1] == "exact" and kind in ("sgl", "group_mcp", "mcp"))
+    and (case != "dessilbi" or kind in DESSILBI_KINDS)
 ]
 
 
@@ -225,6 +237,9 @@ def test_emulated_kernels_match_reference(emulator, tmp_path, case, kind, groupi
     if kind in ("group_lasso", "sgl", "group_mcp"):
         # "input": warp (6,5), block (40,3,3,3), elementwise (1,1); "output": stream (3,1100)
         assert paths >= ({"0", "1", "2"} if grouping == "input" else {"3"}), paths
+    if case == "dessilbi" and kind != "none":  # Γ = κ·prox(Z) has both zero and kept entries
+        gam = torch.cat([x.flatten() for x in b[1][2]])
+        assert (gam == 0).any() and (gam != 0).any()
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for x, y in zip(a[0] + sum(a[1], []), b[0] + sum(b[1], [])):
         assert x.dtype == y.dtype
@@ -233,7 +248,7 @@ def test_emulated_kernels_match_reference(emulator, tmp_path, case, kind, groupi
         assert torch.equal(x == 0, y == 0) or _err(x, y) == 0
 
 
-@pytest.mark.parametrize("case", ["rmda", "ramda_exact", "proxgen_pg"])
+@pytest.mark.parametrize("case", ["rmda", "ramda_exact", "proxgen_pg", "dessilbi"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 def test_emulated_low_precision(emulator, tmp_path, case, dtype):
     """fp16/bf16 parameters with fp32 state: parameters and state within about one rounding of

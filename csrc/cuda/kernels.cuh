@@ -175,7 +175,7 @@ struct BlockTeam {
 
 // ---------------------------------------------------------------------------------------------
 // Algorithms: per-element state update (load), and the write of the result (store).
-// Closed-form ops (RMDA, ProxSGD): load returns z, the prox input, with prox weight tau().
+// Closed-form ops (RMDA, ProxSGD, DessiLBI): load returns z, the prox input, with prox weight tau().
 // Solver ops (RAMDA, ProxGen, ProxSSI): load returns the subproblem's (lin, P, w0, x0) of
 //   min_X ⟨lin, X − w0⟩ + ½ Σ P (X − w0)² + a()·ψ(X)   (warm start x0);  store(x0, x) writes W.
 // ---------------------------------------------------------------------------------------------
@@ -217,6 +217,48 @@ struct ProxSgdOp {  // sc: [lr, c]; s0 = momentum buffer
     return ld<T>(d.w, d.w_dtype, k) - lr * static_cast<const T*>(d.s0)[k];
   }
   SS_MFN void store(const TensorDesc& d, int64_t k, T x) const { st<T>(d.w, d.w_dtype, k, x); }
+};
+
+// DessiLBI (reference.dessilbi_step without magnitude scaling). sc: [lr·κ, lr·κ·wd, lr·κ/ν, lr/ν, κ, μ];
+// s0 = momentum buffer d, s1 = Z, s2 = Γ (both null for an unpaired tensor: heavy-ball SGD scaled
+// by κ). load updates d, W (from the old Γ) and Z and returns Z; the prox (weight 1) of Z goes to
+// Γ = κ·prox(Z), so W is written in the first pass only and reload reads Z back.
+template <typename T>
+struct DessiLbiOp {
+  static constexpr bool kSolver = false;
+  T nlk, nlkwd, nlkn, ln, kap, mu;
+  bool wd;
+  SS_MFN explicit DessiLbiOp(const TensorDesc& d)
+      : nlk(T(-d.sc[0])),
+        nlkwd(T(-d.sc[1])),
+        nlkn(T(-d.sc[2])),
+        ln(T(d.sc[3])),
+        kap(T(d.sc[4])),
+        mu(T(d.sc[5])),
+        wd(d.sc[1] != 0.0) {}
+  SS_MFN T tau() const { return T(1); }
+  SS_MFN T load(const TensorDesc& d, int64_t k) const {
+    T* D = static_cast<T*>(d.s0);
+    const T dd = D[k] * mu + ld<T>(d.g, d.g_dtype, k);
+    D[k] = dd;
+    const T wo = ld<T>(d.w, d.w_dtype, k);
+    T w = wo + nlk * dd;
+    if (wd) w = w + nlkwd * wo;
+    if (d.s1 == nullptr) {  // unpaired: no regularizer, store() has nothing to write
+      st<T>(d.w, d.w_dtype, k, w);
+      return T(0);
+    }
+    T* Z = static_cast<T*>(d.s1);
+    const T r = wo - static_cast<const T*>(d.s2)[k];
+    st<T>(d.w, d.w_dtype, k, w + nlkn * r);
+    const T z = Z[k] + ln * r;
+    Z[k] = z;
+    return z;
+  }
+  SS_MFN T reload(const TensorDesc& d, int64_t k) const { return static_cast<const T*>(d.s1)[k]; }
+  SS_MFN void store(const TensorDesc& d, int64_t k, T x) const {
+    if (d.s2 != nullptr) static_cast<T*>(d.s2)[k] = x * kap;
+  }
 };
 
 template <typename T>

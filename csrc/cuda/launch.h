@@ -41,16 +41,16 @@ constexpr int64_t WARP_CAP = BLOCK_CAP / WARPS_PER_BLOCK;
 struct TensorDesc {
   void* w;
   const void* g;
-  void* s0;  // RMDA/RAMDA: anchor W0 | ProxSGD: momentum buffer | ProxGen/SSI: exp_avg
-  void* s1;  // RMDA/RAMDA: grad_sum V | ProxGen/SSI: exp_avg_sq
-  void* s2;  // RAMDA: sq_grad_sum U
+  void* s0;  // RMDA/RAMDA: anchor W0 | ProxSGD, DessiLBI: momentum buffer | ProxGen/SSI: exp_avg
+  void* s1;  // RMDA/RAMDA: grad_sum V | ProxGen/SSI: exp_avg_sq | DessiLBI: Z (null: unpaired)
+  void* s2;  // RAMDA: sq_grad_sum U | DessiLBI: Γ (null: unpaired)
   int w_dtype, g_dtype, path, pad_;
   int64_t A, G, B;
   int64_t item0;   // first work item of this tensor
   int64_t ws_off;  // PATH_STREAM with a solver: offset (elements) of its arrays in the workspace
   double wg;       // group weight sqrt(A·B)
   // Per-tensor scalars: RMDA [s, sqrt(t), c, α/sqrt(t)]; RAMDA [s, c, ε, α]; ProxSGD [lr, c];
-  // ProxGen/ProxSSI [lr, β1, β2, ε, wd, bc1, bc2].
+  // ProxGen/ProxSSI [lr, β1, β2, ε, wd, bc1, bc2]; DessiLBI [lr·κ, lr·κ·wd, lr·κ/ν, lr/ν, κ, μ].
   double sc[8];
 };
 
@@ -68,7 +68,7 @@ struct StepParams {
 
 // Assigns path, item0 and ws_off of every descriptor (A, G, B set), in order; returns the number
 // of work items and the workspace size (elements of the math dtype). `solver`: RAMDA, ProxGen,
-// ProxSSI (subproblem solved per group); RMDA/ProxSGD have a closed-form prox.
+// ProxSSI (subproblem solved per group); RMDA/ProxSGD/DessiLBI have a closed-form prox.
 inline int64_t plan_bucket(TensorDesc* d, int n, int reg_kind, bool solver, int64_t* ws_elems) {
   int64_t items = 0, ws = 0;
   for (int i = 0; i < n; ++i) {
@@ -114,6 +114,8 @@ cudaError_t launch_proxgen_f32(const StepParams& p, cudaStream_t stream);
 cudaError_t launch_proxgen_f64(const StepParams& p, cudaStream_t stream);
 cudaError_t launch_proxssi_f32(const StepParams& p, cudaStream_t stream);
 cudaError_t launch_proxssi_f64(const StepParams& p, cudaStream_t stream);
+cudaError_t launch_dessilbi_f32(const StepParams& p, cudaStream_t stream);
+cudaError_t launch_dessilbi_f64(const StepParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace structsparse

@@ -25,13 +25,14 @@ def check_backend(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
-def _load(name: str) -> tuple[ModuleType | None, str]:
-    """Import backend module ``name``; return (module or None, reason it is unavailable)."""
+def _load(name: str, op: str | None = None) -> tuple[ModuleType | None, str]:
+    """Import backend module ``name``; return (module or None, reason it is unavailable). ``op``:
+    the step op to run (``"rmda_step"``, ...), for backends whose kernels are available per op."""
     try:
         mod = importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         return None, str(e)
-    ok, why = mod.available()
+    ok, why = mod.available(op)
     return (mod if ok else None), why
 
 
@@ -43,20 +44,21 @@ def _auto_candidates(device: torch.device) -> tuple[str, ...]:
     return ()
 
 
-def resolve(name: str, device: torch.device) -> ModuleType:
-    """The backend module to run tensors on ``device`` with (see module docstring)."""
+def resolve(name: str, device: torch.device, op: str | None = None) -> ModuleType:
+    """The backend module to run tensors on ``device`` with (see module docstring); ``op``, when
+    given, is the step op the caller will run (availability can differ per op)."""
     from . import reference
 
     if name == "reference":
         return reference
     if name != "auto":
-        mod, why = _load(name)
+        mod, why = _load(name, op)
         if mod is None:
             raise RuntimeError(f"backend={name!r} is not available: {why}")
         return mod
     reasons = []
     for cand in _auto_candidates(device):
-        mod, why = _load(cand)
+        mod, why = _load(cand, op)
         if mod is not None:
             return mod
         reasons.append(f"{cand}: {why}")

@@ -58,7 +58,8 @@ from . import reference
 supports_shards = True
 
 
-def available() -> tuple[bool, str]:
+def available(op: str | None = None) -> tuple[bool, str]:
+    """Every step op has its CPU kernel when the extension is loaded (``op`` is not needed)."""
     return ops.loaded()
 
 

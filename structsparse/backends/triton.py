@@ -50,7 +50,7 @@ def kernels() -> ModuleType:
     return _kernels
 
 
-def available() -> tuple[bool, str]:
+def available(op: str | None = None) -> tuple[bool, str]:
     try:
         import triton  # noqa: F401
     except ImportError as e:  # pragma: no cover - triton is a dependency of CUDA torch builds

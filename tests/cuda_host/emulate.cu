@@ -7,10 +7,11 @@
 // exercise: warp/block reductions with more than one lane, barriers, the launch itself.
 //
 // Usage: emulate DIR. DIR/job.txt:
-//   algo(rmda|ramda|proxsgd|proxgen|proxssi) dbl reg_kind lam lam2 omega exact max_iters rtol n
+//   algo(rmda|ramda|proxsgd|proxgen|proxssi|dessilbi) dbl reg_kind lam lam2 omega exact max_iters rtol n
 //   then per tensor: A G B w_dtype g_dtype sc0 .. sc7
 // Arrays (raw, little endian): DIR/w<i>.bin (w_dtype), g<i>.bin (g_dtype), s<k>_<i>.bin (math
-// dtype, k < number of state tensors). Results overwrite w<i>.bin and s<k>_<i>.bin.
+// dtype, k < number of state tensors: DessiLBI has 3 (d, Z, Γ) with a regularizer and 1 (d)
+// without). Results overwrite w<i>.bin and s<k>_<i>.bin.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -95,7 +96,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bad job.txt\n");
     return 2;
   }
-  const int nstate = algo == "ramda" ? 3 : algo == "proxsgd" ? 1 : 2;
+  const int nstate = algo == "ramda"      ? 3
+                     : algo == "proxsgd"  ? 1
+                     : algo == "dessilbi" ? (p.reg_kind == REG_NONE ? 1 : 3)
+                                          : 2;
   const bool solver = algo == "ramda" || algo == "proxgen" || algo == "proxssi";
   const size_t ts = dbl ? 8 : 4;
   std::vector<TensorDesc> d(n);
@@ -145,6 +149,8 @@ int main(int argc, char** argv) {
     run<ProxGenOp>(dbl, p, d.data(), n);
   else if (algo == "proxssi")
     run<ProxSsiOp>(dbl, p, d.data(), n);
+  else if (algo == "dessilbi")
+    run<DessiLbiOp>(dbl, p, d.data(), n);
   else {
     std::fprintf(stderr, "unknown algo %s\n", algo.c_str());
     return 2;
