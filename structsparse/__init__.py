@@ -2,6 +2,7 @@
 training structurally sparse networks, with fused kernels and a pure-PyTorch reference backend."""
 
 from .compact import compact
+from .factory import create_optimizer, make_regularizer
 from .grouping import group_view
 from .metrics import (
     StructureTracker,
@@ -41,6 +42,8 @@ __all__ = [
     "NuclearNorm",
     "Regularizer",
     "group_params",
+    "create_optimizer",
+    "make_regularizer",
     "RestartScheduler",
     "group_sparsity",
     "unstructured_sparsity",

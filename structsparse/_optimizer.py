@@ -8,8 +8,9 @@ scalars (t, α), restarts and dispatch of one backend call per bucket of tensors
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import distributed
-from .backends import check_backend, reference, resolve
+from .backends import check_backend, preload, reference, resolve
 from .regularizers import Regularizer, regularizer_from_dict
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -81,8 +82,66 @@ def check_solver(solver: Any) -> str:
     return solver
 
 
+def check_step_count(name: str, value: Any) -> int:
+    """A saved step counter: a non-negative integer (a Python int or an integral 0-d tensor)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        v = value.item()
+        value = int(v) if float(v).is_integer() else v
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= 0)")
+    return int(value)
+
+
+#: param-group keys that torch's LR schedulers (and SWA) add: allowed besides the hyperparameters
+SCHEDULER_KEYS = frozenset(
+    ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr", "base_lr")
+)
+#: param-group keys that are not hyperparameters
+PARAM_KEYS = frozenset(("params", "param_names"))
+#: keys the state_dict repeats in every param group (torch.distributed.checkpoint keeps only
+#: "state" and "param_groups")
+SAVED_KEYS = ("algorithm", "skipped_steps")
+
+
+_MISSING = object()
+_UNSUPPORTED = {
+    "capturable": "the step counters (t, alpha) are host numbers, so a step cannot be captured in "
+    "a CUDA graph",
+    "differentiable": "the step updates parameters and state in place under torch.no_grad()",
+}
+
+
+def _unchanged(snapshot: dict[str, Any], group: dict[str, Any]) -> bool:
+    """Whether ``group``'s hyperparameters are those of ``snapshot`` (a few comparisons per group)."""
+    if len(snapshot) + 1 != len(group):
+        return False
+    for k, v in snapshot.items():
+        cur = group.get(k, _MISSING)
+        if cur is v:
+            continue
+        if isinstance(v, Tensor) or isinstance(cur, Tensor) or cur != v:
+            return False
+    return True
+
+
+def _param_tensors(params: Any) -> list[Any]:
+    """The tensors of a param group's ``params`` (also given as ``(name, tensor)`` pairs)."""
+    if isinstance(params, Tensor):
+        return [params]
+    if isinstance(params, set):
+        return []  # torch raises its own error for a set
+    return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+
+
 class StructuredOptimizer(torch.optim.Optimizer):
-    """Base class of every structsparse optimizer (see the module docstring)."""
+    """Base class of every structsparse optimizer (see the module docstring).
+
+    torch.optim conventions (docs/optimizers.md): every hyperparameter of a param group is checked
+    at construction, by ``add_param_group``, by ``load_state_dict`` and, when it changed, by
+    ``step``; an unknown key in a param group raises. ``maximize=True`` steps on ``-grad``;
+    ``foreach`` is accepted and has no effect (every backend already steps a bucket of tensors per
+    call); ``capturable`` and ``differentiable`` (constructor only) must be False.
+    """
 
     #: name stored in state_dicts; loading a state_dict of another algorithm raises
     algorithm: ClassVar[str] = ""
@@ -96,50 +155,170 @@ class StructuredOptimizer(torch.optim.Optimizer):
     needs_screenable: ClassVar[bool] = False
 
     def __init__(
-        self, params: Iterable[Any], defaults: dict[str, Any], *, backend: str, skip_nonfinite: bool
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        backend: str,
+        skip_nonfinite: bool,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(defaults)
         defaults.setdefault("regularizer", None)
         defaults["backend"] = check_backend(backend)
+        defaults.update(maximize=maximize, foreach=foreach)
+        self._check_flags(defaults)
+        # not param-group keys: torch.compile sets a group's "capturable" to True while tracing
+        for k, v in (("capturable", capturable), ("differentiable", differentiable)):
+            if v is not False:
+                raise ValueError(f"{k}={v!r} is not supported: {_UNSUPPORTED[k]}")
         self.skip_nonfinite = bool(skip_nonfinite)
-        #: number of steps skipped because a gradient held NaN/Inf
-        self.skipped_steps = 0
+        self._skipped = 0
+        # steps skipped inside torch.compile, counted on the device (see _masked_step)
+        self._skip_counts: dict[str, Tensor] = {}
+        # per param group: the hyperparameters last validated (step revalidates a changed group)
+        self._validated: list[dict[str, Any] | None] = []
         super().__init__(params, defaults)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Number of steps skipped because a gradient held NaN/Inf."""
+        n = self._skipped
+        for t in self._skip_counts.values():
+            n += int(t)
+        return n
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped = int(value)
+        self._skip_counts = {}
+
+    # -- pickling / copy.deepcopy ----------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["skip_nonfinite"] = self.skip_nonfinite
+        state["skipped_steps"] = self.skipped_steps
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # also called by torch's load_state_dict with state and param_groups only
+        state = dict(state)
+        skip = state.pop("skip_nonfinite", None)
+        skipped = state.pop("skipped_steps", None)
+        super().__setstate__(state)
+        d = self.__dict__
+        if skip is not None or "skip_nonfinite" not in d:
+            self.skip_nonfinite = True if skip is None else bool(skip)
+        d.setdefault("_skipped", 0)
+        d.setdefault("_skip_counts", {})
+        if skipped is not None:
+            self.skipped_steps = skipped
+        d["_validated"] = [None] * len(self.param_groups)
 
     # -- validation ------------------------------------------------------------------------------
     def validate_group(self, group: dict[str, Any]) -> None:
         """Check this algorithm's hyperparameters in ``group`` (override; raise ValueError)."""
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group = dict(param_group)
-        reg = param_group.get("regularizer", self.defaults.get("regularizer"))
-        if isinstance(reg, dict):
-            reg = regularizer_from_dict(reg)
+    @staticmethod
+    def _check_flags(group: dict[str, Any]) -> None:
+        if not isinstance(group["maximize"], bool):
+            raise ValueError(f"maximize: expected a bool, got {group['maximize']!r}")
+        if group["foreach"] not in (None, True, False):
+            raise ValueError(f"foreach: expected None or a bool, got {group['foreach']!r}")
+
+    def _check_group(self, group: dict[str, Any], index: int, *, params: bool) -> None:
+        """Every check of a param group, with the constructor's errors; ``params``: also check
+        the parameters against the group's regularizer."""
+        check_backend(group["backend"])
+        self._check_flags(group)
+        reg = group["regularizer"]
         if reg is not None and not isinstance(reg, Regularizer):
             raise ValueError(
                 f"regularizer: expected a structsparse regularizer or None, got {type(reg).__name__}"
             )
-        param_group["regularizer"] = reg
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        index = len(self.param_groups) - 1
-        check_backend(group["backend"])
         self.validate_group(group)
-        for j, p in enumerate(group["params"]):
-            where = f"param_groups[{index}]['params'][{j}]"
-            if not (p.is_floating_point()):
-                raise ValueError(
-                    f"{where}: {type(self).__name__} needs real floating parameters, got {p.dtype}"
-                )
-            if reg is not None:
-                reg.check(p, where)
-            distributed.check_param(p, reg, where)
+        if params:
+            for j, p in enumerate(group["params"]):
+                where = f"param_groups[{index}]['params'][{j}]"
+                if not (p.is_floating_point()):
+                    raise ValueError(
+                        f"{where}: {type(self).__name__} needs real floating parameters, got {p.dtype}"
+                    )
+                if reg is not None:
+                    reg.check(p, where)
+                distributed.check_param(p, reg, where)
         if reg is not None and self.needs_screenable_for(group) and not reg.screenable:
             raise ValueError(
                 f"regularizer: {type(reg).__name__} has no exact group solve; "
                 f"{type(self).__name__} with solver={group.get('solver', 'exact')!r} supports "
                 "GroupLasso and L1 (use solver='pg' for other regularizers)"
             )
+
+    def _unknown_keys(self, group: dict[str, Any], index: int) -> None:
+        unknown = sorted(set(group) - set(self.defaults) - PARAM_KEYS - SCHEDULER_KEYS)
+        if unknown:
+            known = sorted(set(self.defaults) - {"backend", "regularizer"})
+            raise ValueError(
+                f"param_groups[{index}]: {type(self).__name__} has no hyperparameter "
+                f"{', '.join(map(repr, unknown))} (its hyperparameters: {', '.join(known)}, "
+                "regularizer, backend)"
+            )
+
+    def _remember(self, index: int) -> None:
+        group = self.param_groups[index]
+        while len(self._validated) <= index:
+            self._validated.append(None)
+        self._validated[index] = {k: v for k, v in group.items() if k != "params"}
+
+    def _revalidate(self) -> None:
+        """Validate the param groups whose hyperparameters changed since the last check (an edit
+        of ``param_groups`` after construction gets the constructor's errors at ``step``)."""
+        snaps = self._validated
+        for i, group in enumerate(self.param_groups):
+            snap = snaps[i] if i < len(snaps) else None
+            if snap is not None and _unchanged(snap, group):
+                continue
+            reg = group.get("regularizer")
+            new_reg = snap is None or snap.get("regularizer") is not reg
+            if isinstance(reg, dict):
+                group["regularizer"] = regularizer_from_dict(reg)
+            self._check_group(group, i, params=new_reg)
+            self._remember(i)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        param_group = dict(param_group)
+        index = len(self.param_groups)
+        self._unknown_keys(param_group, index)
+        if not isinstance(param_group.get("params"), (Tensor, set)):
+            param_group["params"] = list(param_group["params"])
+        first: dict[int, int] = {}
+        for j, p in enumerate(_param_tensors(param_group["params"])):
+            if id(p) in first:
+                raise ValueError(
+                    f"param_groups[{index}]['params'][{j}] is the same tensor as "
+                    f"param_groups[{index}]['params'][{first[id(p)]}]: a parameter listed twice "
+                    "would be stepped twice"
+                )
+            first[id(p)] = j
+        reg = param_group.get("regularizer", self.defaults.get("regularizer"))
+        if isinstance(reg, dict):
+            reg = regularizer_from_dict(reg)
+        param_group["regularizer"] = reg
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group, index, params=True)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        self._remember(index)
+        for device in {p.device for p in group["params"]}:
+            preload(group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None)
 
     def needs_screenable_for(self, group: dict[str, Any]) -> bool:
         return group.get("solver") == "exact"
@@ -169,7 +348,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return self.tensor_state, self.scalar_state
 
     def restart(self) -> None:
-        """docs/math.md §7 restart of every param group (lr untouched). Dual averaging only:
+        """Restart of every param group (lr untouched; docs/math.md). Dual averaging only:
         ``t ← 0, α ← 0, W0 ← W, V ← 0, U ← 0``; ProxSGD/ProxGen/ProxSSI have nothing to restart."""
         if not self.dual_averaging:
             return
@@ -191,6 +370,12 @@ class StructuredOptimizer(torch.optim.Optimizer):
         for j, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
+            if p.is_meta:
+                raise RuntimeError(
+                    f"{type(self).__name__}: param_groups[{gi}]['params'][{j}] is a meta tensor "
+                    "(no data): materialize the model (e.g. model.to_empty(device=...) and its "
+                    "initialization) before stepping"
+                )
             if p.grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients "
@@ -225,11 +410,17 @@ class StructuredOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._revalidate()
         pairs = [self._collect(g, i) for i, g in enumerate(self.param_groups)]
+        grads = [g for ps in pairs for _, g in ps]
+        if not grads:
+            return loss
         if self.skip_nonfinite:
-            grads = [g for ps in pairs for _, g in ps]
-            if grads and not self._all_finite(grads):
-                self.skipped_steps += 1
+            if torch.compiler.is_compiling():
+                self._masked_step(pairs, grads)
+                return loss
+            if not self._all_finite(grads):
+                self._skipped += 1
                 warnings.warn(
                     f"{type(self).__name__}: non-finite gradient, step skipped "
                     f"(parameters and state unchanged; {self.skipped_steps} skipped so far)",
@@ -237,14 +428,49 @@ class StructuredOptimizer(torch.optim.Optimizer):
                     stacklevel=2,
                 )
                 return loss
+        self._prepare(pairs)
+        self._step_pairs(pairs)
+        return loss
+
+    def _prepare(self, pairs: list[list[tuple[Tensor, Tensor]]]) -> None:
         for group, ps in zip(self.param_groups, pairs):
-            buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor]]] = defaultdict(list)
-            for p, g in ps:
+            for p, _ in ps:
                 st = self.state[p]
                 if len(st) == 0:
                     self.init_state(p, st)
                 self.group_state(p, st, group)
-                buckets[(p.device, p.dtype)].append((p, g))
+
+    def _masked_step(self, pairs: list[list[tuple[Tensor, Tensor]]], grads: list[Tensor]) -> None:
+        """The NaN/Inf check inside ``torch.compile``: a graph cannot branch on the gradients'
+        values, so the step runs and every parameter and state tensor is then selected between
+        its new and its old value (a non-finite gradient leaves both as they were). The host
+        counters ``t``/``α`` still advance on such a step (docs/optimizers.md); the skip is
+        counted on the device and read by ``skipped_steps``."""
+        flags = [torch.isfinite(g).all() for g in grads]
+        ok = flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()
+        self._prepare(pairs)
+        tensors: list[Tensor] = []
+        for ps in pairs:
+            for p, _ in ps:
+                tensors.append(p)
+                tensors += [v for v in self.state[p].values() if isinstance(v, Tensor)]
+        old = [t.clone() for t in tensors]
+        self._step_pairs(pairs)
+        for t, o in zip(tensors, old):
+            t.copy_(torch.where(ok.to(t.device), t, o))
+        key = str(ok.device)
+        count = self._skip_counts.get(key)
+        if count is None:
+            count = torch.zeros((), dtype=torch.int64, device=ok.device)
+            self._skip_counts[key] = count
+        count.add_((~ok).to(torch.int64))
+
+    def _step_pairs(self, pairs: list[list[tuple[Tensor, Tensor]]]) -> None:
+        for group, ps in zip(self.param_groups, pairs):
+            buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor]]] = defaultdict(list)
+            maximize = group["maximize"]
+            for p, g in ps:
+                buckets[(p.device, p.dtype)].append((p, -g if maximize else g))
             for (device, _), bucket in buckets.items():
                 backend = resolve(
                     group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None
@@ -262,7 +488,6 @@ class StructuredOptimizer(torch.optim.Optimizer):
                             self.step_bucket(backend, {**group, "regularizer": reg}, *owned)
                     else:
                         self.step_bucket(reference, group, *local)
-        return loss
 
     def groups_are_independent(self, group: dict[str, Any]) -> bool:
         """Whether a step of ``group`` computes each group from that group's elements alone (then a
@@ -282,23 +507,47 @@ class StructuredOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # -- state_dict ------------------------------------------------------------------------------
+    @torch._disable_dynamo
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
+        """torch's state_dict plus ``algorithm``, ``skipped_steps`` and the regularizers as plain
+        data (loadable with ``torch.load(weights_only=True)``); post-hooks see the finished dict."""
+        post_hooks = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        try:
+            sd = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = post_hooks
         for g in sd["param_groups"]:
             reg = g.get("regularizer")
             g["regularizer"] = None if reg is None else reg.to_dict()
+        skipped = self.skipped_steps
         sd["algorithm"] = self.algorithm
-        sd["skipped_steps"] = self.skipped_steps
+        sd["skipped_steps"] = skipped
         # torch.distributed.checkpoint keeps only "state" and "param_groups": repeat both there
         for g in sd["param_groups"]:
             g["algorithm"] = self.algorithm
-            g["skipped_steps"] = self.skipped_steps
+            g["skipped_steps"] = skipped
+        for hook in post_hooks.values():
+            out = hook(self, sd)
+            if out is not None:
+                sd = out
         return sd
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict of the same algorithm. Pre-hooks run first (they may rewrite old
+        keys); then everything is checked before anything is modified: hyperparameters (the
+        constructor's errors), the state keys, tensor state (real floating, the parameter's
+        shape) and scalar state (``step`` an integer >= 0, ``alpha`` finite >= 0). Each param
+        group keeps this optimizer's ``backend`` (the machine's choice, not the checkpoint's)."""
         sd = dict(state_dict)
-        sd["param_groups"] = [dict(g) for g in sd["param_groups"]]
-        in_groups = [(g.pop("algorithm", None), g.pop("skipped_steps", 0)) for g in sd["param_groups"]]
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            out = pre_hook(self, sd)
+            if out is not None:
+                sd = out
+        sd = dict(sd)
+        saved_groups = [dict(g) for g in sd["param_groups"]]
+        in_groups = [tuple(g.pop(k, None) for k in SAVED_KEYS) for g in saved_groups]
         if "algorithm" not in sd and in_groups:  # saved through torch.distributed.checkpoint
             sd["algorithm"], sd["skipped_steps"] = in_groups[0]
         algo = sd.pop("algorithm", None)
@@ -307,38 +556,47 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 f"state_dict: saved by optimizer {algo!r}, cannot be loaded into "
                 f"{type(self).__name__} ({self.algorithm!r})"
             )
-        skipped = sd.pop("skipped_steps", 0)
-        groups = []
-        for g in sd["param_groups"]:
-            g = dict(g)
-            g["regularizer"] = regularizer_from_dict(g.get("regularizer"))
-            groups.append(g)
-        sd["param_groups"] = groups
-        if len(groups) != len(self.param_groups):
+        skipped = sd.pop("skipped_steps", None)
+        skipped = check_step_count("state_dict: skipped_steps", 0 if skipped is None else skipped)
+        if len(saved_groups) != len(self.param_groups):
             raise ValueError("state_dict: has a different number of parameter groups")
+        groups = []
+        for i, (g, cur) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(g["params"]) != len(cur["params"]):
+                raise ValueError(
+                    f"state_dict: param_groups[{i}] has {len(g['params'])} parameters, "
+                    f"this optimizer's has {len(cur['params'])}"
+                )
+            g["regularizer"] = regularizer_from_dict(g.get("regularizer"))
+            for k, v in cur.items():  # keys a checkpoint of an older version lacks
+                if k != "params":
+                    g.setdefault(k, v)
+            g["backend"] = cur["backend"]
+            try:
+                self._check_group({**g, "params": cur["params"]}, i, params=True)
+            except ValueError as e:
+                raise ValueError(f"state_dict: param_groups[{i}]: {e}") from None
+            groups.append(g)
         saved_ids = [i for g in groups for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        if len(saved_ids) != len(params):
-            raise ValueError("state_dict: has a different number of parameters")
         keys_of = {pid: self.state_keys(g) for g in groups for pid in g["params"]}
-        saved_state = sd["state"]
+        saved_state = dict(sd["state"])
         for pid, p in zip(saved_ids, params):
             st = saved_state.get(pid)
-            if st is None:
-                continue
-            expected = set(keys_of[pid][0]) | set(keys_of[pid][1])
-            if set(st) != expected:
-                raise ValueError(
-                    f"state_dict: state keys {sorted(st)} do not match {type(self).__name__}'s "
-                    f"{sorted(expected)}"
-                )
-            for k in keys_of[pid][0]:
-                if tuple(st[k].shape) != tuple(p.shape):
-                    raise ValueError(
-                        f"state_dict: state {k!r} has shape {tuple(st[k].shape)}, parameter has "
-                        f"{tuple(p.shape)}"
-                    )
-        super().load_state_dict(sd)
+            if st is not None:
+                saved_state[pid] = self._checked_state(st, keys_of[pid], p, pid)
+        sd["state"] = saved_state
+        sd["param_groups"] = groups
+        # the hooks ran above: torch's load must not run them again
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            super().load_state_dict(sd)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
         # torch casts floating state to the parameter's dtype: keep fp32 state for fp16/bf16
         for pid, p in zip(saved_ids, params):
             st = saved_state.get(pid)
@@ -347,4 +605,40 @@ class StructuredOptimizer(torch.optim.Optimizer):
             dt = state_dtype(p)
             for k in keys_of[pid][0]:
                 self.state[p][k] = st[k].to(device=p.device, dtype=dt, copy=True)
-        self.skipped_steps = int(skipped)
+        self.skipped_steps = skipped
+        for i in range(len(self.param_groups)):
+            self._remember(i)
+        for post_hook in post_hooks.values():
+            post_hook(self)
+
+    def _checked_state(
+        self, st: Any, keys: tuple[tuple[str, ...], tuple[str, ...]], p: Tensor, pid: Any
+    ) -> dict[str, Any]:
+        """A validated copy of a parameter's saved state (scalars normalized to int/float)."""
+        if not isinstance(st, dict):
+            raise ValueError(f"state_dict: state[{pid!r}] is a {type(st).__name__}, not a dict")
+        tensor_keys, scalar_keys = keys
+        expected = set(tensor_keys) | set(scalar_keys)
+        if set(st) != expected:
+            raise ValueError(
+                f"state_dict: state keys {sorted(st)} do not match {type(self).__name__}'s {sorted(expected)}"
+            )
+        out = dict(st)
+        for k in tensor_keys:
+            t = st[k]
+            if not isinstance(t, Tensor):
+                raise ValueError(f"state_dict: state {k!r} is a {type(t).__name__}, not a tensor")
+            if t.is_complex() or not t.is_floating_point():
+                raise ValueError(
+                    f"state_dict: state {k!r} has dtype {t.dtype}; expected a real floating tensor"
+                )
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"state_dict: state {k!r} has shape {tuple(t.shape)}, parameter has {tuple(p.shape)}"
+                )
+        for k in scalar_keys:
+            if k == "step":
+                out[k] = check_step_count(f"state_dict: state {k!r}", st[k])
+            else:
+                out[k] = check_number(f"state_dict: state {k!r}", st[k], low=0.0)
+        return out

@@ -94,9 +94,17 @@ def _fake_step(*args, **kwargs) -> None:
     return None
 
 
+def _fake_all_finite(tensors) -> object:
+    """Fake kernel of ``all_finite``: the answer depends on the data, so it is an unbacked
+    symbolic bool (a graph can compute it; branching on it breaks the graph, and raises under
+    ``fullgraph=True``; the optimizers' check under torch.compile does not branch)."""
+    return torch.library.get_ctx().new_dynamic_size(min=0, max=1) == 1
+
+
 if _LOAD_ERROR is None:
     for _name in STEP_OPS + SHARDED_OPS:
         torch.library.register_fake(f"structsparse::{_name}")(_fake_step)
+    torch.library.register_fake("structsparse::all_finite")(_fake_all_finite)
     from .backends.triton import register_cuda_ops as _register_triton
 
     TRITON_CUDA_OPS, TRITON_CUDA_SKIPPED = _register_triton()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,16 +36,25 @@ __all__ = [
 ]
 
 
-def _check_nonneg(name: str, value: float) -> float:
+def _check_nonneg(name: str, value: float, *, positive: bool = False) -> float:
+    """A finite real number >= 0 (> 0 with ``positive``); ValueError naming ``name`` otherwise."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_meta:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: must be a finite number {bound}, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name}: must be a finite number {bound}, got {value}")
     return value
 
 
 def _as_group_tau(tau: Tensor | float, x3: Tensor) -> Tensor:
     """tau as a [1, G, 1] (or broadcastable) tensor of x3's dtype."""
-    t = torch.as_tensor(tau, dtype=x3.dtype, device=x3.device)
+    if isinstance(tau, Tensor):
+        t = tau.to(dtype=x3.dtype, device=x3.device)
+    else:  # scalar_tensor: torch.compile keeps a symbolic tau symbolic (as_tensor specializes it)
+        t = torch.scalar_tensor(tau, dtype=x3.dtype, device=x3.device)
     if t.dim() == 1:
         t = t.view(1, -1, 1)
     return t
@@ -217,9 +227,7 @@ class GroupMCP(Regularizer):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", _check_nonneg("lam", self.lam))
-        omega = float(self.omega)
-        if not (math.isfinite(omega) and omega > 0):
-            raise ValueError(f"omega: must be a finite number > 0, got {omega}")
+        omega = _check_nonneg("omega", self.omega, positive=True)
         object.__setattr__(self, "omega", omega)
         object.__setattr__(self, "grouping", check_grouping(self.grouping))
 

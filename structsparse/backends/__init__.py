@@ -25,15 +25,36 @@ def check_backend(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
+_loaded: dict[tuple[str, str | None], ModuleType] = {}
+
+
 def _load(name: str, op: str | None = None) -> tuple[ModuleType | None, str]:
     """Import backend module ``name``; return (module or None, reason it is unavailable). ``op``:
-    the step op to run (``"rmda_step"``, ...), for backends whose kernels are available per op."""
+    the step op to run (``"rmda_step"``, ...), for backends whose kernels are available per op.
+    An available module is cached, so a step traced by ``torch.compile`` finds it without calling
+    importlib; an unavailable one is asked again (its availability can depend on the environment)."""
+    mod = _loaded.get((name, op))
+    if mod is not None:
+        return mod, ""
     try:
         mod = importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         return None, str(e)
     ok, why = mod.available(op)
-    return (mod if ok else None), why
+    if not ok:
+        return None, why
+    _loaded[(name, op)] = mod
+    return mod, ""
+
+
+def preload(name: str, device: torch.device, op: str | None = None) -> None:
+    """Import the modules :func:`resolve` may pick for ``device`` and ``op`` (never raises or
+    warns)."""
+    if name == "auto":
+        for cand in _auto_candidates(device):
+            _load(cand, op)
+    elif name != "reference":
+        _load(name, op)
 
 
 def _auto_candidates(device: torch.device) -> tuple[str, ...]:

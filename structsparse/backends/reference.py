@@ -105,7 +105,9 @@ def newton_group_lasso(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regul
     tol = NEWTON_ULPS * torch.finfo(pz.dtype).eps
     active = kept.clone()
     for _ in range(NEWTON_MAX_ITERS):
-        if not bool(active.any()):
+        # an iteration with no active group changes nothing; torch.compile runs them all (no
+        # host sync, no graph break)
+        if not torch.compiler.is_compiling() and not bool(active.any()):
             break
         den = p3 * r.view(1, -1, 1) + thr
         q = pz / den
@@ -157,7 +159,9 @@ def proximal_gradient(
     q_prev = subproblem_objective(x, qv, qp, qw, a, reg, shape)
     active = ~zero
     for j in range(1, max_iters + 1):
-        if not bool(active.any()):
+        # an iteration with no active group changes nothing; torch.compile runs them all (no
+        # host sync, no graph break)
+        if not torch.compiler.is_compiling() and not bool(active.any()):
             break
         y = x - eta3 * (v3 + p3 * (x - w03))
         x_new = reg.prox_groups(y, eta * a, shape)

@@ -61,6 +61,8 @@ class DessiLBI(StructureMixin, StructuredOptimizer):
         scaling_floor: the minimum of β (the paper sets "a minimum value"), in ``[0, 1]``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
         skip_nonfinite: skip (and count in ``skipped_steps``) a step whose gradients hold NaN/Inf.
+        maximize, foreach, capturable, differentiable: torch.optim's flags (docs/optimizers.md):
+            ``maximize`` steps on ``-grad``; ``foreach`` has no effect; the other two must be False.
     """
 
     algorithm = "dessilbi"
@@ -81,6 +83,10 @@ class DessiLBI(StructureMixin, StructuredOptimizer):
         magnitude_scaling: bool = False,
         scaling_floor: float = 0.01,
         skip_nonfinite: bool = True,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -92,7 +98,16 @@ class DessiLBI(StructureMixin, StructuredOptimizer):
             magnitude_scaling=magnitude_scaling,
             scaling_floor=scaling_floor,
         )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            backend=backend,
+            skip_nonfinite=skip_nonfinite,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"], low=0.0)

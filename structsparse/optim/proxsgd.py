@@ -34,9 +34,22 @@ class ProxSGD(StructureMixin, StructuredOptimizer):
         regularizer: Any = None,
         backend: str = "auto",
         skip_nonfinite: bool = True,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, regularizer=regularizer)
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            backend=backend,
+            skip_nonfinite=skip_nonfinite,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"], low=0.0)

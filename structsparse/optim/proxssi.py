@@ -41,6 +41,10 @@ class ProxSSI(StructureMixin, StructuredOptimizer):
         regularizer: Any = None,
         backend: str = "auto",
         skip_nonfinite: bool = True,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -49,7 +53,16 @@ class ProxSSI(StructureMixin, StructuredOptimizer):
             weight_decay=weight_decay,
             regularizer=regularizer,
         )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            backend=backend,
+            skip_nonfinite=skip_nonfinite,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         check_adam_group(group)

@@ -50,6 +50,10 @@ class RAMDA(StructureMixin, StructuredOptimizer):
         regularizer: Any = None,
         backend: str = "auto",
         skip_nonfinite: bool = True,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -60,7 +64,16 @@ class RAMDA(StructureMixin, StructuredOptimizer):
             rtol=rtol,
             regularizer=regularizer,
         )
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            backend=backend,
+            skip_nonfinite=skip_nonfinite,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"], low=0.0)

@@ -34,6 +34,8 @@ class RMDA(StructureMixin, StructuredOptimizer):
         regularizer: default regularizer of groups that do not set one.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
         skip_nonfinite: skip (and count in ``skipped_steps``) a step whose gradients hold NaN/Inf.
+        maximize, foreach, capturable, differentiable: torch.optim's flags (docs/optimizers.md):
+            ``maximize`` steps on ``-grad``; ``foreach`` has no effect; the other two must be False.
     """
 
     algorithm = "rmda"
@@ -50,9 +52,22 @@ class RMDA(StructureMixin, StructuredOptimizer):
         regularizer: Any = None,
         backend: str = "auto",
         skip_nonfinite: bool = True,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, regularizer=regularizer)
-        super().__init__(params, defaults, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(
+            params,
+            defaults,
+            backend=backend,
+            skip_nonfinite=skip_nonfinite,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
     def validate_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"], low=0.0)
