@@ -15,6 +15,13 @@ peak-RSS check: 100 cpu steps per optimizer, peak RSS before/after (bench/result
 
     PYTHONPATH=$PWD python bench/step_time.py                 # both sets, all optimizers (~10 min)
     PYTHONPATH=$PWD python bench/step_time.py --set transformer --reps 20 --rss-steps 0
+
+Rows beyond the default list: "RAMDA defaults" and "ProxGen defaults" (the library defaults,
+solver="auto"), "RAMDA exact SGL", "RAMDA exact MCP", "RAMDA exact GroupMCP" (the exact solves of
+SparseGroupLasso, MCP and GroupMCP), e.g.
+
+    PYTHONPATH=$PWD python bench/step_time.py --backends cpu --rss-steps 0 --out bench/results/solvers \
+        --optimizers "RAMDA defaults,RAMDA exact SGL,RAMDA exact MCP,RAMDA exact GroupMCP,ProxGen defaults"
 """
 
 from __future__ import annotations
@@ -84,8 +91,8 @@ def make_opt(name: str, backend: str, params):
     weights = [p for p in params if p.dim() >= 2]
     others = [p for p in params if p.dim() < 2]
 
-    def groups(lam):
-        g = [{"params": weights, "regularizer": ss.GroupLasso(lam, "input")}]
+    def groups(lam, reg=None):
+        g = [{"params": weights, "regularizer": reg or ss.GroupLasso(lam, "input")}]
         if others:
             g.append({"params": others, "regularizer": None})
         return g
@@ -100,6 +107,17 @@ def make_opt(name: str, backend: str, params):
         return opt
     if name == "RMDA":
         return ss.RMDA(groups(2e-4), lr=0.1, momentum=0.9, backend=backend)
+    if name == "RAMDA defaults":  # ss.RAMDA(params) but for the regularizer: solver="auto" (exact)
+        return ss.RAMDA(groups(5e-7), backend=backend)
+    if name.startswith("RAMDA exact "):  # the exact solves of the other regularizers (ω: the CLI's)
+        reg = {
+            "SGL": ss.SparseGroupLasso(5e-8, 5e-7, "input"),
+            "MCP": ss.MCP(5e-7, 4.0),
+            "GroupMCP": ss.GroupMCP(5e-7, 4.0, "input"),
+        }[name.split(" ")[2]]
+        return ss.RAMDA(groups(5e-7, reg), lr=1e-2, momentum=0.99, solver="exact", backend=backend)
+    if name == "ProxGen defaults":  # solver="auto" (exact)
+        return ss.ProxGen(groups(1e-6), backend=backend)
     if name.startswith("RAMDA"):
         solver = "exact" if "exact" in name else "pg"
         return ss.RAMDA(groups(5e-7), lr=1e-2, momentum=0.99, solver=solver, backend=backend)

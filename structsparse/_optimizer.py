@@ -77,8 +77,8 @@ def check_int(name: str, value: Any, low: int) -> int:
 
 
 def check_solver(solver: Any) -> str:
-    if solver not in ("pg", "exact"):
-        raise ValueError(f"solver: unknown solver {solver!r}; expected 'pg' or 'exact'")
+    if solver not in ("auto", "pg", "exact"):
+        raise ValueError(f"solver: unknown solver {solver!r}; expected 'auto', 'pg' or 'exact'")
     return solver
 
 
@@ -131,6 +131,14 @@ def _param_tensors(params: Any) -> list[Any]:
     if isinstance(params, set):
         return []  # torch raises its own error for a set
     return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+
+
+def resolve_solver(solver: str, reg: Any) -> str:
+    """The subproblem solver a step runs: ``"auto"`` is ``"exact"`` where the regularizer has an
+    exact solve (or there is none), ``"pg"`` otherwise (NuclearNorm); the others as given."""
+    if solver != "auto":
+        return solver
+    return "exact" if reg is None or reg.exact_solve else "pg"
 
 
 class StructuredOptimizer(torch.optim.Optimizer):
@@ -250,11 +258,12 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 if reg is not None:
                     reg.check(p, where)
                 distributed.check_param(p, reg, where)
-        if reg is not None and self.needs_screenable_for(group) and not reg.screenable:
+        if reg is not None and self.needs_screenable_for(group) and not reg.exact_solve:
             raise ValueError(
                 f"regularizer: {type(reg).__name__} has no exact group solve; "
                 f"{type(self).__name__} with solver={group.get('solver', 'exact')!r} supports "
-                "GroupLasso and L1 (use solver='pg' for other regularizers)"
+                "GroupLasso, L1, SparseGroupLasso, GroupMCP and MCP (use solver='pg' or 'auto' "
+                "for other regularizers)"
             )
 
     def _unknown_keys(self, group: dict[str, Any], index: int) -> None:

@@ -81,6 +81,8 @@ class Regularizer:
     screenable: ClassVar[bool] = False
     #: PG solvers halve their step for a nonconvex ψ (RAMDA Alg. 2)
     nonconvex: ClassVar[bool] = False
+    #: the weighted subproblem has an exact solve (``solver="exact"``; ``"auto"`` picks it)
+    exact_solve: ClassVar[bool] = False
     grouping: Grouping
 
     # -- shape handling ---------------------------------------------------------------------
@@ -138,6 +140,7 @@ class GroupLasso(Regularizer):
     lam: float
     grouping: Grouping = "input"
     name: ClassVar[str] = "group_lasso"
+    exact_solve: ClassVar[bool] = True
     screenable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -171,6 +174,7 @@ class SparseGroupLasso(Regularizer):
     lam_group: float
     grouping: Grouping = "input"
     name: ClassVar[str] = "sparse_group_lasso"
+    exact_solve: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam_l1", _check_nonneg("lam_l1", self.lam_l1))
@@ -223,6 +227,7 @@ class GroupMCP(Regularizer):
     omega: float
     grouping: Grouping = "input"
     name: ClassVar[str] = "group_mcp"
+    exact_solve: ClassVar[bool] = True
     nonconvex: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

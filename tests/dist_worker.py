@@ -35,7 +35,7 @@ OPTS = {
         dict(lr=0.05, nu=1.0, momentum=0.5, weight_decay=1e-3, magnitude_scaling=True, scaling_floor=0.05),
     ),
 }
-SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")
+SCREENABLE_ONLY = ("ramda_exact", "proxgen_exact", "proxssi")  # NuclearNorm has no exact solve
 LBI = ("dessilbi", "dessilbi_ms")  # L1 and GroupLasso only; sparsity is read from Γ, not W
 
 
@@ -59,7 +59,7 @@ def regs(lam: float) -> dict[str, dict[str, ss.Regularizer]]:
             "conv": ss.GroupLasso(lam, "kernel"),  # aligned
             "small": ss.GroupLasso(lam, (0,)),  # input-wise as dims: split, an empty shard
         },
-        "C": {  # not screenable: RMDA, ProxSGD and the PG solvers
+        "C": {  # not screenable (the exact solves: soft threshold, MCP and group MCP)
             "fc": ss.SparseGroupLasso(lam / 4, lam, "input"),
             "conv": ss.GroupMCP(lam, 4.0, "input"),
             "small": ss.MCP(lam / 4, 4.0),
@@ -71,7 +71,7 @@ def cases(names=None, opts=None):
     for opt in OPTS if opts is None else opts:
         lam = LAM.get(opt, LAM_ADAM)
         for cname, by_layer in regs(lam).items():
-            if opt in SCREENABLE_ONLY and not all(r.screenable for r in by_layer.values()):
+            if opt in SCREENABLE_ONLY and not all(r.exact_solve for r in by_layer.values()):
                 continue
             if opt in LBI and not all(isinstance(r, ss.GroupLasso) for r in by_layer.values()):
                 continue

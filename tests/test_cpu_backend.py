@@ -170,13 +170,23 @@ def test_group_lasso_groupings(algo, grouping, dtype):
     _case(algo, "group_lasso", grouping, dtype, CONV)
 
 
-# solver="exact" (and ProxSSI) take GroupLasso/L1 only: the optimizers reject the others
+# solver="exact" (and ProxSSI) take every regularizer but NuclearNorm: the optimizers reject it
 REG_CASES = [
     (algo, kind)
     for algo in ALGOS
     for kind in ("none", "l1", "sgl", "group_mcp", "mcp", "nuclear")
-    if not (algo in EXACT and kind in ("sgl", "group_mcp", "mcp", "nuclear"))
+    if not (algo in EXACT and kind == "nuclear")
 ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("algo", EXACT)
+@pytest.mark.parametrize("kind", ["sgl", "group_mcp"])
+@pytest.mark.parametrize("grouping", ["output", "kernel", (0, 2, 3)])
+def test_exact_new_regularizers_groupings(algo, kind, grouping, dtype):
+    """The exact SparseGroupLasso/GroupMCP solves (solve_rows.h) on conv groupings, both GroupMCP
+    regimes (its ω spans the groups' min P against α/ω_g)."""
+    _case(algo, kind, grouping, dtype, CONV)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -466,3 +476,31 @@ def test_pg_float32_stops_where_float64_stops():
     assert ((ref32 - ref64).abs().max() / scale).item() <= 3e-5
     assert ((cpu32 - ref64).abs().max() / scale).item() <= 3e-5
     assert ((cpu32 - ref32).abs().max() / scale).item() <= 3e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["sgl", "group_mcp", "mcp"])
+def test_exact_new_regularizers_hard_cases(kind, dtype):
+    """The exact SparseGroupLasso/GroupMCP/MCP solves of one RAMDA step with P spread over decades
+    (newton_cases: U = exp(6·N(0,1))): cpu against reference. GroupMCP's α/ω_g = 1 lies inside the
+    range of P, so its groups fall in both regimes (min P ≥ α/ω_g: convex Newton; below: the
+    candidates compared), asserted."""
+    from structsparse.backends import reference as ref
+
+    shapes = [(2, 30), (3, 4, 2, 2), (5, 7)]
+    reg = {
+        "sgl": ss.SparseGroupLasso(0.1, 0.5, "input"),
+        "group_mcp": ss.GroupMCP(0.5, 1 / 2**0.5, "input"),  # ω_g = 1 for the 2-element groups
+        "mcp": ss.MCP(0.5, 1.0),
+    }[kind]
+    state = newton_cases.ramda_states(shapes, dtype)
+    x_cpu = newton_cases.ramda_exact(cpu_backend.ramda_step, shapes, state, reg, dtype)
+    x_ref = newton_cases.ramda_exact(ref.ramda_step, shapes, state, reg, dtype)
+    u0 = state[0][0].double()
+    p = (u0.pow(1 / 3) + newton_cases.EPS).view(reg.view_shape(shapes[0]))
+    if kind == "group_mcp":
+        pmin = p.amin(dim=(0, 2))
+        assert bool((pmin >= 1).any()) and bool((pmin < 1).any())
+    for xc, xr in zip(x_cpu, x_ref):
+        _close(xc, xr, TOL[dtype] * (10 if dtype == torch.float32 else 1), "x")
+    assert any(bool((x != 0).any()) for x in x_ref) and any(bool((x == 0).any()) for x in x_ref)

@@ -439,7 +439,8 @@ def test_state_dict_with_mismatched_shapes_is_rejected():
         (lambda p: ss.RMDA([{"params": p, "lr": -1.0}]), "lr"),
         (lambda p: ss.RMDA(p, regularizer="l1"), "regularizer"),
         (lambda p: ss.RMDA(p, regularizer=ss.GroupLasso(0.1, grouping="kernel")), "kernel"),
-        (lambda p: ss.RAMDA(p, solver="exact", regularizer=ss.GroupMCP(0.1, 1.0)), "solver"),
+        (lambda p: ss.RAMDA(p, solver="exact", regularizer=ss.NuclearNorm(0.1)), "solver"),
+        (lambda p: ss.ProxGen(p, solver="newton"), "solver"),
         (lambda p: ss.ProxSSI(p, regularizer=ss.NuclearNorm(0.1)), "NuclearNorm"),
     ],
 )
@@ -693,3 +694,34 @@ def test_empty_and_mixed_dtype_parameters():
     opt.step()
     assert opt.state[empty]["step"] == 1 and empty.shape == (0, 3)
     assert torch.isfinite(half.float()).all() and torch.isfinite(full).all()
+
+
+@pytest.mark.parametrize("cls", [ss.RAMDA, ss.ProxGen])
+@pytest.mark.parametrize(
+    "reg,resolved",
+    [
+        (ss.GroupLasso(0.05), "exact"),
+        (ss.SparseGroupLasso(0.01, 0.05), "exact"),
+        (ss.GroupMCP(0.05, 2.0), "exact"),
+        (ss.MCP(0.05, 2.0), "exact"),
+        (ss.NuclearNorm(0.05), "pg"),
+        (None, "exact"),
+    ],
+)
+def test_auto_solver_is_exact_where_the_regularizer_has_one(cls, reg, resolved):
+    """solver="auto" (the default) steps exactly as the solver it resolves to, and stays "auto" in
+    the param group (and so in state_dicts)."""
+    torch.manual_seed(0)
+    w0 = torch.randn(6, 5, dtype=torch.float64)
+    grads = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    out = {}
+    for solver in ("auto", resolved):
+        w = nn.Parameter(w0.clone())
+        kw = {} if solver == "auto" else {"solver": solver}
+        opt = cls([w], lr=0.05, regularizer=reg, **kw, **REF)
+        assert opt.param_groups[0]["solver"] == solver
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        out[solver] = w.detach().clone()
+    assert torch.equal(out["auto"], out[resolved])

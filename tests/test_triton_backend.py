@@ -259,6 +259,15 @@ def _id(case):
 
 TWOPHASE_CASES = [c for c in CASES if c[2] in GROUPED and c[2] != "gl_kernel"]  # kernel groups fit
 
+# the exact solves of SparseGroupLasso/GroupMCP/MCP (delegated to the reference backend, see
+# structsparse/backends/triton.py), and solver="auto"
+CASES += (
+    [("ramda", {"solver": "exact"}, r) for r in ("sgl", "gmcp", "mcp")]
+    + [("proxgen", {"solver": "exact"}, r) for r in ("sgl", "gmcp", "mcp")]
+    + [("proxssi", {}, r) for r in ("sgl", "gmcp", "mcp")]
+    + [("ramda", {"solver": "auto"}, r) for r in ("gl_input", "sgl")]
+)
+
 
 def _check_case(case, shapes, **kw):
     alg, okw, reg_name = case

@@ -193,7 +193,11 @@ inline T exact_thr(const TileArgs& t, T a) {
 template <typename T>
 inline void solve_tile(const TileArgs& t, const Reg<T>& reg, T a, RowView<T> lin, RowView<T> P, RowView<T> w0,
                        RowView<T> x0, T* x, T* scr) {
-  if (t.exact)
+  if (t.exact && reg.kind == REG_SPARSE_GROUP_LASSO)
+    row_exact_sgl<T>(t.A, t.ng, t.B, reg, a, lin, P, w0, x, scr);
+  else if (t.exact && reg.kind == REG_GROUP_MCP)
+    row_exact_gmcp<T>(t.A, t.ng, t.B, reg, a, lin, P, w0, x, scr);
+  else if (t.exact)
     row_newton<T>(t.A, t.ng, t.B, exact_thr<T>(t, a), lin, P, w0, x, scr);
   else
     row_pg<T>(t.A, t.ng, t.B, reg, a, lin, P, w0, x0, x, scr, t.max_iters, T(t.rtol));
@@ -357,7 +361,7 @@ void ramda_tile(const TileArgs& t) {
   T* X = P + tot;
   const int64_t pd = pf_dist<T>(row);
   const T thr = exact_thr<T>(t, T(t.sc[3]));
-  if (t.exact && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
+  if (t.exact && reg.kind == REG_GROUP_LASSO && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
     exact_fused<T>(
         t, thr, P, X,
         [&](int64_t a, int64_t k, T& pk, T& zz) {
@@ -455,7 +459,7 @@ void adam_prox_tile(const TileArgs& t) {
   T* Y = X + tot;  // solver scratch
   const int64_t pd = pf_dist<T>(row);
   const T thr = exact_thr<T>(t, T(lr_d));
-  if (solve && t.exact && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W), x straight to W
+  if (solve && t.exact && reg.kind == REG_GROUP_LASSO && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W)
     exact_fused<T>(
         t, thr, P, L,
         [&](int64_t a, int64_t k, T& pk, T& zz) {

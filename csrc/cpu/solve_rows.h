@@ -597,3 +597,203 @@ inline void row_pg(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, Ro
       return row_pg_k<REG_NONE>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);
   }
 }
+
+// Exact sparse-group-LASSO solve (solver="exact"): the ℓ₁ part soft-thresholds pz = P⊙W0 − lin
+// elementwise at a·λ1, then the group-LASSO screening and Newton (newton_roots) run on that vector
+// with T = a·λ2·w_g (docs/solvers.md). scr: row_newton_scratch elements.
+template <typename T>
+inline void row_exact_sgl(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
+                          RowView<T> w0, T* x, T* scr) {
+  const int64_t row = ng * B;
+  const T t1 = a_ * reg.lam, thr = a_ * (reg.lam2 * reg.wg);
+  if (thr == T(0)) {
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict l = lin.p + a * lin.rs;
+      const T* __restrict p = P.p + a * P.rs;
+      const T* __restrict w = w0.p + a * w0.rs;
+      T* __restrict xr = x + a * row;
+      for (int64_t k = 0; k < row; ++k) xr[k] = soft_threshold(subproblem_pz(p[k], w[k], l[k]), t1) / p[k];
+    }
+    return;
+  }
+  NewtonScratch<T> ns(scr, A, ng, B);
+  zero(ns.acc1, row);
+  zero(ns.sy, row);
+  zero(ns.sc, row);
+  zero(ns.pm, row);
+  for (int64_t a = 0; a < A; ++a) {
+    const T* __restrict l = lin.p + a * lin.rs;
+    const T* __restrict p = P.p + a * P.rs;
+    const T* __restrict w = w0.p + a * w0.rs;
+    T* __restrict z = ns.pz + a * row;
+    double* __restrict s = ns.acc1;
+    T* __restrict pm = ns.pm;
+    T* __restrict sy = ns.sy;
+    T* __restrict sc = ns.sc;
+    for (int64_t k = 0; k < row; ++k) {
+      const T pk = p[k];
+      const T zz = soft_threshold(subproblem_pz(pk, w[k], l[k]), t1);
+      z[k] = zz;
+      s[k] += double(zz) * double(zz);
+      pm[k] = pk > pm[k] ? pk : pm[k];
+      newton_start_add(pk, zz, sy[k], sc[k]);
+    }
+  }
+  newton_roots<T>(A, ng, B, thr, P, ns.pz, row, ns);
+  for (int64_t a = 0; a < A; ++a) newton_final_row<T>(row, P.p + a * P.rs, ns.pz + a * row, ns.rpos, thr, x + a * row);
+}
+
+// Exact group-MCP solve (solver="exact"; the rule of reference.py exact_group_mcp, derivation in
+// docs/solvers.md): with T = a·λ_g, c = a/ω_g, P' = P − c, the global minimum is one of 0, Z and
+// x(s₁)_i = pz_i·s₁/(1 + P'_i s₁), s₁ the first root of K(s) = Σ pz_i²/(1 + P'_i s)² = T² in
+// [0, 1/c] (K is convex). Groups with min P ≥ c are convex: 0 when screened, else x(min(s₁, 1/c)).
+// The others compare the objectives of 0, x(s) and Z (double) and keep the smallest (a Newton
+// that stopped early can then only lose accuracy, never land on a worse stationary point).
+// One-element groups (MCP) take the closed form mcp_weighted. scr: row_newton_scratch elements
+// (the Newton scratch's arrays: pz, three double position sums, three double group sums, and its
+// run bounds reused as a double group array).
+template <typename T>
+inline void row_exact_gmcp(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
+                           RowView<T> w0, T* x, T* scr) {
+  const int64_t row = ng * B;
+  const T lam_g = reg.lam * reg.wg, om_g = reg.omega * reg.wg;
+  const T thr = a_ * lam_g;
+  if (thr == T(0) || A * B == 1) {
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict l = lin.p + a * lin.rs;
+      const T* __restrict p = P.p + a * P.rs;
+      const T* __restrict w = w0.p + a * w0.rs;
+      T* __restrict xr = x + a * row;
+      if (thr == T(0))
+        for (int64_t k = 0; k < row; ++k) xr[k] = w[k] - l[k] / p[k];
+      else
+        for (int64_t k = 0; k < row; ++k) xr[k] = mcp_weighted(p[k], subproblem_pz(p[k], w[k], l[k]), a_, lam_g, om_g);
+    }
+    return;
+  }
+  const T c = a_ / om_g, smax = T(1) / c;
+  NewtonScratch<T> ns(scr, A, ng, B);
+  double* __restrict acc1 = ns.acc1;
+  double* __restrict acc2 = ns.acc2;
+  double* __restrict acc3 = ns.acc3;
+  double* __restrict g1 = ns.g1;
+  double* __restrict g2 = ns.g2;
+  double* __restrict g3 = ns.g3;
+  double* __restrict f0 = reinterpret_cast<double*>(ns.runs);  // per group: objective of 0
+  T* __restrict pmax = ns.pm;  // per position: max P, then (rpos) min P
+  T* __restrict pmin = ns.rpos;
+  T* __restrict s = ns.r;       // per group: s
+  T* __restrict act = ns.act;   // per group: 1 while Newton runs
+  T* __restrict cvx = ns.gm;    // per group: 1 when min P ≥ c
+  // pass 0: pz, Σ pz², Σ pz·z (2× the objective of 0), max and min P
+  zero(acc1, row);
+  zero(acc2, row);
+  for (int64_t k = 0; k < row; ++k) {
+    pmax[k] = P.p[k];
+    pmin[k] = P.p[k];
+  }
+  for (int64_t a = 0; a < A; ++a) {
+    const T* __restrict l = lin.p + a * lin.rs;
+    const T* __restrict p = P.p + a * P.rs;
+    const T* __restrict w = w0.p + a * w0.rs;
+    T* __restrict z = ns.pz + a * row;
+    for (int64_t k = 0; k < row; ++k) {
+      const T pk = p[k];
+      const T zz = subproblem_pz(pk, w[k], l[k]);
+      z[k] = zz;
+      const double zd = double(zz);
+      acc1[k] += zd * zd;
+      acc2[k] += zd * (zd / double(pk));
+      pmax[k] = pk > pmax[k] ? pk : pmax[k];
+      pmin[k] = pk < pmin[k] ? pk : pmin[k];
+    }
+  }
+  rows::reduce_pos(acc1, ng, B, g1);
+  rows::reduce_pos(acc2, ng, B, f0);
+  int64_t n_act = 0;
+  for (int64_t j = 0; j < ng; ++j) {
+    T mx = pmax[j * B], mn = pmin[j * B];
+    for (int64_t b = 1; b < B; ++b) {
+      mx = pmax[j * B + b] > mx ? pmax[j * B + b] : mx;
+      mn = pmin[j * B + b] < mn ? pmin[j * B + b] : mn;
+    }
+    f0[j] *= 0.5;
+    cvx[j] = mn >= c ? T(1) : T(0);
+    const T pzn = T(std::sqrt(g1[j]));
+    const T ppmax = mx - c;
+    T s0 = ppmax > T(0) ? (pzn / thr - T(1)) / ppmax : smax;
+    s0 = s0 < T(0) ? T(0) : (s0 > smax ? smax : s0);
+    s[j] = s0;
+    act[j] = (pzn > thr && s0 < smax) ? T(1) : T(0);  // kept (not screened) and not at 1/c
+    if (!(pzn > thr)) s[j] = T(-1);                      // screened: x = 0 (marked by s < 0)
+    n_act += act[j] != T(0);
+  }
+  const T tol = T(NEWTON_ULPS) * Eps<T>::value;
+  T* __restrict spos = ns.rpos;  // s per position (pmin is no longer needed)
+  for (int it = 0; it < NEWTON_MAX_ITERS && n_act > 0; ++it) {
+    rows::expand(s, ng, B, spos);
+    zero(acc1, row);
+    zero(acc2, row);
+    for (int64_t a = 0; a < A; ++a) {
+      const T* __restrict p = P.p + a * P.rs;
+      const T* __restrict z = ns.pz + a * row;
+      for (int64_t k = 0; k < row; ++k) {
+        const T pp = p[k] - c;
+        const T den = T(1) + pp * spos[k];
+        const T q2 = z[k] * z[k] / (den * den);
+        acc1[k] += double(q2);
+        acc2[k] += double(q2 * pp / den);
+      }
+    }
+    rows::reduce_pos(acc1, ng, B, g1);
+    rows::reduce_pos(acc2, ng, B, g2);
+    n_act = 0;
+    for (int64_t j = 0; j < ng; ++j) {
+      if (act[j] == T(0)) continue;
+      bool going;
+      s[j] = gmcp_next(s[j], g1[j], g2[j], double(thr), cvx[j] != T(0), tol, smax, going);
+      act[j] = going ? T(1) : T(0);
+      n_act += going;
+    }
+  }
+  // x(s) (0 for screened groups); for nonconvex groups the objectives of x(s) and Z
+  rows::expand(s, ng, B, spos);
+  zero(acc1, row);
+  zero(acc2, row);
+  zero(acc3, row);
+  for (int64_t a = 0; a < A; ++a) {
+    const T* __restrict p = P.p + a * P.rs;
+    const T* __restrict z = ns.pz + a * row;
+    T* __restrict xr = x + a * row;
+    for (int64_t k = 0; k < row; ++k) {
+      const T sk = spos[k];
+      const T xk = sk >= T(0) ? z[k] * sk / (T(1) + (p[k] - c) * sk) : T(0);
+      xr[k] = xk;
+      const double pd = double(p[k]), zd = double(z[k]) / pd, d = double(xk) - zd;
+      acc1[k] += pd * d * d;
+      acc2[k] += double(xk) * double(xk);
+      acc3[k] += zd * zd;
+    }
+  }
+  rows::reduce_pos(acc1, ng, B, g1);
+  rows::reduce_pos(acc2, ng, B, g2);
+  rows::reduce_pos(acc3, ng, B, g3);
+  const double ad = double(a_), lgd = double(lam_g), ogd = double(om_g);
+  for (int64_t j = 0; j < ng; ++j) {
+    act[j] = T(0);  // 0: keep x(s); 1: Z; 2: 0
+    if (cvx[j] != T(0)) continue;
+    const double fx = 0.5 * g1[j] + ad * mcp_value(std::sqrt(g2[j]), lgd, ogd);
+    const double fz = ad * mcp_value(std::sqrt(g3[j]), lgd, ogd);
+    const bool use_x = fx < f0[j];
+    const double best = use_x ? fx : f0[j];
+    act[j] = fz < best ? T(1) : (use_x ? T(0) : T(2));
+  }
+  for (int64_t j = 0; j < ng; ++j) {
+    if (act[j] == T(0)) continue;
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t k = j * B + b;
+        x[a * row + k] = act[j] == T(1) ? ns.pz[a * row + k] / P.p[a * P.rs + k] : T(0);
+      }
+  }
+}

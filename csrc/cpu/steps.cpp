@@ -250,9 +250,11 @@ void set_solver(Common& cm, c10::string_view solver, int64_t max_iters, double r
   cm.rtol = rtol;
 }
 
-// The exact solves with a regularizer take wide tiles (groups_per_tile).
+// The exact group-LASSO solves take wide tiles (groups_per_tile); the other exact solves run
+// through solve_tile's unfused path, whose scratch (3 tiles and the Newton scratch) is that of
+// the solver tiles.
 bool wide_tiles(const Common& cm) {
-  return cm.exact != 0 && cm.reg_kind != REG_NONE;
+  return cm.exact != 0 && cm.reg_kind == REG_GROUP_LASSO;
 }
 
 // Validates a bucket and builds its jobs; `scal(i, sc)` fills the per-tensor scalars.
@@ -640,8 +642,6 @@ void ramda_step(at::TensorList params, at::TensorList grads, at::TensorList anch
   Common cm;
   set_reg(cm, reg, reg_params);
   set_solver(cm, solver, max_iters, rtol);
-  TORCH_CHECK(!(cm.exact && (cm.reg_kind == REG_SPARSE_GROUP_LASSO || cm.reg_kind == REG_GROUP_MCP)),
-              "ramda_step: solver='exact' supports group_lasso only");
   auto jobs = make_jobs("ramda_step", params, grads, {anchors, grad_sums, sq_grad_sums}, views,
                         [&](size_t i, double* sc) {
                           sc[0] = lr * std::sqrt(static_cast<double>(steps[i]));
@@ -704,8 +704,6 @@ void proxgen_step(at::TensorList params, at::TensorList grads, at::TensorList ex
   Common cm;
   set_reg(cm, reg, reg_params);
   set_solver(cm, solver, max_iters, rtol);
-  TORCH_CHECK(!(cm.exact && (cm.reg_kind == REG_SPARSE_GROUP_LASSO || cm.reg_kind == REG_GROUP_MCP)),
-              "proxgen_step: solver='exact' supports group_lasso only");
   adam_prox("proxgen_step", kernels().proxgen, params, grads, exp_avgs, exp_avg_sqs, steps, views, lr, beta1, beta2,
             eps, weight_decay, cm);
 }
@@ -715,8 +713,6 @@ void proxssi_step(at::TensorList params, at::TensorList grads, at::TensorList ex
                   double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
   Common cm;
   set_reg(cm, reg, reg_params);
-  TORCH_CHECK(cm.reg_kind == REG_NONE || cm.reg_kind == REG_GROUP_LASSO,
-              "proxssi_step: supports group_lasso (and L1) only");
   cm.exact = 1;
   adam_prox("proxssi_step", kernels().proxssi, params, grads, exp_avgs, exp_avg_sqs, steps, views, lr, beta1, beta2,
             eps, weight_decay, cm);

@@ -3,7 +3,9 @@
 Same signatures as :mod:`.reference`. What the kernels do:
 
 - every algorithm (RMDA, RAMDA ``"pg"``/``"exact"``, ProxSGD, ProxGen ``"pg"``/``"exact"``,
-  ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP;
+  ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP
+  (the exact solves of the last three: solve_rows.h ``row_exact_sgl``/``row_exact_gmcp``, the
+  reference's rules, docs/solvers.md);
 - **NuclearNorm delegates to the reference backend** for its bucket (its prox needs an SVD);
 - the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after
   ≥ 2 iterations, or ``max_iters``; Q in float64 for every dtype; a group worse than its warm
@@ -117,6 +119,19 @@ def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
     return None  # NuclearNorm (SVD) and unknown regularizers
 
 
+def _solve_args(
+    params: Sequence[Tensor], reg: Regularizer | None, exact: bool
+) -> tuple[str, list[float]] | None:
+    """:func:`_reg_args` for a solver step: the exact SparseGroupLasso/GroupMCP/MCP solves run in
+    the C++ kernels; on other devices (the CUDA kernels, which share these step functions, solve
+    group LASSO only) such a bucket goes to the reference backend."""
+    ra = _reg_args(reg)
+    if ra is not None and exact and ra[0] in ("sparse_group_lasso", "group_mcp"):
+        if any(p.device.type != "cpu" for p in params):
+            return None
+    return ra
+
+
 def _views(params: Sequence[Tensor], reg: Regularizer | None) -> list[int]:
     out: list[int] = []
     for p in params:
@@ -174,7 +189,7 @@ def ramda_step(
     max_iters,
     rtol,
 ) -> None:
-    ra = _reg_args(reg)
+    ra = _solve_args(params, reg, solver == "exact")
     if ra is None:
         return reference.ramda_step(
             params,
@@ -248,7 +263,7 @@ def proxgen_step(
     max_iters,
     rtol,
 ) -> None:
-    ra = _reg_args(reg)
+    ra = _solve_args(params, reg, solver == "exact")
     if ra is None:
         return reference.proxgen_step(
             params,
@@ -290,8 +305,8 @@ def proxgen_step(
 def proxssi_step(
     params, grads, exp_avgs, exp_avg_sqs, *, steps, lr, beta1, beta2, eps, weight_decay, reg
 ) -> None:
-    ra = _reg_args(reg)
-    if ra is None or ra[0] not in ("none", "group_lasso"):
+    ra = _solve_args(params, reg, True)
+    if ra is None:
         return reference.proxssi_step(
             params,
             grads,

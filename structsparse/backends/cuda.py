@@ -2,12 +2,12 @@
 
 Same signatures as :mod:`.reference`. The ``torch.ops.structsparse.*`` ops dispatch on the
 tensors' device, so the step functions are those of :mod:`.cpu` (argument packing, and the
-delegation of NuclearNorm buckets — and of ProxSSI with a non-group-LASSO regularizer — to the
-reference backend); this module only adds the availability check, decided per op: a build that
-lacks one op's CUDA kernel still runs the others, and ``backend="auto"`` then picks Triton for
-that op alone. What the kernels do:
+delegation of NuclearNorm buckets — and of the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI)
+with SparseGroupLasso, GroupMCP or MCP — to the reference backend); this module only adds the
+availability check, decided per op: a build that lacks one op's CUDA kernel still runs the others,
+and ``backend="auto"`` then picks Triton for that op alone. What the kernels do:
 
-- RMDA, RAMDA (``"pg"``/``"exact"``), ProxSGD, ProxGen (``"pg"``/``"exact"``), ProxSSI with no
+- RMDA, RAMDA (``"pg"``; ``"exact"`` for group LASSO), ProxSGD, ProxGen (likewise), ProxSSI with no
   regularizer, GroupLasso on every grouping (the ``[A, G, B]`` view), L1, SparseGroupLasso,
   GroupMCP/MCP; DessiLBI with L1/GroupLasso and unpaired tensors (magnitude scaling delegates to
   the reference backend, as on CPU); fp32/fp64 parameters, and bf16/fp16 parameters with fp32

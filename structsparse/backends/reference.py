@@ -123,6 +123,150 @@ def newton_group_lasso(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regul
     return torch.where(kept.view(1, -1, 1), x, torch.zeros_like(x))
 
 
+def _newton_on_norm(pz: Tensor, p3: Tensor, thr: float) -> Tensor:
+    """The group-LASSO Newton of :func:`newton_group_lasso` on a given ``pz`` (``thr > 0``):
+    screened groups (``‖pz‖ ≤ thr``) are 0, kept ones ``pz_i·r/(P_i r + thr)``."""
+    pz_norm = group_sum(pz.pow(2)).sqrt()
+    kept = pz_norm > thr
+    pmax = group_max(p3)
+    r = ((pz_norm - thr) / pmax).clamp_min(0)
+    tol = NEWTON_ULPS * torch.finfo(pz.dtype).eps
+    active = kept.clone()
+    for _ in range(NEWTON_MAX_ITERS):
+        if not bool(active.any()):
+            break
+        den = p3 * r.view(1, -1, 1) + thr
+        q = pz / den
+        sq, wsq = group_sum(q.pow(2), q.pow(2) * p3 / den)
+        delta = (sq - 1) / (2 * wsq)
+        step_ok = active & (delta > tol * r)
+        r = torch.where(step_ok, r + delta, r)
+        active = step_ok
+    r3 = r.view(1, -1, 1)
+    x = pz * r3 / (p3 * r3 + thr)
+    return torch.where(kept.view(1, -1, 1), x, torch.zeros_like(x))
+
+
+def exact_sparse_group_lasso(
+    v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape
+) -> Tensor:
+    """Exact solution for sparse group LASSO ``ψ = λ₁‖·‖₁ + λ₂ w_g‖·‖``.
+
+    The optimality conditions of ``½Σ P_i (X_i − Z_i)² + a·ψ(X)`` split: the ℓ₁ subgradient
+    soft-thresholds ``pz = P⊙Z`` elementwise at ``a·λ₁`` (``u``), and what is left is the group
+    LASSO problem with ``u`` in place of ``pz`` and ``T = a·λ₂·w_g``: screened iff ``‖u‖ ≤ T``,
+    otherwise ``X_i = u_i·r/(P_i r + T)`` with Newton on the norm (:func:`newton_group_lasso`)."""
+    pz = p3 * w03 - v3
+    u = torch.sign(pz) * (pz.abs() - a * reg.lam_l1).clamp_min(0)  # type: ignore[attr-defined]
+    thr = a * reg.lam_group * reg.group_weight(shape)  # type: ignore[attr-defined]
+    if thr == 0:
+        return u / p3
+    return _newton_on_norm(u, p3, thr)
+
+
+def mcp_weighted(pz: Tensor, p: Tensor, a: float, lam: float, omega: float) -> Tensor:
+    """Elementwise ``argmin_x ½P(x − z)² + a·MCP_{λ,ω}(x)`` with ``pz = P·z`` (one-element groups).
+
+    It is the unweighted prox of ``(a/P)·MCP`` at ``z``. ``P > a/ω`` (strongly convex): the firm
+    threshold, 0 for ``|pz| ≤ aλ``, ``soft(pz, aλ)/(P − a/ω)`` while ``|z| ≤ ωλ``, else ``z``.
+    ``P ≤ a/ω`` (concave on ``|x| ≤ ωλ``, so the minimum is 0 or ``z``): the hard threshold, ``z``
+    when ``½P z² > a·ωλ²/2``, i.e. ``|pz| > λ·sqrt(a·ω·P)``, else 0."""
+    c = a / omega
+    z = pz / p
+    firm = torch.where(
+        pz.abs() <= a * lam,
+        torch.zeros_like(pz),
+        torch.where(z.abs() <= omega * lam, torch.sign(pz) * (pz.abs() - a * lam) / (p - c), z),
+    )
+    hard = torch.where(pz.abs() > lam * (a * omega * p).sqrt(), z, torch.zeros_like(z))
+    return torch.where(p > c, firm, hard)
+
+
+def exact_group_mcp(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape) -> Tensor:
+    """Exact (global) solution for group MCP ``ρ = MCP_{λ_g, ω_g}(‖·‖)``, ``λ_g = λw_g``, ``ω_g = ωw_g``.
+
+    With ``T = a·λ_g``, ``c = a/ω_g``, ``P' = P − c`` and ``s ∈ [0, 1/c]``, the points
+    ``X(s)_i = pz_i·s/(1 + P'_i s)`` are the minimizers of the smooth part on the spheres of radius
+    ``0 … ‖Z‖`` (``X(1/c) = Z``), and along them the derivative of the objective in ``r = ‖X‖`` has
+    the sign of ``T − sqrt(K(s))``, ``K(s) = Σ pz_i²/(1 + P'_i s)²`` (while ``r ≤ ω_gλ_g``; it is
+    negative beyond, up to ``‖Z‖``). ``K`` is convex in ``s``, so it crosses ``T²`` downwards at most
+    once, at ``s₁`` — the only interior local minimum, ``X(s₁)``, ``‖X(s₁)‖ = T·s₁ ≤ ω_gλ_g``.
+    The global minimum is therefore one of 0, ``X(s₁)`` and ``Z``.
+
+    - ``min_i P_i ≥ c`` (objective convex): one minimizer, found without comparing values:
+      0 when screened (``‖pz‖ ≤ T``), else ``X(min(s₁, 1/c))`` (``s₁ > 1/c`` means ``‖Z‖ ≥ ω_gλ_g``
+      and gives ``Z``). Newton runs on the Moré–Sorensen form ``K^(-1/2) − 1/T`` (concave here:
+      the group-LASSO iteration, ``r = T·s``), from the lower bound ``s_L = (‖pz‖/T − 1)/max P'``.
+    - otherwise (nonconvex): Newton on ``K − T²`` itself from ``s_L`` (``K ≥ T²`` on ``[0, s_L]``),
+      which climbs to ``s₁`` without overshoot because ``K`` is convex; it stops where ``K′ ≥ 0``
+      (no crossing) or at ``1/c``. The candidates 0, ``X(s)`` and ``Z`` are compared by their
+      objective values (float64) and the smallest kept: a group never ends at a merely stationary
+      point, and the comparison of valid points can only improve on a Newton that stopped early.
+
+    One-element groups (MCP) take the closed form :func:`mcp_weighted`."""
+    wg = reg.group_weight(shape)
+    lam_g, om_g = reg.lam * wg, reg.omega * wg  # type: ignore[attr-defined]
+    pz = p3 * w03 - v3
+    thr = a * lam_g
+    if thr == 0:
+        return w03 - v3 / p3
+    if wg == 1.0:
+        return mcp_weighted(pz, p3, a, lam_g, om_g)
+    c = a / om_g
+    s_max = 1.0 / c
+    pp = p3 - c
+    pz2 = pz.pow(2)
+    pz_norm = group_sum(pz2).sqrt()
+    convex = -group_max(-p3) >= c
+    ppmax = group_max(pp)
+    s = torch.where(ppmax > 0, (pz_norm / thr - 1) / ppmax, torch.full_like(ppmax, s_max))
+    s = s.clamp(0, s_max)
+    kept = pz_norm > thr
+    tol = NEWTON_ULPS * torch.finfo(pz.dtype).eps
+    active = kept & (s < s_max)
+    for _ in range(NEWTON_MAX_ITERS):
+        if not bool(active.any()):
+            break
+        den = 1 + pp * s.view(1, -1, 1)
+        q2 = pz2 / (den * den)
+        k, dk = group_sum(q2, q2 * pp / den)  # K and −K′/2
+        # convex: Newton on K^(-1/2) − 1/T; nonconvex: on K − T²
+        delta = torch.where(convex, k * (k.sqrt() / thr - 1) / dk, (k - thr * thr) / (2 * dk))
+        going = active & (dk > 0) & (delta.abs() > tol * s)
+        s_new = torch.where(going, (s + delta).clamp(0, s_max), s)
+        active = going & (s_new < s_max)
+        s = s_new
+    s3 = s.view(1, -1, 1)
+    x = pz * s3 / (1 + pp * s3)
+    x = torch.where(kept.view(1, -1, 1), x, torch.zeros_like(x))
+    if bool(convex.all()):
+        return x
+    # nonconvex groups: the smallest objective among 0, X(s) and Z (float64)
+    pzd, pd, xd = pz.double(), p3.double(), x.double()
+    zd = pzd / pd
+    f0 = 0.5 * group_sum(pzd * zd)
+    fz = a * reg.group_values(zd, shape)
+    fx = 0.5 * group_sum(pd * (xd - zd).pow(2)) + a * reg.group_values(xd, shape)
+    use_x = fx < f0
+    best = torch.where(use_x, fx, f0)
+    use_z = ~convex & (fz < best)
+    use_0 = ~convex & ~use_x & ~use_z
+    z = pz / p3
+    x = torch.where(use_z.view(1, -1, 1), z, x)
+    return torch.where(use_0.view(1, -1, 1), torch.zeros_like(x), x)
+
+
+def exact_solve(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape) -> Tensor:
+    """``solver="exact"`` for every regularizer that has one (``reg.exact_solve``)."""
+    from ..regularizers import GroupMCP, SparseGroupLasso
+
+    if isinstance(reg, SparseGroupLasso):
+        return exact_sparse_group_lasso(v3, p3, w03, a, reg, shape)
+    if isinstance(reg, GroupMCP):
+        return exact_group_mcp(v3, p3, w03, a, reg, shape)
+    return newton_group_lasso(v3, p3, w03, a, reg, shape)
+
+
 def proximal_gradient(
     v3: Tensor,
     p3: Tensor,
@@ -190,7 +334,7 @@ def solve_subproblem(
     vs = reg.view_shape(shape)
     v3, p3, w03, x03 = (t.contiguous().view(vs) for t in (v, p, w0, x0))
     if solver == "exact":
-        x3 = newton_group_lasso(v3, p3, w03, a, reg, shape)
+        x3 = exact_solve(v3, p3, w03, a, reg, shape)
     else:
         x3 = proximal_gradient(v3, p3, w03, x03, a, reg, shape, max_iters, rtol)
     return x3.reshape(shape)

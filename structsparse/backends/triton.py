@@ -14,8 +14,9 @@ of r or once an a-priori bound of the error left is below that (``NEWTON_MAX_ITE
 reference's root within rounding, in fewer passes. Scalars are passed as fp32 kernel arguments,
 so float64 tensors match the reference to ~1e-7 relative, not to float64 precision.
 
-Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD)
-and any regularizer class this module does not know.
+Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD),
+the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) of SparseGroupLasso, GroupMCP and MCP, and
+any regularizer class this module does not know.
 
 ``dessilbi_step`` (docs/math.md §6) runs L1 and GroupLasso (any grouping), with and without the
 magnitude-scaling option, in the kernels of ``triton_kernels/lbi_step.py``.
@@ -78,6 +79,15 @@ def _reg_args(reg: Regularizer | None) -> dict[str, Any] | None:
     if isinstance(reg, GroupMCP):
         return {"reg_code": 3, "lam": reg.lam, "omega": reg.omega}
     return None
+
+
+def _solve_args(reg: Regularizer | None, exact: bool) -> dict[str, Any] | None:
+    """:func:`_reg_args` for a solver step: the kernels' exact solve is group LASSO's, so the exact
+    SparseGroupLasso/GroupMCP/MCP solves (RAMDA/ProxGen ``"exact"``, ProxSSI) go to reference."""
+    ra = _reg_args(reg)
+    if ra is not None and exact and ra["reg_code"] in (2, 3):
+        return None
+    return ra
 
 
 def _views(reg: Regularizer | None, params: Sequence[Tensor]) -> list[tuple[int, int, int]]:
@@ -158,7 +168,7 @@ def ramda_step(
     max_iters: int,
     rtol: float,
 ) -> None:
-    ra = _reg_args(reg)
+    ra = _solve_args(reg, solver == "exact")
     if ra is None:
         return reference.ramda_step(
             params,
@@ -241,7 +251,7 @@ def proxgen_step(
     max_iters: int,
     rtol: float,
 ) -> None:
-    ra = _reg_args(reg)
+    ra = _solve_args(reg, solver == "exact")
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
         return reference.proxgen_step(
@@ -289,7 +299,7 @@ def proxssi_step(
     weight_decay: float,
     reg: Regularizer | None,
 ) -> None:
-    ra = _reg_args(reg)
+    ra = _solve_args(reg, True)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
         return reference.proxssi_step(params, grads, exp_avgs, exp_avg_sqs, steps=steps, reg=reg, **kw)

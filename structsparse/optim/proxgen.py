@@ -3,13 +3,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver
+from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver, resolve_solver
 from ..structure import StructureMixin
 from ._adam import check_adam_group
 
 
 class ProxGen(StructureMixin, StructuredOptimizer):
-    r"""ProxGen (Yun et al. 2021) with an AdamW base and a proximal-gradient subproblem solver.
+    r"""ProxGen (Yun et al. 2021) with an AdamW base and a preconditioned proximal subproblem.
 
     .. code-block:: text
 
@@ -21,8 +21,10 @@ class ProxGen(StructureMixin, StructuredOptimizer):
             D = sqrt(v)/sqrt(1 − β2^t) + ε
             W ← argmin_X ⟨(lr/(1 − β1^t))·m, X − W⟩ + ½‖X − W‖²_D + lr·ψ(X)
 
-    The subproblem uses RAMDA's machinery (screening, ``"pg"`` or ``"exact"``) with weights D and
-    threshold ``lr·λ·w_g``. :meth:`restart` does nothing (only lr is scaled at milestones).
+    The subproblem uses RAMDA's machinery with weights D and ``a = lr``: ``solver="auto"`` (the
+    default) is ``"exact"`` where the regularizer has an exact solve (GroupLasso, L1,
+    SparseGroupLasso, GroupMCP, MCP) and ``"pg"`` otherwise (NuclearNorm); ``"pg"`` is the paper's
+    proximal-gradient inner solver (``max_iters``, ``rtol``); see :class:`RAMDA` and docs/solvers.md. :meth:`restart` does nothing (only lr is scaled at milestones).
     """
 
     algorithm = "proxgen"
@@ -36,7 +38,7 @@ class ProxGen(StructureMixin, StructuredOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        solver: str = "pg",
+        solver: str = "auto",
         max_iters: int = 100,
         rtol: float = 1e-8,
         *,
@@ -91,7 +93,7 @@ class ProxGen(StructureMixin, StructuredOptimizer):
             eps=float(group["eps"]),
             weight_decay=float(group["weight_decay"]),
             reg=group["regularizer"],
-            solver=group["solver"],
+            solver=resolve_solver(group["solver"], group["regularizer"]),
             max_iters=int(group["max_iters"]),
             rtol=float(group["rtol"]),
         )

@@ -13,17 +13,18 @@ class ProxSSI(StructureMixin, StructuredOptimizer):
 
     .. code-block:: text
 
-        input: lr, betas (β1, β2), eps ε, weight_decay wd, regularizer ψ (GroupLasso or L1)
+        input: lr, betas (β1, β2), eps ε, weight_decay wd, regularizer ψ (one with an exact solve)
         state: exp_avg m, exp_avg_sq v, step t
         for each step:
             m ← β1·m + (1 − β1)·g;   v ← β2·v + (1 − β2)·g²
             denom = sqrt(v) + ε
             W ← W − lr·sqrt(1 − β2^t)/(1 − β1^t) · m/denom
             W ← W − lr·wd·W
-            W ← argmin_X ½‖X − W‖²_denom + lr·ψ(X)        (screening + Newton, docs/math.md §4)
+            W ← argmin_X ½‖X − W‖²_denom + lr·ψ(X)        (the exact solve, docs/math.md §4)
 
-    The Newton solve stops per group when a step is below a few float ulps of the group norm
-    (the public code's 1e-7 absolute tolerance is unreachable in float32).
+    The prox is RAMDA's ``solver="exact"`` (GroupLasso, L1, SparseGroupLasso, GroupMCP, MCP; see
+    docs/solvers.md). Its Newton solve stops per group when a step is below a few float ulps of
+    the group norm (the public code's 1e-7 absolute tolerance is unreachable in float32).
     """
 
     algorithm = "proxssi"

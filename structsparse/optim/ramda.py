@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver
+from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver, resolve_solver
 from ..structure import StructureMixin
 
 
@@ -23,12 +23,17 @@ class RAMDA(StructureMixin, StructuredOptimizer):
             W̃ = argmin_W ⟨V, W − W0⟩ + ½ Σ_i P_i (W_i − W0_i)² + α·ψ(W)
             W ← (1 − c)·W + c·W̃
 
-    The subproblem is separable by group. Group LASSO / L1 groups are screened exactly first
-    (``W̃_g = 0`` iff ``‖P⊙W0 − V‖_g ≤ α·λ·w_g``). ``solver="pg"`` runs the paper's proximal
-    gradient (step ``1/max_g P``, warm start at W, per-group stop when the relative objective
-    decrease is below ``rtol`` after ≥ 2 iterations, at most ``max_iters``); ``solver="exact"``
-    solves a kept group-LASSO group by Newton on its norm (GroupLasso and L1 only). With no
-    regularizer ``W̃ = W0 − V/P`` (MADGRAD's update). A restart also needs ``eps ← γ·eps``, which
+    The subproblem is separable by group. ``solver="auto"`` (the default) is ``"exact"`` where
+    the regularizer has an exact solve — GroupLasso, L1, SparseGroupLasso, GroupMCP, MCP — and
+    ``"pg"`` otherwise (NuclearNorm). ``solver="exact"`` gives the exact minimizer: group LASSO
+    family groups are screened (``W̃_g = 0`` iff ``‖P⊙W0 − V‖_g ≤ α·λ·w_g``, SGL after the ℓ₁
+    soft threshold) and a kept group is solved by Newton on its norm; MCP has a closed form;
+    GroupMCP solves one equation in the norm and, where ``min_g P < α/ω_g`` makes the group's
+    problem nonconvex, keeps the best of its candidates (docs/solvers.md). ``solver="pg"`` is the
+    paper's inner solver, proximal gradient (step ``1/max_g P``, warm start at W, per-group stop
+    when the relative objective decrease is below ``rtol`` after ≥ 2 iterations, at most
+    ``max_iters``; ``max_iters`` and ``rtol`` only act there). With no regularizer
+    ``W̃ = W0 − V/P`` (MADGRAD's update). A restart also needs ``eps ← γ·eps``, which
     :class:`structsparse.RestartScheduler` does.
     """
 
@@ -43,7 +48,7 @@ class RAMDA(StructureMixin, StructuredOptimizer):
         lr: float = 1e-2,
         momentum: float = 0.99,
         eps: float = 1e-6,
-        solver: str = "pg",
+        solver: str = "auto",
         max_iters: int = 100,
         rtol: float = 1e-8,
         *,
@@ -104,7 +109,7 @@ class RAMDA(StructureMixin, StructuredOptimizer):
             c=1.0 - float(group["momentum"]),
             eps=float(group["eps"]),
             reg=group["regularizer"],
-            solver=group["solver"],
+            solver=resolve_solver(group["solver"], group["regularizer"]),
             max_iters=int(group["max_iters"]),
             rtol=float(group["rtol"]),
         )

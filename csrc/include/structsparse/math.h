@@ -168,6 +168,37 @@ SS_FN bool screened(T pz_norm, T thr) {
   return pz_norm <= thr;
 }
 
+// Exact weighted solve of one element for MCP (one-element groups): argmin_x ½P(x − z)² + a·MCP(x)
+// with pz = P·z, the unweighted prox of (a/P)·MCP at z. P > a/ω (strongly convex): the firm
+// threshold; P ≤ a/ω (concave on |x| ≤ ωλ: the minimum is 0 or z): z iff |pz| > λ·sqrt(a·ω·P).
+template <typename T>
+SS_FN T mcp_weighted(T p, T pz, T a, T lam, T omega) {
+  const T c = a / omega;
+  const T z = pz / p;
+  if (p > c) {
+    if (std::fabs(pz) <= a * lam) return T(0);
+    if (std::fabs(z) <= omega * lam) return soft_threshold(pz, a * lam) / (p - c);
+    return z;
+  }
+  return std::fabs(pz) > lam * std::sqrt(a * omega * p) ? z : T(0);
+}
+
+// Exact group-MCP solve (docs/solvers.md): with T = a·λ_g, c = a/ω_g, P' = P − c, the candidate
+// x(s)_i = pz_i·s/(1 + P'_i s), s in [0, 1/c], and K(s) = Σ pz_i²/(1 + P'_i s)² (convex in s).
+// One Newton step on s from the group's sums k = K and dk = −K'/2 = Σ q²·P'/(1 + P' s):
+// convex groups (min P ≥ c) on the Moré–Sorensen form K^(-1/2) − 1/T, the others on K − T²
+// (no overshoot of the first root of a convex K). Sets going = false when the group is done.
+template <typename T>
+SS_FN T gmcp_next(T s, double k, double dk, double thr, bool convex, T tol, T smax, bool& going) {
+  const double delta = convex ? k * (std::sqrt(k) / thr - 1.0) / dk : (k - thr * thr) / (2.0 * dk);
+  going = dk > 0.0 && std::fabs(delta) > double(tol) * double(s);
+  if (!going) return s;
+  T sn = T(double(s) + delta);
+  sn = sn < T(0) ? T(0) : (sn > smax ? smax : sn);
+  going = sn < smax;
+  return sn;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Newton's rule of the exact group-LASSO solve (solver="exact"; docs/math.md §4), shared by the CPU rows
 // (csrc/cpu/solve_rows.h newton_roots), group_newton below and the CUDA teams (team_newton), and
