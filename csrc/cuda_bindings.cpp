@@ -20,6 +20,7 @@
 
 #include "cuda/launch.h"
 #include "structsparse/math.h"
+#include "structsparse/overlap.h"
 
 namespace structsparse {
 namespace cuda {
@@ -30,7 +31,8 @@ using LaunchFn = cudaError_t (*)(const StepParams&, cudaStream_t);
 struct Common {
   int reg_kind = REG_NONE;
   double lam = 0, lam2 = 0, omega = 1;
-  int exact = 0, max_iters = 0;
+  int exact = 0;
+  int64_t max_iters = 0;
   double rtol = 0;
 };
 
@@ -55,7 +57,7 @@ void set_solver(const char* op, Common& cm, c10::string_view solver, int64_t max
               std::string(solver), "'");
   cm.exact = solver == "exact";
   TORCH_CHECK(max_iters >= 0, op, ": max_iters must be >= 0");
-  cm.max_iters = static_cast<int>(max_iters);
+  cm.max_iters = max_iters;
   cm.rtol = rtol;
   TORCH_CHECK(!(cm.exact && (cm.reg_kind == REG_SPARSE_GROUP_LASSO || cm.reg_kind == REG_GROUP_MCP)), op,
               ": solver='exact' supports group_lasso only");
@@ -97,6 +99,10 @@ void run_bucket(const char* op, at::TensorList params, at::TensorList grads, std
     TORCH_CHECK(p.is_cuda() && p.device() == dev, op, ": params[", i, "] is not a CUDA tensor on ", dev);
     TORCH_CHECK(g.is_cuda() && g.device() == dev && g.sizes() == p.sizes(), op, ": grads[", i,
                 "] must be a CUDA tensor on ", dev, " of shape ", p.sizes());
+    TORCH_CHECK_VALUE(p.is_contiguous() || !may_overlap(p.dim(), p.sizes().data(), p.strides().data()), op,
+                ": params[", i, "] (shape ", p.sizes(), ", strides ", p.strides(),
+                ") may hold several elements at one memory location (an expanded or overlapping view): the step "
+                "writes it in place; pass a parameter that owns its memory (e.g. .clone())");
     const int wdt = dtype_code(p.scalar_type()), gdt = dtype_code(g.scalar_type());
     TORCH_CHECK(wdt >= 0, op, ": params[", i, "] has unsupported dtype ", p.scalar_type());
     TORCH_CHECK(gdt >= 0, op, ": grads[", i, "] has unsupported dtype ", g.scalar_type());

@@ -60,16 +60,39 @@ def _as_group_tau(tau: Tensor | float, x3: Tensor) -> Tensor:
     return t
 
 
+# float64 elements above _BIG have their squares summed scaled by _BIG_SCALE² apart (below it a
+# square is at most 2^960: no sum of up to 2^63 of them overflows).
+_BIG = 2.0**480
+_BIG_SCALE = 2.0**-600
+
+
 def _group_norms(x3: Tensor) -> Tensor:
-    """Euclidean norm of every group of an [A, G, B] view, shape [1, G, 1] (global when sharded)."""
-    return group_sum(x3.pow(2), keepdim=True).sqrt()
+    """Euclidean norm of every group of an [A, G, B] view, shape [1, G, 1] (global when sharded),
+    with no overflow of the sum of squares for any finite input (it made finite weights NaN).
+
+    float32/half: the squares are taken and summed in float64 (they cannot overflow there) and the
+    norm is the float64 sqrt rounded once. float64: the squares of elements above 2^480 are summed
+    scaled by 2^-1200 in a second sum (the same collective); without such elements the norm is the
+    plain ``sqrt(Σ x²)``, bit for bit. No branch on the data: every rank reduces the same sums."""
+    if x3.dtype != torch.float64:
+        return group_sum(x3.double().pow(2), keepdim=True).sqrt().to(x3.dtype)
+    big = x3.abs() > _BIG
+    small_sq = torch.where(big, 0.0, x3).pow(2)
+    big_sq = torch.where(big, x3 * _BIG_SCALE, 0.0).pow(2)
+    s, b = group_sum(small_sq, big_sq, keepdim=True)
+    has_big = b > 0
+    # each branch is evaluated where it is not taken too: there on a safe 1 (a finite gradient)
+    scaled = torch.where(has_big, b + s * (_BIG_SCALE * _BIG_SCALE), 1.0).sqrt() / _BIG_SCALE
+    return torch.where(has_big, scaled, torch.where(has_big, 1.0, s).sqrt())
 
 
 def _shrink(x3: Tensor, norms: Tensor, thr: Tensor) -> Tensor:
-    """Group shrink ``x · max(0, 1 − thr/‖x‖)`` written as ``x · n/(n + thr)``, n = max(‖x‖ − thr, 0)."""
+    """Group shrink ``x · max(0, 1 − thr/‖x‖)`` written as ``x · n/(n + thr)``, n = max(‖x‖ − thr, 0).
+    A norm beyond the dtype's range (float32 groups above 3.4e38) takes the limit, 1."""
     n = (norms - thr).clamp_min(0)
     denom = n + thr
     scale = torch.where(denom > 0, n / torch.where(denom > 0, denom, 1), 0)
+    scale = torch.where((denom > 0) & (norms == math.inf), 1, scale)
     return x3 * scale
 
 
@@ -245,6 +268,7 @@ class GroupMCP(Regularizer):
         rho = _group_norms(x3)
         new = _firm_threshold(rho, _as_group_tau(tau, x3), self.lam * w, self.omega * w)
         scale = torch.where(rho > 0, new / torch.where(rho > 0, rho, 1), 0)
+        scale = torch.where(rho == math.inf, 1, scale)  # a norm beyond the dtype's range: the limit
         return x3 * scale
 
 

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..backends.overlap import check_writable
 from .lbi_step import count_kernel, dessilbi_kernel
 from .step import (
     ALG_PROXGEN,
@@ -43,6 +44,14 @@ _TL_DTYPE = {
     torch.float64: tl.float64,
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
+}
+
+_ALG_NAMES = {
+    ALG_RMDA: "rmda_step",
+    ALG_RAMDA: "ramda_step",
+    ALG_PROXSGD: "proxsgd_step",
+    ALG_PROXGEN: "proxgen_step",
+    ALG_PROXSSI: "proxssi_step",
 }
 
 SOLVERS = {"prox": SOLVER_PROX, "exact": SOLVER_NEWTON, "pg": SOLVER_PG}
@@ -153,6 +162,7 @@ def launch(
     so) and a non-contiguous one is stepped through a contiguous copy. The two-phase PG path keeps
     its iterate in a cached scratch buffer (:func:`scratch`), not a per-step allocation.
     """
+    check_writable(f"triton {_ALG_NAMES[alg]}", tensors)
     ks = [float(x) for x in k] + [0.0] * (6 - len(k))
     if reg_code == REG_NONE:
         solver = "prox"
@@ -389,6 +399,10 @@ def dessilbi(
     (heavy-ball SGD scaled by κ); else each tensor's Z and Γ with its ``[A, G, B]`` group view of
     Ω_λ (L1: ``(1, numel, 1)``). ``magnitude_scaling`` runs a support-count launch first."""
     paired = len(zs) > 0
+    rows_all = [[params[i], grads[i], momentum_buffers[i]] for i in range(len(params))]
+    if paired:
+        rows_all = [row + [zs[i], gammas[i]] for i, row in enumerate(rows_all)]
+    check_writable("triton dessilbi_step", rows_all)
     lrk = lr * kappa
     configs: dict[tuple[bool, int, int], list[int]] = {}
     for i, (p, view) in enumerate(zip(params, views)):

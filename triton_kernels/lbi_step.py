@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .step import _offs, _shrink_scale
+from .step import _offs, _row_norm, _shrink_scale
 
 
 @triton.jit
@@ -176,7 +176,7 @@ def dessilbi_kernel(
         if PAIRED:
             z = z + dz
             tl.store(zp + off, z, mask=msk)
-            scale = _shrink_scale(tl.sqrt(tl.sum(z * z, axis=1)), thr)
+            scale = _shrink_scale(_row_norm(z, tl.sum(z * z, axis=1)), thr)
             gam = (z * scale[:, None]) * eps[:, None]
             tl.store(gmp + off, gam * kappa, mask=msk)
     else:

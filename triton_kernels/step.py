@@ -57,7 +57,7 @@ def _newton_start(pzn, thr, pmax, sy, sc):
     pos = sy > 0
     sys_ = tl.where(pos, sy, 1.0)
     r1 = tl.where(pos, tl.sqrt(sys_) - thr * sc / sys_, 0.0)
-    return tl.where(r1 > r0, r1, r0)
+    return tl.where((r1 > r0) & (r1 < float("inf")), r1, r0)
 
 
 @triton.jit
@@ -163,7 +163,7 @@ def _pre(
         u = tl.load(s3 + off, mask=msk, other=0.0)
         if UPDATE:
             v = v + k0 * g
-            u = u + k0 * (g * g)
+            u = u + (k0 * g) * g  # not k0·(g·g): g·g overflows float from |g| = 1.8e19 on
             tl.store(s2 + off, v, mask=msk)
             tl.store(s3 + off, u, mask=msk)
         p = _cbrt(u) + k1
@@ -184,7 +184,7 @@ def _pre(
         v = tl.load(s2 + off, mask=msk, other=0.0)
         if UPDATE:
             m = m * k1 + (1.0 - k1) * g
-            v = v * k2 + (1.0 - k2) * (g * g)
+            v = v * k2 + ((1.0 - k2) * g) * g  # not (1 − β2)·(g·g), which overflows first
             tl.store(s1 + off, m, mask=msk)
             tl.store(s2 + off, v, mask=msk)
         p = tl.sqrt(v) / k4 + k5
@@ -196,7 +196,7 @@ def _pre(
         v = tl.load(s2 + off, mask=msk, other=0.0)
         if UPDATE:
             m = m * k1 + (1.0 - k1) * g
-            v = v * k2 + (1.0 - k2) * (g * g)
+            v = v * k2 + ((1.0 - k2) * g) * g  # not (1 − β2)·(g·g), which overflows first
             tl.store(s1 + off, m, mask=msk)
             tl.store(s2 + off, v, mask=msk)
         p = tl.sqrt(v) + k5
@@ -255,9 +255,11 @@ def _prox_sq(z, tau, lam1, REG: tl.constexpr):
 
 @triton.jit
 def _shrink_scale(nrm, thr):
+    """math.h shrink_scale: an infinite norm (its sum of squares overflowed) takes the limit 1."""
     n = tl.maximum(nrm - thr, 0.0)
     den = n + thr
-    return tl.where(den > 0, n / tl.where(den > 0, den, 1.0), 0.0)
+    s = tl.where(den > 0, n / tl.where(den > 0, den, 1.0), 0.0)
+    return tl.where((den > 0) & (nrm == float("inf")), 1.0, s)
 
 
 @triton.jit
@@ -268,13 +270,35 @@ def _firm_scale(rho, tau, lamg, omg):
     firm = tl.where(rho <= tau * lamg, 0.0, tl.where(rho <= omg * lamg, (rho - tau * lamg) / safe, rho))
     hard = tl.where(rho > lamg * tl.sqrt(tau * omg), rho, 0.0)
     new = tl.where(firm_ok, firm, hard)
-    return tl.where(rho > 0, new / tl.where(rho > 0, rho, 1.0), 0.0)
+    s = tl.where(rho > 0, new / tl.where(rho > 0, rho, 1.0), 0.0)
+    return tl.where(rho == float("inf"), 1.0, s)  # an overflowed norm: the limit 1, as math.h
 
 
 @triton.jit
-def _prox_apply(z, sq, tau, wg, lam, lam1, omega, REG: tl.constexpr):
-    """prox_{τψ} of every row of z given the row's ``_prox_sq`` sum; τ is a [R] vector."""
+def _row_norm(y, sq):
+    """``sqrt(sq)`` per row of y (whole groups: the on-chip path) with ``sq = Σ y²``; a row whose
+    sum overflowed to inf takes ``m·sqrt(Σ (y/m)²)``, m = max |y|, instead. The branch is taken
+    only when some row overflowed: no cost otherwise."""
     nrm = tl.sqrt(sq)
+    if tl.max(tl.where(sq == float("inf"), 1, 0), axis=0) > 0:
+        m = tl.max(tl.abs(y), axis=1)
+        ys = y / tl.where(m > 0, m, 1.0)[:, None]
+        nrm = tl.where(sq == float("inf"), m * tl.sqrt(tl.sum(ys * ys, axis=1)), nrm)
+    return nrm
+
+
+@triton.jit
+def _prox_apply(z, sq, tau, wg, lam, lam1, omega, REG: tl.constexpr, WHOLE: tl.constexpr):
+    """prox_{τψ} of every row of z given the row's ``_prox_sq`` sum; τ is a [R] vector. ``WHOLE``:
+    z holds whole groups (an overflowed sum is then recomputed scaled, ``_row_norm``); else a
+    chunk, and an overflowed sum gives an infinite norm (the scales take their limit, 1)."""
+    if WHOLE:
+        if REG == 2:
+            nrm = _row_norm(_soft(z, tau * lam1), sq)
+        else:
+            nrm = _row_norm(z, sq)
+    else:
+        nrm = tl.sqrt(sq)
     if REG == 1:
         out = z * _shrink_scale(nrm, tau * (lam * wg))[:, None]
     elif REG == 2:
@@ -414,7 +438,7 @@ def step_kernel(
         )
         if SOLVER == 0:
             z = center - lin / p
-            x = _prox_apply(z, _prox_sq(z, tau0, lam1, REG), tau0, wg, lam, lam1, omega, REG)
+            x = _prox_apply(z, _prox_sq(z, tau0, lam1, REG), tau0, wg, lam, lam1, omega, REG, True)
         elif SOLVER == 1:
             thr = a_reg * lam * wg
             pz = p * center - lin
@@ -454,7 +478,7 @@ def step_kernel(
             while (it < max_iters) & (tl.max(active.to(tl.int32), axis=0) > 0):
                 it += 1
                 y = x - eta[:, None] * (lin + p * (x - center))
-                xn = _prox_apply(y, _prox_sq(y, tau, lam1, REG), tau, wg, lam, lam1, omega, REG)
+                xn = _prox_apply(y, _prox_sq(y, tau, lam1, REG), tau, wg, lam, lam1, omega, REG, True)
                 q = _smooth(xn, lin, p, center) + a_reg * _psi(_sq(xn), _ab(xn), wg, lam, lam1, omega, REG)
                 x = tl.where(active[:, None], xn, x)
                 done = (it >= 2) & ((q_prev - q) / (tl.abs(q) + 1.0) < rtol)
@@ -482,7 +506,7 @@ def step_kernel(
                 lin, p, center, w = _pre(
                     ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
                 )
-                x = _prox_apply(center - lin / p, sq, tau0, wg, lam, lam1, omega, REG)
+                x = _prox_apply(center - lin / p, sq, tau0, wg, lam, lam1, omega, REG, False)
                 tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
         elif SOLVER == 1:
             thr = a_reg * lam * wg
@@ -600,7 +624,7 @@ def step_kernel(
                     )
                     x = tl.load(sx + off, mask=msk, other=0.0)
                     y = x - eta[:, None] * (lin + p * (x - center))
-                    xn = _prox_apply(y, ysq, tau, wg, lam, lam1, omega, REG)
+                    xn = _prox_apply(y, ysq, tau, wg, lam, lam1, omega, REG, False)
                     tl.store(sx + off, xn, mask=msk)
                     q += _smooth(xn, lin, p, center)
                     xsq += _sq(xn)

@@ -49,9 +49,11 @@ inline Reg<T> make_reg(const TileArgs& t) {
 //                    second pass does not start a cold stream (a gain with 1 thread; measured in
 //                    docs/performance.md)
 // Rows are processed in chunks of whole groups through a small buffer so that every loop is a
-// plain vectorizable loop. The squares z² (rounded in T) are summed in double and the group sum is
-// rounded to T once, as the reference's group_sum does: the norm then hardly depends on the
-// summation order (tiles, row blocks, ranks of a sharded tensor). scratch (see scratch_elems):
+// plain vectorizable loop. The squares z² are taken and summed in double and the norm is the
+// double sqrt rounded to T once, as the reference's group norms are: the norm then hardly depends
+// on the summation order (tiles, row blocks, ranks of a sharded tensor), and a float group's
+// squares cannot overflow (float z² did from |z| = 1.8e19 on; a double one still can from 1.3e154,
+// and shrink_scale then takes the limit of an infinite norm). scratch (see scratch_elems):
 // ng + row doubles, then row + ng T (or 2 chunks of T and the ng scales).
 // The first-pass loops carry `#pragma GCC ivdep`: iteration k touches element k of each array only
 // (no loop-carried dependence). Without it GCC could not vectorize DessiLBI's first pass (three
@@ -71,7 +73,7 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       for (int64_t k = 0; k < row; ++k) {
         T z = upd(0, k);
         T y = sgl ? soft_threshold(z, t1) : z;
-        fin(0, k, y * group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(y * y))));
+        fin(0, k, y * group_prox_scale_k<KIND>(reg, tau, std::fabs(y)));  // the norm of one element
       }
       return;
     }
@@ -89,8 +91,8 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
 #pragma GCC ivdep
           for (int64_t k = 0; k < row; ++k) {
             T z = upd(a, k);
-            T y = sgl ? soft_threshold(z, t1) : z;
-            acc[k] += double(y * y);
+            const double y = double(sgl ? soft_threshold(z, t1) : z);
+            acc[k] += y * y;
           }
         if (B == 1) {
           for (int64_t j = 0; j < ng; ++j) gs[j] = acc[j];
@@ -104,7 +106,7 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
       // The scales in a plain loop over the groups (it vectorizes; every row block of a streamed
       // job computes them again), then expanded to positions: a little faster than one loop per
       // group with its B positions inside.
-      for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
+      for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
       const T* __restrict sp = sx;
       if (B == 1) {
         sp = sg;
@@ -133,18 +135,17 @@ inline void prox_tile_k(const TileArgs& t, const Reg<T>& reg, T tau, T* scr, Upd
 #pragma GCC ivdep
         for (int64_t k = 0; k < cnt; ++k) {
           T z = upd(a, c0 + k);
-          T y = sgl ? soft_threshold(z, t1) : z;
-          zb[k] = y * y;
+          zb[k] = sgl ? soft_threshold(z, t1) : z;  // y, squared in double below
         }
         double* __restrict g = gs + c0 / B;
         if (B == 1) {
-          for (int64_t k = 0; k < cnt; ++k) g[k] += double(zb[k]);
+          for (int64_t k = 0; k < cnt; ++k) g[k] += double(zb[k]) * double(zb[k]);
         } else {
           for (int64_t jj = 0; jj < cnt / B; ++jj)
-            g[jj] += lane_sum<double>(B, [&](int64_t b) { return double(zb[jj * B + b]); });
+            g[jj] += lane_sum<double>(B, [&](int64_t b) { return double(zb[jj * B + b]) * double(zb[jj * B + b]); });
         }
       }
-    for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(T(gs[j]))));
+    for (int64_t j = 0; j < ng; ++j) sg[j] = group_prox_scale_k<KIND>(reg, tau, T(std::sqrt(gs[j])));
     for (int64_t a = 0; a < A; ++a)
       for (int64_t c0 = 0; c0 < row; c0 += CH) {
         const int64_t cnt = row - c0 < CH ? row - c0 : CH;

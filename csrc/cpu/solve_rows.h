@@ -377,7 +377,7 @@ inline void row_newton(int64_t A, int64_t ng, int64_t B, T thr, RowView<T> lin, 
 
 template <int KIND, typename T>
 inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
-                     RowView<T> w0, RowView<T> x0, T* x, T* scr, int max_iters, T rtol) {
+                     RowView<T> w0, RowView<T> x0, T* x, T* scr, int64_t max_iters, T rtol) {
   const int64_t row = ng * B, tile = A * row;
   constexpr bool sgl = KIND == REG_SPARSE_GROUP_LASSO;
   T* __restrict Lc = scr;  // packed arrays, rows of nc·B
@@ -512,7 +512,7 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
     act[jj] = T(1);
   }
   int64_t n_act = nc;
-  for (int it = 1; it <= max_iters && n_act > 0; ++it) {
+  for (int64_t it = 1; it <= max_iters && n_act > 0; ++it) {
     const int64_t rc = nc * B;
     for (int64_t jj = 0; jj < nc; ++jj) gy[jj] = group_prox_scale_k<KIND>(reg, eta[jj] * a_, T(std::sqrt(gy[jj])));
     rows::expand(gy, nc, B, scp);
@@ -585,7 +585,7 @@ inline void row_pg_k(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, 
 
 template <typename T>
 inline void row_pg(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T a_, RowView<T> lin, RowView<T> P,
-                   RowView<T> w0, RowView<T> x0, T* x, T* scr, int max_iters, T rtol) {
+                   RowView<T> w0, RowView<T> x0, T* x, T* scr, int64_t max_iters, T rtol) {
   switch (reg.kind) {
     case REG_GROUP_LASSO:
       return row_pg_k<REG_GROUP_LASSO>(A, ng, B, reg, a_, lin, P, w0, x0, x, scr, max_iters, rtol);

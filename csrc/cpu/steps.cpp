@@ -15,6 +15,7 @@
 #include <ATen/Version.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "structsparse/math.h"
+#include "structsparse/overlap.h"
 #include "tile.h"
 
 namespace structsparse {
@@ -87,7 +89,8 @@ void strided_rows(const at::Tensor& x, int64_t flat, int64_t cnt, T* buf) {
   const int64_t nd = x.dim();
   auto sizes = x.sizes();
   auto strides = x.strides();
-  int64_t idx[16];
+  // the index of the current element, one entry per dimension (any rank)
+  c10::SmallVector<int64_t, 8> idx(nd);
   int64_t off = 0, rem = flat;
   for (int64_t d = nd - 1; d >= 0; --d) {
     idx[d] = rem % sizes[d];
@@ -204,7 +207,8 @@ int64_t groups_per_tile(int64_t A, int64_t G, int64_t B, bool wide) {
 struct Common {
   int reg_kind = REG_NONE;
   double lam = 0, lam2 = 0, omega = 1;
-  int exact = 0, max_iters = 0;
+  int exact = 0;
+  int64_t max_iters = 0;
   double rtol = 0;
   // the kernel's pass 1 already writes the parameter (DessiLBI's W update); a gathered parameter
   // must then be scattered back after pass 1 too
@@ -246,7 +250,7 @@ void set_solver(Common& cm, c10::string_view solver, int64_t max_iters, double r
               std::string(solver), "'");
   cm.exact = solver == "exact";
   TORCH_CHECK(max_iters >= 0, "structsparse: max_iters must be >= 0");
-  cm.max_iters = static_cast<int>(max_iters);
+  cm.max_iters = max_iters;
   cm.rtol = rtol;
 }
 
@@ -274,6 +278,11 @@ std::vector<Job> make_jobs(const char* op, at::TensorList params, at::TensorList
     TORCH_CHECK(p.device().is_cpu(), op, ": params[", i, "] is not a CPU tensor");
     TORCH_CHECK(g.device().is_cpu() && g.sizes() == p.sizes(), op, ": grads[", i, "] must be a CPU tensor of shape ",
                 p.sizes());
+    // contiguous tensors (nearly every parameter) cannot overlap: the test runs on the others only
+    TORCH_CHECK_VALUE(p.is_contiguous() || !may_overlap(p.dim(), p.sizes().data(), p.strides().data()), op,
+                ": params[", i, "] (shape ", p.sizes(), ", strides ", p.strides(),
+                ") may hold several elements at one memory location (an expanded or overlapping view): the step "
+                "writes it in place; pass a parameter that owns its memory (e.g. .clone())");
     const auto pt = p.scalar_type();
     TORCH_CHECK(pt == at::kFloat || pt == at::kDouble || pt == at::kBFloat16 || pt == at::kHalf, op, ": params[", i,
                 "] has unsupported dtype ", pt);

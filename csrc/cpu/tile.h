@@ -28,7 +28,7 @@ struct TileArgs {
   double lam, lam2, omega, wg;
   int exact;  // 1: solver "exact", 0: "pg"
   int wide = 0;  // wide tiles (exact solver with a regularizer, see groups_per_tile): no prefetch
-  int max_iters;
+  int64_t max_iters;
   double rtol;
   void* scratch;  // at least scratch_elems(A, ng, B, wide) elements of the math dtype
   // Two-pass streaming of the prox kernels (RMDA, ProxSGD) for A > 1, where the tile is a block

@@ -456,7 +456,7 @@ SS_FN double team_objective(Team& tm, const Reg<T>& reg, T a, const T* lin, cons
 // result worse than the warm start x0 is replaced by x0.
 template <typename T, typename Team>
 SS_FN void team_pg(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x0, T* x,
-                   int64_t n, int max_iters, T rtol) {
+                   int64_t n, int64_t max_iters, T rtol) {
   if (n == 0) return;
   T pm = T(0);
   for (int64_t i = tm.lane; i < n; i += tm.size) pm = P[i] > pm ? P[i] : pm;
@@ -479,7 +479,7 @@ SS_FN void team_pg(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, c
   const T tau = eta * a;
   const T t1 = tau * reg.lam;
   const bool sgl = reg.kind == REG_SPARSE_GROUP_LASSO;
-  for (int j = 1; j <= max_iters; ++j) {
+  for (int64_t j = 1; j <= max_iters; ++j) {
     // gradient step (kept in x), soft threshold for SGL, and the norm for the group shrink
     T part = T(0);
     for (int64_t i = tm.lane; i < n; i += tm.size) {

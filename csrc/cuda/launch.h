@@ -60,7 +60,7 @@ struct StepParams {
   int reg_kind;  // structsparse::RegKind
   double lam, lam2, omega;
   int exact;  // 1: Newton ("exact"), 0: proximal gradient ("pg")
-  int max_iters;
+  int64_t max_iters;
   double rtol;
   int64_t num_items;
   void* workspace;  // math-dtype elements, ws_elems of the plan

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..distributed import batched, group_max, group_sum, tensor_scope, tensor_sum
-from ..regularizers import Regularizer
+from ..regularizers import Regularizer, _group_norms
+from .overlap import check_writable
 
 # Newton on φ(r) (docs/math.md §4) stops when a step no longer increases r by more than this many ulps.
 NEWTON_MAX_ITERS = 50
@@ -50,6 +51,12 @@ def cbrt(u: Tensor) -> Tensor:
     if u.dtype == torch.float64:
         return u.pow(1.0 / 3.0)
     return u.to(torch.float64).pow_(1.0 / 3.0).to(u.dtype)
+
+
+def _check(op: str, params: Sequence[Tensor], grads: Sequence[Tensor], *states: Sequence[Tensor]) -> None:
+    """Reject a self-overlapping parameter or state tensor before the bucket is modified."""
+    lists = [s for s in states if len(s)]
+    check_writable(op, [[p, g, *st] for p, g, *st in zip(params, grads, *lists)])
 
 
 def _mix(w: Tensor, w_tilde: Tensor, c: float) -> Tensor:
@@ -82,7 +89,7 @@ def subproblem_objective(
 
 def screen(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer, shape) -> Tensor:
     """Exact screening for group LASSO: ``W̃_g = 0`` iff ``‖P⊙W0 − V‖_g ≤ T_g = a·λ·w_g``. Shape [G]."""
-    pz_norm = group_sum((p3 * w03 - v3).pow(2)).sqrt()
+    pz_norm = _group_norms(p3 * w03 - v3).view(-1)
     return pz_norm <= a * reg.lam * reg.group_weight(shape)  # type: ignore[attr-defined]
 
 
@@ -98,7 +105,7 @@ def newton_group_lasso(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regul
     thr = a * reg.lam * reg.group_weight(shape)  # type: ignore[attr-defined]
     if thr == 0:
         return w03 - v3 / p3
-    pz_norm = group_sum(pz.pow(2)).sqrt()
+    pz_norm = _group_norms(pz).view(-1)
     kept = pz_norm > thr
     pmax = group_max(p3)
     r = ((pz_norm - thr) / pmax).clamp_min(0)
@@ -376,6 +383,7 @@ def rmda_step(
     reg: Regularizer | None,
 ) -> None:
     """``s = lr·sqrt(t)``; ``V ← V + s·g``; ``W̃ = prox_{(α/sqrt t)ψ}(W0 − V/sqrt t)``; ``W ← (1−c)W + cW̃``."""
+    _check("rmda_step", params, grads, anchors, grad_sums)
     zs, taus = [], []
     for g, w0, v, t, alpha in zip(grads, anchors, grad_sums, steps, alphas):
         s = lr * math.sqrt(t)
@@ -409,6 +417,7 @@ def ramda_step(
     rtol: float,
 ) -> None:
     """``V ← V + s·g``, ``U ← U + s·g⊙g``, ``P = cbrt(U) + ε``, ``W̃ = argmin Q`` with ``a = α``, mix by c."""
+    _check("ramda_step", params, grads, anchors, grad_sums, sq_grad_sums)
     for p, g, w0, v, u, t, alpha in zip(params, grads, anchors, grad_sums, sq_grad_sums, steps, alphas):
         w = _work(p, v.dtype)
         g = g.to(v.dtype)
@@ -439,6 +448,7 @@ def proxsgd_step(
     reg: Regularizer | None,
 ) -> None:
     """``b ← (1 − c)·b + c·g`` (b starts at 0); ``W ← prox_{lr·ψ}(W − lr·b)``."""
+    _check("proxsgd_step", params, grads, momentum_buffers)
     ys = []
     for p, g, b in zip(params, grads, momentum_buffers):
         b.mul_(1 - c).add_(g.to(b.dtype), alpha=c)
@@ -470,6 +480,7 @@ def proxgen_step(
     rtol: float,
 ) -> None:
     """AdamW base; subproblem ``min ⟨(lr/bc1)m, X − W⟩ + ½‖X − W‖²_D + lr·ψ(X)``, ``D = sqrt(v/bc2) + ε``."""
+    _check("proxgen_step", params, grads, exp_avgs, exp_avg_sqs)
     for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         w = _work(p, m.dtype)
         g = g.to(m.dtype)
@@ -503,6 +514,7 @@ def proxssi_step(
 ) -> None:
     """HF-style AdamW step, decoupled decay after it, then the weighted group prox
     ``argmin_X ½‖X − W‖²_denom + lr·ψ(X)`` with ``denom = sqrt(v) + ε``, solved by Newton (§4)."""
+    _check("proxssi_step", params, grads, exp_avgs, exp_avg_sqs)
     for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         w = _work(p, m.dtype)
         g = g.to(m.dtype)
@@ -546,7 +558,7 @@ def dessilbi_magnitude_scales(
     partial sums of squares (split groupings) and the two layer-wise counts are all-reduced.
     """
     w3 = reg.as_groups(w)
-    norms = group_sum(w3.pow(2), keepdim=True).sqrt()
+    norms = _group_norms(w3)
     nnz_w = int(tensor_sum(w != 0))
     nnz_gamma = int(tensor_sum(gamma != 0))
     ratio = nnz_gamma / nnz_w if nnz_w else 0.0
@@ -586,6 +598,7 @@ def dessilbi_step(
         raise ValueError("dessilbi_step: zs and gammas must match params when reg is given")
     if not paired and (len(zs) or len(gammas)):
         raise ValueError("dessilbi_step: zs and gammas must be empty when reg is None")
+    _check("dessilbi_step", params, grads, momentum_buffers, zs, gammas)
     works, w_olds, resids = [], [], []
     for i, (p, g, d) in enumerate(zip(params, grads, momentum_buffers)):
         w = _work(p, d.dtype)

@@ -45,6 +45,17 @@ template <>
 struct Eps<double> {
   static constexpr double value = 2.220446049250313e-16;
 };
+// The largest finite value: `x <= Huge<T>::value` is false for ±inf above it and for NaN.
+template <typename T>
+struct Huge;
+template <>
+struct Huge<float> {
+  static constexpr float value = 3.40282346638528859812e+38f;
+};
+template <>
+struct Huge<double> {
+  static constexpr double value = 1.79769313486231570815e+308;
+};
 
 // A regularizer applied to one tensor: kind, weights and the group weight w_g = sqrt(|g|).
 template <typename T>
@@ -77,11 +88,12 @@ SS_FN T ss_fma(T a, T b, T c) {
 // ---------------------------------------------------------------------------------------------
 
 // Group shrink factor: x_g = z_g · n/(n + thr), n = max(‖z_g‖ − thr, 0); 0 when n + thr = 0.
+// A norm beyond the type's range (its sum of squares overflowed) takes the limit 1, not inf/inf.
 template <typename T>
 SS_FN T shrink_scale(T norm, T thr) {
   T n = ss_max(norm - thr, T(0));
   T den = n + thr;
-  return den > T(0) ? n / den : T(0);
+  return den > T(0) ? (norm <= Huge<T>::value ? n / den : T(1)) : T(0);
 }
 
 // Soft threshold sign(x)·max(|x| − t, 0) (sign(0) = 0).
@@ -120,7 +132,8 @@ SS_FN T group_prox_scale_k(const Reg<T>& reg, T tau, T norm) {
     return shrink_scale(norm, tau * (reg.lam2 * reg.wg));
   } else if constexpr (KIND == REG_GROUP_MCP) {
     T nn = mcp_prox_norm(norm, tau, reg.lam * reg.wg, reg.omega * reg.wg);
-    return norm > T(0) ? nn / norm : T(0);
+    // an infinite norm (overflowed sum of squares) takes the limit 1, as in shrink_scale
+    return norm > T(0) ? (norm <= Huge<T>::value ? nn / norm : T(1)) : T(0);
   } else {
     return T(1);
   }
@@ -236,12 +249,12 @@ SS_FN T newton_start(T pz_norm, T thr, T pmax) {
   return ss_max((pz_norm - thr) / pmax, T(0));
 }
 // The larger of r₀ and R − c̄ given sy = Σ y² and sc = Σ y²/P (y = pz/P) in the sum type S. A NaN
-// R − c̄ (P with zeros) keeps r₀.
+// R − c̄ (P with zeros) keeps r₀, and so does an infinite one (sums of huge y overflowed).
 template <typename T, typename S>
 SS_FN T newton_start(T pz_norm, T thr, T pmax, S sy, S sc) {
   const T r0 = newton_start(pz_norm, thr, pmax);
   const T r1 = T(std::sqrt(sy) - S(thr) * sc / sy);
-  return r1 > r0 ? r1 : r0;
+  return r1 > r0 && r1 <= Huge<T>::value ? r1 : r0;
 }
 // Adds one element's terms to the start sums: sy += y², sc += y²/P (y = pz/P; the second an fma).
 template <typename T>
@@ -486,7 +499,7 @@ SS_FN void group_newton(T thr, const T* lin, const T* P, const T* w0, T* x, int6
 // result worse than the warm start x0 is replaced by x0. y is scratch.
 template <typename T>
 SS_FN void group_pg(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, const T* x0, T* x,
-                    T* y, int64_t n, int max_iters, T rtol) {
+                    T* y, int64_t n, int64_t max_iters, T rtol) {
   if (n == 0) return;
   T pmax = array_max(P, n);
   T eta = T(1) / pmax;
@@ -505,7 +518,7 @@ SS_FN void group_pg(const Reg<T>& reg, T a, const T* lin, const T* P, const T* w
   for (int64_t i = 0; i < n; ++i) x[i] = x0[i];
   double q_prev = q0;
   T tau = eta * a;
-  for (int j = 1; j <= max_iters; ++j) {
+  for (int64_t j = 1; j <= max_iters; ++j) {
     for (int64_t i = 0; i < n; ++i) y[i] = x[i] - eta * (lin[i] + P[i] * (x[i] - w0[i]));
     group_prox(reg, tau, y, x, n);
     const double q = group_objective(reg, a, lin, P, w0, x, n);
