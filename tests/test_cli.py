@@ -3,8 +3,11 @@ bad input, and the identification experiment on a small instance."""
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+import structsparse as ss
 from structsparse import cli
 from structsparse.cli.data import DataError, load_dataset, read_idx, write_idx
 from structsparse.cli.models import MODELS, build_model
+from structsparse.cli.optimizers import OPTIMIZERS, resolve_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +106,7 @@ def test_train_csv_dense_baseline_and_conv_model(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert out == ""  # quiet
+    assert out.startswith("| metric | value |") and "epoch   1/1" not in out  # -q: the final table only
     lines = (tmp_path / "c" / "log.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,c,train_loss") and len(lines) == 2
     s = json.loads((tmp_path / "c" / "summary.json").read_text())
@@ -142,10 +147,121 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
 
 
-def test_argparse_unknown_choice_exits_2(capsys):
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--optimizer", "nope"], "--optimizer"),
+        (["train", "--epochs", "x"], "--epochs"),
+        (["train", "--milestones", "a,b"], "--milestones"),
+        (["train", "--bogus"], "--bogus"),
+        (["tran"], "tran"),
+        ([], "required"),
+        (["identify", "--n", "1.5"], "--n"),
+        (["ticket", "--rewind", "x"], "--rewind"),
+    ],
+)
+def test_argparse_errors_are_one_line_exit_2(capsys, argv, needle):
+    """argparse's own errors follow the CLI's style: one line on stderr, no usage dump, exit 2."""
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--optimizer", "nope"])
+        cli.main(argv)
     assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and needle in err and "usage:" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--lam", "-1"], "--lam"),
+        (["train", "--gamma", "0"], "--gamma"),
+        (["train", "--subset", "0"], "--subset"),
+        (["train", "--threads", "0"], "--threads"),
+        (["train", "--momentum", "1.5"], "momentum"),
+        (["train", "--optimizer", "proxgen", "--solver", "exact", "--regularizer", "group_mcp"], "exact"),
+        (["compare", "--lr", "-1", "--optimizers", "proxsgd"], "lr"),
+        (["compare", "--set", "ramda.momentum=2", "--optimizers", "rmda,ramda"], "momentum"),
+        (["identify", "--lam", "-1"], "--lam"),
+        (["identify", "--ref-iters", "0"], "--ref-iters"),
+        (["ticket", "--lr", "nan"], "--lr"),
+    ],
+)
+def test_bad_values_fail_before_any_output(tmp_path, capsys, argv, needle):
+    """Bad values are refused before the run folder exists: one line, exit 2, nothing written."""
+    code, out, err = run([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cmd", ["train", "compare", "identify", "ticket"])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_unavailable_backend_is_a_one_line_error_without_a_run_folder(
+    tmp_path, capsys, monkeypatch, cmd, backend
+):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():  # the backends run here: the error case needs a machine without CUDA
+        pytest.skip("CUDA is available")
+    code, out, err = run([cmd, "--backend", backend, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"--backend {backend}" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_milestones_follow_epochs(tmp_path, capsys):
+    from structsparse.cli.config import default_milestones
+
+    assert default_milestones(30) == [10, 20]  # the main job's
+    assert default_milestones(45) == [15, 30] and default_milestones(3) == [1, 2]
+    assert default_milestones(2) == [1] and default_milestones(1) == []
+    argv = ["train", "--optimizer", "rmda", "--model", "logreg", "--epochs", "3", "--subset", "200"]
+    code, out, err = run(
+        [*argv, "--out", str(tmp_path), "--run-name", "r", "--no-plot", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["milestones"] == [1, 2] and cfg["epochs"] == 3
+
+
+def test_no_milestones_note_says_there_is_none(tmp_path, capsys):
+    argv = ["train", "--model", "logreg", "--epochs", "1", "--subset", "64", "--milestones", "none"]
+    code, out, err = run([*argv, "--out", str(tmp_path), "--no-plot", "--no-progress"], capsys)
+    assert code == 0, err
+    note = [ln for ln in out.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "has none" in note[0] and "c stays 0.1" in note[0]
+    assert "iterations after" not in out
+
+
+def test_help_texts_say_what_runs(capsys):
+    p = cli.build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sp in sub.choices.items():
+        assert sp.description, name  # every subcommand describes itself in --help
+    helps = {a.dest: a.help for a in sub.choices["train"]._actions}
+    assert "exact for RAMDA" in helps["solver"]
+    assert "10" in helps["nu"] and "100" in helps["nu"]  # the CLI's default and the library's
+    assert "1/3 and 2/3" in helps["milestones"]
+    assert "final table" in helps["quiet"]
+    assert OPTIMIZERS["ramda"].defaults["solver"] == "exact"
+    dessilbi_nu = inspect.signature(ss.DessiLBI).parameters["nu"].default
+    assert OPTIMIZERS["dessilbi"].defaults["nu"] == 10.0 and dessilbi_nu == 100.0
+    # RAMDA's exact solve exists for group LASSO and L1 only: other regularizers default to pg
+    hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": "group_mcp"})
+    assert hp["solver"] == "pg"
+    hp = resolve_hparams({**cli.TRAIN_DEFAULTS, "optimizer": "ramda", "regularizer": "group_lasso"})
+    assert hp["solver"] == "exact"
+
+
+def test_rmda_defaults_give_structure(tmp_path, capsys):
+    """``structsparse train --optimizer rmda`` with its defaults (digits, MLP, 30 epochs) ends with
+    exact zero groups and a useful model."""
+    argv = ["train", "--optimizer", "rmda", "--out", str(tmp_path), "--run-name", "r", "-q", "--no-plot"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["group_sparsity"] > 0.4 and s["val_acc"] > 0.93, s
 
 
 def test_dessilbi_hook_is_a_table_row():
@@ -476,3 +592,122 @@ def test_compare_lambda_sweep_selects_sparsest_at_matched_accuracy(tmp_path, cap
     assert s["ramda"]["hparams"]["lam"] != 1.0
     table = (d / "table.md").read_text()
     assert "λ sweep" in table and f"{100 * target:.2f} %" in table
+
+
+# ------------------------------------------------------------------------- atomic files, resume
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from structsparse.cli.common import atomic_open, save_torch, write_text
+
+    path = tmp_path / "model.pt"
+    save_torch({"w": torch.arange(3.0)}, path)
+    with pytest.raises(RuntimeError), atomic_open(path, "wb") as f:
+        f.write(b"truncated")
+        raise RuntimeError("killed while writing")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3.0))
+    write_text(tmp_path / "s.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "s.json"]  # no temporary left
+
+
+_TIMING = {"run_dir", "mean_step_ms", "total_time_s"}
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same results: summary (but timings), log rows, weights bitwise."""
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert {k: v for k, v in sa.items() if k not in _TIMING} == {
+        k: v for k, v in sb.items() if k not in _TIMING
+    }
+
+    def rows(d):
+        return [
+            {k: v for k, v in json.loads(ln).items() if k not in ("epoch_time", "step_time_ms")}
+            for ln in (d / "log.jsonl").read_text().splitlines()
+        ]
+
+    assert rows(a) == rows(b)
+    ma, mb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+@pytest.mark.parametrize("optimizer", ["ramda", "dessilbi", "sgd"])
+def test_resume_is_bit_exact(tmp_path, capsys, optimizer):
+    """6 epochs straight versus 3 epochs, an interruption, and ``--resume`` to 6: the same summary,
+    log and weights, bit for bit (model, optimizer, scheduler and every generator restored)."""
+    from structsparse.cli.common import _threads
+    from structsparse.cli.train import run_train
+
+    cfg = dict(optimizer=optimizer, epochs=6, subset=300, checkpoint_every=2, save_model=True, plot=False)
+
+    def interrupt(msg):
+        if msg.startswith("epoch   3/6"):
+            raise KeyboardInterrupt
+
+    with _threads(None, "digits"):  # as the command: one thread (the resume below runs through it)
+        run_train({**cfg, "progress": False}, out_dir=tmp_path / "a", echo=lambda m: None)
+        with pytest.raises(KeyboardInterrupt):
+            run_train({**cfg, "progress": False}, out_dir=tmp_path / "b", echo=interrupt)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 2 and len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 3
+    code, out, err = run(["train", "--resume", str(tmp_path / "b"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert (
+        "resumed from the checkpoint of epoch 2" in out and "epoch   3/6" in out and "epoch   2/6" not in out
+    )
+    _same_run(tmp_path / "a", tmp_path / "b")
+    # a finished run resumes to its report, unchanged
+    code, out, err = run(["train", "--resume", str(tmp_path / "b"), "-q"], capsys)
+    assert code == 0 and "| validation accuracy |" in out
+    _same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_resume_bad_input(tmp_path, capsys):
+    code, out, err = run(["train", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "no config.json" in err
+    argv = ["train", "--model", "logreg", "--epochs", "1", "--subset", "64", "--no-plot", "-q"]
+    code, out, err = run([*argv, "--out", str(tmp_path), "--run-name", "r"], capsys)
+    assert code == 0, err
+    code, out, err = run(["train", "--resume", str(tmp_path / "r")], capsys)
+    assert code == 2 and "no checkpoint" in err
+    code, out, err = run(["train", "--resume", str(tmp_path / "r"), "--lr", "0.5"], capsys)
+    assert code == 2 and "--lr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_resume_skips_finished_runs(tmp_path, capsys):
+    argv = [
+        "compare",
+        "--optimizers",
+        "proxsgd,rmda",
+        "--model",
+        "logreg",
+        "--epochs",
+        "2",
+        "--subset",
+        "100",
+    ]
+    argv += [
+        "--checkpoint-every",
+        "1",
+        "--no-plot",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+        "--run-name",
+        "c",
+    ]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    c = tmp_path / "c"
+    table = (c / "table.md").read_text()
+    shutil.rmtree(c / "rmda")  # as if interrupted before rmda started
+    before = (c / "proxsgd" / "model.pt").exists(), (c / "proxsgd" / "checkpoint.pt").stat().st_mtime_ns
+    code, out, err = run(["compare", "--resume", str(c), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "== proxsgd" in out and "== rmda" in out
+    assert (c / "proxsgd" / "checkpoint.pt").stat().st_mtime_ns == before[1]  # finished: not retrained
+
+    def strip(t):  # the table without its timing columns
+        return [ln.rsplit("|", 3)[0] for ln in t.splitlines()]
+
+    assert strip((c / "table.md").read_text()) == strip(table)

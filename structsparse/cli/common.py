@@ -4,10 +4,13 @@ per-epoch log, progress bars, number formatting and Markdown tables, the thread-
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,32 @@ def _pick_device(name: str) -> torch.device:
     return dev
 
 
+def check_backend(name: str, device: str, distributed: bool = False) -> None:
+    """Fail early (a :class:`CLIError`, before any output is created) when ``--backend`` cannot run
+    here with ``--device`` (under ``torchrun`` the device is the CPU)."""
+    dev = _pick_device("cpu" if distributed else device)
+    if name in ("auto", "reference"):
+        return
+    from .. import backends
+
+    try:
+        backends.resolve(name, dev)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--backend {name}: {str(e).splitlines()[0]}") from e
+    if name == "cuda" and dev.type != "cuda":
+        raise CLIError("--backend cuda: runs on CUDA tensors; use --device cuda")
+    if name == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise CLIError("--backend triton: runs on CUDA tensors (on CPU only with TRITON_INTERPRET=1)")
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
 
-def _run_dir(base: str | None, name: str, unique: bool) -> Path:
+def _run_dir(base: str | None, name: str, unique: bool, create: bool = True) -> Path:
+    """``<base or ./runs>/<name>``, with ``-1``, ``-2``, … appended when ``unique`` and it exists;
+    created unless ``create`` is false (then :func:`make_dir` creates it once the input is valid)."""
     root = Path(base) if base else Path.cwd() / "runs"
     path = root / name
     if unique and path.exists():
@@ -45,6 +68,10 @@ def _run_dir(base: str | None, name: str, unique: bool) -> Path:
         while (root / f"{name}-{k}").exists():
             k += 1
         path = root / f"{name}-{k}"
+    return make_dir(path) if create else path
+
+
+def make_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -52,13 +79,68 @@ def _run_dir(base: str | None, name: str, unique: bool) -> Path:
     return path
 
 
-class _Log:
-    """Per-epoch log written as JSON lines or CSV (flushed every row)."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Write ``path`` all or nothing: the block writes a temporary file in the same folder, which is
+    flushed, fsync'ed and renamed over ``path`` (``os.replace``, atomic on POSIX) when the block
+    ends without error; on error it is removed and ``path`` keeps its previous content."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the permissions of a file opened with open()
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable (not every file system allows it)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
-    def __init__(self, path: Path, fmt: str) -> None:
+
+def write_text(path: str | Path, text: str) -> None:
+    """``Path.write_text`` done atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` done atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> None:
+    """A matplotlib figure saved as PNG atomically (:func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
+class _Log:
+    """Per-epoch log written as JSON lines or CSV, one flushed row at a time. ``keep`` rows of an
+    existing log are kept (a resumed run: the file is first rewritten atomically with them)."""
+
+    def __init__(self, path: Path, fmt: str, keep: int | None = None) -> None:
         self.path, self.fmt = path, fmt
-        self.f = open(path, "w", newline="")
         self.writer: csv.DictWriter | None = None
+        if keep is None:
+            self.f = open(path, "w", newline="")
+            return
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        header = 1 if fmt == "csv" and lines else 0
+        write_text(path, "".join(lines[: header + keep]))
+        self.f = open(path, "a", newline="")
+        if header:
+            self.writer = csv.DictWriter(self.f, fieldnames=lines[0].strip().split(","))
 
     def write(self, row: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
@@ -108,6 +190,8 @@ class _threads:
     torch's default otherwise."""
 
     def __init__(self, n: int | None, dataset: str) -> None:
+        if n is not None and n < 1:
+            raise CLIError(f"--threads: expected a positive thread count, got {n}")
         self.n = n if n is not None else (1 if dataset in ("digits", "synthetic") else None)
 
     def __enter__(self):

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, _md_table, _pct, _run_dir, _threads
-from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg
+from . import checkpoint
+from .common import CLIError, _md_table, _pct, _run_dir, _threads, make_dir, write_text
+from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg, resolve_milestones
 from .data import load_dataset
 from .optimizers import OPTIMIZERS
 from .plotting import _plot_compare
@@ -27,11 +28,14 @@ def run_compare(
     echo=print,
     sweeps: dict[str, list[float]] | None = None,
     target_acc: float | None = None,
+    resume: bool = False,
 ):
     """Run every optimizer on one task with the same budget. ``sweeps[o]``: λ values to try for
     ``o``; then each optimizer is represented by its sweep run with the highest group sparsity among
     those reaching ``target_acc`` (default: the lowest of the optimizers' best accuracies − 1 point),
-    i.e. the table compares sparsity at matched accuracy."""
+    i.e. the table compares sparsity at matched accuracy. ``out_dir`` is created once the input
+    is valid and the data are loaded. ``resume``: runs of ``out_dir`` with a checkpoint
+    (``checkpoint_every``) continue from it, or only report again when finished."""
     for o in optimizers:
         if o not in OPTIMIZERS:
             raise CLIError(
@@ -40,8 +44,15 @@ def run_compare(
     for o in overrides:
         if o not in optimizers:
             raise CLIError(f"--set: optimizer {o!r} is not in --optimizers")
-    cfg = {**TRAIN_DEFAULTS, **cfg}
-    _check_train_cfg({**cfg, "optimizer": optimizers[0]})
+    cfg = resolve_milestones({**TRAIN_DEFAULTS, **cfg})
+    for o in optimizers:
+        _check_train_cfg({**cfg, "optimizer": o, **overrides.get(o, {})})
+    sweeps = sweeps or {}
+    for o in sweeps:
+        if o not in optimizers:
+            raise CLIError(f"--lams: optimizer {o!r} is not in --optimizers")
+        if not OPTIMIZERS[o].regularized:
+            raise CLIError(f"--lams: {o!r} is a dense baseline without λ")
     data = load_dataset(
         cfg["dataset"],
         cfg["data_dir"],
@@ -49,12 +60,12 @@ def run_compare(
         seed=cfg["seed"],
         subset=cfg["subset"],
     )
-    sweeps = sweeps or {}
-    for o in sweeps:
-        if o not in optimizers:
-            raise CLIError(f"--lams: optimizer {o!r} is not in --optimizers")
-        if not OPTIMIZERS[o].regularized:
-            raise CLIError(f"--lams: {o!r} is a dense baseline without λ")
+    make_dir(out_dir)
+    if not resume:
+        setup = dict(
+            cfg=cfg, optimizers=list(optimizers), overrides=overrides, sweeps=sweeps, target_acc=target_acc
+        )
+        write_text(out_dir / "compare.json", json.dumps(setup, indent=2) + "\n")
     runs: dict[str, list[dict[str, Any]]] = {}
     for o in optimizers:
         lams = sweeps.get(o) or [None]
@@ -65,11 +76,12 @@ def run_compare(
                 sub["lam"] = lam
             if not cfg["quiet"]:
                 echo(f"== {o}" + ("" if lam is None else f" λ={lam:g}"))
-            r = run_train(
-                {**sub, "quiet": True, "progress": cfg["progress"] and not cfg["quiet"]},
-                data,
-                out_dir / o if lam is None else out_dir / o / f"lam{lam:g}",
-            )
+            run_dir = out_dir / o if lam is None else out_dir / o / f"lam{lam:g}"
+            quiet = {"quiet": True, "progress": cfg["progress"] and not cfg["quiet"]}
+            if resume and checkpoint.exists(run_dir, 1):
+                r = run_train({"resume": str(run_dir), **quiet}, data, run_dir, summary_table=False)
+            else:
+                r = run_train({**sub, **quiet}, data, run_dir, summary_table=False)
             runs[o].append(r)
             if not cfg["quiet"]:
                 echo(
@@ -126,13 +138,12 @@ def run_compare(
     if target is not None:
         title += f"; per-optimizer λ: the sparsest run with validation accuracy ≥ {100 * target:.2f} %"
     extra_md = "" if sweep_table is None else f"\n\nλ sweep:\n\n{sweep_table}\n"
-    (out_dir / "table.md").write_text(f"{title}\n\n{table}\n{extra_md}")
+    write_text(out_dir / "table.md", f"{title}\n\n{table}\n{extra_md}")
     summary = {o: {k: v for k, v in r.items() if k != "history"} for o, r in results.items()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if cfg["plot"]:
         _plot_compare(results, out_dir, title, cfg["epochs"])
-    if not cfg["quiet"]:
-        echo(f"\n{title}\n\n{table}{extra_md}")
+    echo(f"\n{title}\n\n{table}{extra_md}")
     return results
 
 
@@ -171,27 +182,50 @@ def _parse_lams(items: Sequence[str]) -> dict[str, list[float]]:
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
+    if ns.resume:
+        return _resume_compare(ns)
     cfg = _cfg(ns)
     opts = [o.strip() for o in ns.optimizers.split(",") if o.strip()]
     if not opts:
         raise CLIError("--optimizers: empty list")
     name = ns.run_name or f"compare-{ns.dataset}-{ns.model}-s{ns.seed}"
-    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None)
+    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None, create=False)
+    sets, lams = _parse_sets(ns.set or []), _parse_lams(ns.lams or [])
     with _threads(ns.threads, ns.dataset):
         target = None if ns.target_acc is None else ns.target_acc / (100 if ns.target_acc > 1 else 1)
+        run_compare(cfg, opts, sets, out_dir, sweeps=lams, target_acc=target)
+    return 0
+
+
+def _resume_compare(ns: argparse.Namespace) -> int:
+    out_dir = Path(ns.resume)
+    path = out_dir / "compare.json"
+    if not path.is_file():
+        raise CLIError(f"--resume: {out_dir} is not a folder of structsparse compare (no compare.json)")
+    setup = json.loads(path.read_text())
+    cfg = {**setup["cfg"], "quiet": ns.quiet, "progress": ns.progress, "plot": ns.plot}
+    with _threads(ns.threads, cfg["dataset"]):
         run_compare(
             cfg,
-            opts,
-            _parse_sets(ns.set or []),
+            setup["optimizers"],
+            setup["overrides"],
             out_dir,
-            sweeps=_parse_lams(ns.lams or []),
-            target_acc=target,
+            sweeps=setup["sweeps"],
+            target_acc=setup["target_acc"],
+            resume=True,
         )
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compare", help="several optimizers, same budget: table, sparsity and stability plots")
+    p = sub.add_parser(
+        "compare",
+        help="several optimizers, same budget: table, sparsity and stability plots",
+        description="Train several optimizers on one task with the same budget and compare them: a "
+        "table (validation accuracy, group sparsities, last epoch the zero pattern changed), sparsity "
+        "and accuracy versus epochs, and the structure-stability figure. With --lams each optimizer is "
+        "reported at its sparsest λ reaching the target accuracy.",
+    )
     _add_common(p, with_optimizer=False)
     p.add_argument(
         "--optimizers",

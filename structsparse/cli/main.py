@@ -48,10 +48,16 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's error style: one line on stderr (no usage dump), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        first = message.splitlines()[0] if message else "invalid arguments"
+        self.exit(2, f"{self.prog}: error: {first} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="structsparse", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    p = ArgumentParser(prog="structsparse", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"structsparse {ss.__version__}")
     sub = p.add_subparsers(dest="command")
     sub.required = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import save_figure
+
 
 def _plt():
     import matplotlib
@@ -31,7 +33,7 @@ def _plot_train(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -49,7 +51,7 @@ def _plot_compare(results: dict[str, dict[str, Any]], out_dir: Path, title: str,
     ax[2].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_dir / "sparsity_vs_epochs.png", dpi=90)
+    save_figure(fig, out_dir / "sparsity_vs_epochs.png", dpi=90)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * len(results)))
@@ -64,7 +66,7 @@ def _plot_compare(results: dict[str, dict[str, Any]], out_dir: Path, title: str,
     ax.set_xlim(0, epochs + 1)
     ax.set(xlabel="epoch", title="epochs where the zero pattern changed (red: last change)")
     fig.tight_layout()
-    fig.savefig(out_dir / "stability.png", dpi=90)
+    save_figure(fig, out_dir / "stability.png", dpi=90)
     plt.close(fig)
 
 
@@ -84,5 +86,5 @@ def _plot_identify(results, names, path: Path) -> None:
         ax2.set_ylabel("training error (%) (dashed)")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .common import CLIError, _md_table, _pct, _pick_device, _run_dir, _threads
+from .common import (
+    CLIError,
+    _md_table,
+    _pct,
+    _pick_device,
+    _run_dir,
+    _threads,
+    check_backend,
+    make_dir,
+    save_figure,
+    write_text,
+)
 from .data import DATASETS, load_dataset
 from .models import MODELS, build_model
 from .plotting import _plt
@@ -54,6 +66,10 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
     if args["model"] not in MODELS:
         raise CLIError(f"--model: unknown model {args['model']!r}; expected one of {', '.join(MODELS)}")
     dev = _pick_device(args["device"])
+    check_backend(args["backend"], args["device"])
+    for k in ("lam", "lr", "kappa", "nu", "momentum", "retrain_lr", "retrain_weight_decay"):
+        if not math.isfinite(args[k]):
+            raise CLIError(f"--{k.replace('_', '-')}: expected a finite number, got {args[k]}")
     data = load_dataset(
         args["dataset"],
         args["data_dir"],
@@ -136,9 +152,11 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
         f"Tickets: rewind to {rw}, retrained {args['retrain_epochs']} epochs with SGD (lr {args['retrain_lr']}); "
         f"dense network retrained the same way: {_pct(dense)}\n\n{t_tk}\n"
     )
-    (out_dir / "table.md").write_text(text)
-    (out_dir / "ticket.json").write_text(
-        json.dumps({"config": args, "time_s": elapsed, **res}, indent=2, default=str) + "\n"
+    make_dir(out_dir)
+    write_text(out_dir / "table.md", text)
+    write_text(
+        out_dir / "ticket.json",
+        json.dumps({"config": args, "time_s": elapsed, **res}, indent=2, default=str) + "\n",
     )
     if args["plot"]:
         plt = _plt()
@@ -156,17 +174,16 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
         ax.set_title(f"{data.name} / {args['model']}: early tickets", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "tickets.png", dpi=80)
+        save_figure(fig, out_dir / "tickets.png", dpi=80)
         plt.close(fig)
-    if not args["quiet"]:
-        echo(f"\n{text}\n({elapsed:.1f} s)")
+    echo(f"{text}" if args["quiet"] else f"\n{text}\n({elapsed:.1f} s)")
     return res
 
 
 def cmd_ticket(ns: argparse.Namespace) -> int:
     args = {k: v for k, v in vars(ns).items() if k != "func"}
     name = ns.run_name or f"ticket-{ns.dataset}-{ns.model}-s{ns.seed}"
-    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None)
+    out_dir = _run_dir(ns.out, name, unique=ns.run_name is None, create=False)
     with _threads(ns.threads, ns.dataset):
         run_ticket(args, out_dir)
     return 0
@@ -176,6 +193,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "ticket",
         help="DessiLBI early winning tickets: masks of Γ at early epochs, rewind, retrain, vs random masks",
+        description="DessiLBI's early winning tickets: train with DessiLBI, take the masks 1[Γ ≠ 0] at "
+        "early epochs, rewind the network (to its initialization or an early epoch), retrain the masked "
+        "network with SGD, and compare with random masks of the same per-layer sparsity and with the "
+        "dense network retrained the same way.",
     )
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-dir", default="data")
@@ -215,5 +236,5 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR")
     p.add_argument("--run-name", default=None)
     p.add_argument("--no-plot", dest="plot", action="store_false")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the final tables")
     p.set_defaults(func=cmd_ticket)

@@ -18,6 +18,7 @@ import structsparse as ss
 
 from ..distributed import broadcast_buffers, exit_process, init_from_env, rank_slice, shard_model
 from ..metrics import zero_groups
+from . import checkpoint
 from .common import (
     CLIError,
     _fmt,
@@ -30,8 +31,17 @@ from .common import (
     _silent,
     _sync,
     _threads,
+    save_torch,
+    write_text,
 )
-from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg
+from .config import (
+    TRAIN_DEFAULTS,
+    _add_common,
+    _cfg,
+    _check_train_cfg,
+    resolve_milestones,
+    resume_config,
+)
 from .data import Dataset, load_dataset
 from .models import build_model
 from .optimizers import OPTIMIZERS, _pattern, _sparsities, _structure, make_regularizer, resolve_hparams
@@ -116,10 +126,20 @@ def run_train(
     data: Dataset | None = None,
     out_dir: Path | None = None,
     echo: Callable[[str], None] = print,
+    summary_table: bool = True,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says (keys of :data:`TRAIN_DEFAULTS`); write the log, plot and
-    summary under ``out_dir`` and return the summary dict."""
-    cfg = {**TRAIN_DEFAULTS, **cfg}
+    summary under ``out_dir`` and return the summary dict. ``cfg["quiet"]`` hides the progress
+    and per-epoch lines; ``summary_table`` whether the final table is printed.
+
+    ``cfg["checkpoint_every"] = N`` saves a checkpoint every N epochs and at the last one
+    (:mod:`structsparse.cli.checkpoint`); ``cfg["resume"] = RUN_DIR`` continues that run from its
+    checkpoint with its saved configuration (``cfg`` may change only :data:`RESUME_KEYS`; the
+    other keys it gives must equal the saved ones), and a finished run just reports again."""
+    if cfg.get("resume"):
+        out_dir = Path(cfg["resume"])
+        cfg = resume_config(out_dir, cfg)
+    cfg = resolve_milestones({**TRAIN_DEFAULTS, **cfg})
     _check_train_cfg(cfg)
     # under torchrun (WORLD_SIZE > 1): FSDP2 data parallelism, rank 0 prints and writes
     rank, world = _init_parallel(cfg)
@@ -172,6 +192,15 @@ def run_train(
     else:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg["milestones"], cfg["gamma"])
 
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    start, book = 0, {"history": [], "last_change": 0, "step_total": 0.0, "steps_total": 0, "time": 0.0}
+    if cfg["resume"]:
+        assert out_dir is not None
+        if not checkpoint.exists(out_dir, world):
+            raise CLIError(f"--resume: no checkpoint in {out_dir} (train with --checkpoint-every N)")
+        start, book = checkpoint.load(out_dir, model, opt, sched, gen, rank, world)
+        if start > cfg["epochs"]:
+            raise CLIError(f"--epochs: the checkpoint is of epoch {start}, after --epochs {cfg['epochs']}")
     if lead:
         out_dir = out_dir or _run_dir(
             cfg["out"],
@@ -179,39 +208,57 @@ def run_train(
             unique=cfg["run_name"] is None,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in cfg.items() if k not in ("quiet", "progress")}
+        config = {k: v for k, v in cfg.items() if k not in ("quiet", "progress", "resume")}
         config["hparams"] = {k: v for k, v in hp.items()}
         config["data"] = repr(data)
         config["world_size"] = world
-        (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        log: _Log | None = _Log(out_dir / f"log.{cfg['log_format']}", cfg["log_format"])
+        write_text(out_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+        log_path = out_dir / f"log.{cfg['log_format']}"
+        log: _Log | None = _Log(log_path, cfg["log_format"], keep=start if cfg["resume"] else None)
     else:
         log = None
+    if world > 1 and cfg["checkpoint_every"]:
+        import torch.distributed as dist
+
+        box = [str(out_dir)]  # the run folder is named by rank 0; DCP writes into it from every rank
+        dist.broadcast_object_list(box, src=0)
+        out_dir = Path(box[0])
 
     xt, yt = data.x_train.to(dev), data.y_train.to(dev)
     xv, yv = data.x_val.to(dev), data.y_val.to(dev)
     bs, n = cfg["batch_size"], len(yt)
     nb = math.ceil(n / bs)
-    gen = torch.Generator().manual_seed(cfg["seed"])
     struct = _structure(spec, opt, model, cfg["grouping"])
     prev_pattern = _pattern(struct)
-    last_change, history = 0, []
-    step_total, steps_total = 0.0, 0
+    last_change, history = book["last_change"], list(book["history"])
+    step_total, steps_total = book["step_total"], book["steps_total"]
     quiet = cfg["quiet"]
     if not quiet:
         hps = ", ".join(f"{k}={hp[k]}" for k in ("lr", "momentum", "lam") if hp.get(k) is not None)
         par = f"; FSDP2 data-parallel over {world} ranks (gloo)" if world > 1 else ""
         echo(f"{data!r}; model {cfg['model']}; {spec.name} ({hps}){par}; output {out_dir}")
-    if spec.dual_averaging and cfg["ramp"] == "sqrt" and not quiet:
-        c0 = 1.0 - float(hp["momentum"])
-        after = nb * (cfg["epochs"] - (cfg["milestones"][-1] if cfg["milestones"] else cfg["epochs"]))
-        if c0 < 1 and c0 * math.sqrt(max(after, 0)) < 1:
+    c0 = 1.0 - float(hp["momentum"]) if spec.dual_averaging else 1.0
+    if c0 < 1 and cfg["ramp"] == "sqrt" and not quiet:
+        if not cfg["milestones"]:
             echo(
-                f"note: c = 1 − momentum ramps to 1 only {math.ceil(1 / c0**2)} iterations after the last "
-                f"milestone, and this run has {after}: W will hold no exact zeros (add epochs or milestones)"
+                f"note: the sqrt ramp of c = 1 − momentum starts at the last milestone and this run has "
+                f"none: c stays {c0:g} and W will hold no exact zeros (give --milestones, or --momentum 0)"
             )
-    t_start = time.perf_counter()
-    for epoch in range(1, cfg["epochs"] + 1):
+        else:
+            after = nb * (cfg["epochs"] - cfg["milestones"][-1])
+            if c0 * math.sqrt(after) < 1:
+                echo(
+                    f"note: c = 1 − momentum ramps to 1 only {math.ceil(1 / c0**2)} iterations after the "
+                    f"last milestone, and this run has {after}: W will hold no exact zeros (add epochs "
+                    "or move the milestones earlier)"
+                )
+    elif c0 < 1 and cfg["ramp"] is None and not quiet:
+        echo(f"note: --ramp none: c stays {c0:g} and W will hold no exact zeros (give --momentum 0)")
+    if start and not quiet:
+        echo(f"resumed from the checkpoint of epoch {start}")
+    t_start = time.perf_counter() - book["time"]
+    extra_keys = list(book.get("extra_keys", []))
+    for epoch in range(start + 1, cfg["epochs"] + 1):
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(dev)
@@ -282,6 +329,19 @@ def run_train(
         if log is not None:
             log.write(row)
         history.append(row)
+        extra_keys = list(extra)
+        every = cfg["checkpoint_every"]
+        if every and (epoch % every == 0 or epoch == cfg["epochs"]):
+            assert out_dir is not None
+            book = {
+                "history": history,
+                "last_change": last_change,
+                "step_total": step_total,
+                "steps_total": steps_total,
+                "time": time.perf_counter() - t_start,
+                "extra_keys": extra_keys,
+            }
+            checkpoint.save(out_dir, epoch, model, opt, sched, gen, book, rank, world)
         if not quiet:
             echo(
                 f"epoch {epoch:3d}/{cfg['epochs']}  loss {row['train_loss']:.4f}  train {100 * row['train_acc']:5.1f}%  "
@@ -325,19 +385,19 @@ def run_train(
         "mean_step_ms": 1e3 * step_total / max(steps_total, 1),
         "total_time_s": total_time,
         "layers": layers,
-        **{k: last[k] for k in extra},
+        **{k: last[k] for k in extra_keys},
     }
     model_sd = _full_state_dict(model, world) if cfg["save_model"] else None  # collective
     if lead:
         assert out_dir is not None
         if model_sd is not None:
-            torch.save(model_sd, out_dir / "model.pt")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            save_torch(model_sd, out_dir / "model.pt")
+        write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         table = _train_table(summary)
-        (out_dir / "summary.md").write_text(table + "\n")
+        write_text(out_dir / "summary.md", table + "\n")
         if cfg["plot"]:
             _plot_train(history, out_dir / "curves.png", f"{data.name} / {cfg['model']} / {spec.name}")
-        if not quiet:
+        if summary_table:
             echo(table)
     return {**summary, "history": history}
 
@@ -401,7 +461,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="train one model and report its structure", description=cmd_train.__doc__
+        "train",
+        help="train one model and report its structure",
+        description="Train one model with one optimizer and report its structure: a per-epoch log, "
+        "accuracy and structured sparsity versus epochs, a final table. Under torchrun "
+        "(WORLD_SIZE > 1) the model is sharded with FSDP2 on CPU (gloo); rank 0 prints and writes.",
     )
     _add_common(p, with_optimizer=True)
     p.add_argument(
