@@ -189,6 +189,8 @@ class StructuredOptimizer(torch.optim.Optimizer):
         self._skip_counts: dict[str, Tensor] = {}
         # per param group: the hyperparameters last validated (step revalidates a changed group)
         self._validated: list[dict[str, Any] | None] = []
+        # the shards of the buckets a step runs on, for the global group reductions
+        self._reduction = distributed.ReductionContext()
         super().__init__(params, defaults)
 
     @property
@@ -222,6 +224,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
             self.skip_nonfinite = True if skip is None else bool(skip)
         d.setdefault("_skipped", 0)
         d.setdefault("_skip_counts", {})
+        d.setdefault("_reduction", distributed.ReductionContext())
         if skipped is not None:
             self.skipped_steps = skipped
         d["_validated"] = [None] * len(self.param_groups)
@@ -487,8 +490,11 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 params = [p for p, _ in bucket]
                 grads = [g for _, g in bucket]
                 states = [self.state[p] for p in params]
-                # FSDP2 shards: local views + global group reductions (structsparse.distributed)
-                with distributed.sharded_bucket(group["regularizer"], params, grads, states) as local:
+                # FSDP2 shards: local views + global group reductions (structsparse.distributed),
+                # the shards registered in this optimizer's reduction context
+                with distributed.sharded_bucket(
+                    group["regularizer"], params, grads, states, self._reduction
+                ) as local:
                     if local[0] is params or getattr(backend, "supports_shards", False):
                         self.step_bucket(backend, group, *local)
                     elif backend is not reference and self.groups_are_independent(group):
