@@ -16,6 +16,22 @@ import torch
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 
+
+def _register_triton_cuda_ops() -> None:
+    """Register the Triton kernels as the CUDA kernels of the step ops that have no compiled one
+    (:func:`.triton.register_cuda_ops`), once, when the backends are first imported; the result is
+    recorded in ``ops.TRITON_CUDA_OPS`` / ``ops.TRITON_CUDA_SKIPPED``."""
+    from .. import ops
+
+    if not ops.loaded()[0]:
+        return  # ops.TRITON_CUDA_SKIPPED already holds the extension's load error
+    from .triton import register_cuda_ops
+
+    ops.TRITON_CUDA_OPS, ops.TRITON_CUDA_SKIPPED = register_cuda_ops()
+
+
+_register_triton_cuda_ops()
+
 _warned: set[str] = set()
 
 
