@@ -360,21 +360,9 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return self.tensor_state, self.scalar_state
 
     def restart(self) -> None:
-        """Restart of every param group (lr untouched; docs/math.md). Dual averaging only:
-        ``t ← 0, α ← 0, W0 ← W, V ← 0, U ← 0``; ProxSGD/ProxGen/ProxSSI have nothing to restart."""
-        if not self.dual_averaging:
-            return
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
-                    continue
-                st["step"] = 0
-                st["alpha"] = 0.0
-                st["anchor"].copy_(p.detach())
-                for k in ("grad_sum", "sq_grad_sum"):
-                    if k in st:
-                        st[k].zero_()
+        """Restart of every param group (docs/math.md): nothing to restart for ProxSGD, ProxGen,
+        ProxSSI and DessiLBI; the dual-averaging optimizers (:class:`~.optim._dual_averaging.
+        DualAveraging`) reset ``t``, ``α``, ``W0`` and their gradient sums."""
 
     # -- step --------------------------------------------------------------------------------------
     def _collect(self, group: dict[str, Any], gi: int) -> list[tuple[Tensor, Tensor]]:
