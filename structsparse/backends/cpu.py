@@ -50,8 +50,9 @@ import torch
 from torch import Tensor
 
 from .. import distributed, ops
-from ..regularizers import GroupLasso, GroupMCP, Regularizer, SparseGroupLasso
+from ..regularizers import GroupLasso, Regularizer
 from . import reference
+from .encoding import encode
 
 #: FSDP2 shards (structsparse.distributed): tensors whose groups are whole on this rank run the
 #: kernels unchanged; RMDA/ProxSGD/DessiLBI buckets with split groups run in two phases around one
@@ -107,16 +108,9 @@ def _call(name: str, params: Sequence[Tensor], reg: Regularizer | None, views: l
 
 
 def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
-    """(kind, [lam, lam2, omega]) for the op, or None when the bucket goes to the reference."""
-    if reg is None:
-        return "none", [0.0, 0.0, 1.0]
-    if isinstance(reg, GroupLasso):  # also L1
-        return "group_lasso", [reg.lam, 0.0, 1.0]
-    if isinstance(reg, SparseGroupLasso):
-        return "sparse_group_lasso", [reg.lam_l1, reg.lam_group, 1.0]
-    if isinstance(reg, GroupMCP):  # also MCP
-        return "group_mcp", [reg.lam, 0.0, reg.omega]
-    return None  # NuclearNorm (SVD) and unknown regularizers
+    """(kind, [lam, lam2, omega]) for the op (:func:`.encoding.encode`), or None when the bucket
+    goes to the reference."""
+    return encode(reg)
 
 
 def _solve_args(

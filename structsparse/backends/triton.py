@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regularizers import GroupLasso, GroupMCP, Regularizer, SparseGroupLasso
+from ..regularizers import GroupLasso, Regularizer
 from . import reference
+from .encoding import REG_KINDS, encode
 from .reference import NEWTON_MAX_ITERS, NEWTON_ULPS
 
 _kernels: ModuleType | None = None
@@ -68,17 +69,24 @@ def available(op: str | None = None) -> tuple[bool, str]:
 # -- regularizer → kernel code and scalars ----------------------------------------------------
 
 
+def _kernel_reg(kind: str, reg_params: list[float]) -> dict[str, Any]:
+    """The Triton kernels' regularizer code and scalars from the encoding of
+    :mod:`.encoding` (``kind``, ``[lam, lam2, omega]``)."""
+    lam, lam2, omega = (float(x) for x in reg_params)
+    code = REG_KINDS.index(kind)
+    if code == 0:
+        return {"reg_code": 0}
+    if code == 1:
+        return {"reg_code": 1, "lam": lam}
+    if code == 2:  # lam = λ1 (elementwise), lam2 = λ2 (group)
+        return {"reg_code": 2, "lam": lam2, "lam1": lam}
+    return {"reg_code": 3, "lam": lam, "omega": omega}
+
+
 def _reg_args(reg: Regularizer | None) -> dict[str, Any] | None:
     """Kernel code and scalars of ``reg``; None when this backend delegates it to reference."""
-    if reg is None:
-        return {"reg_code": 0}
-    if type(reg) in (GroupLasso,) or isinstance(reg, GroupLasso):
-        return {"reg_code": 1, "lam": reg.lam}
-    if isinstance(reg, SparseGroupLasso):
-        return {"reg_code": 2, "lam": reg.lam_group, "lam1": reg.lam_l1}
-    if isinstance(reg, GroupMCP):
-        return {"reg_code": 3, "lam": reg.lam, "omega": reg.omega}
-    return None
+    enc = encode(reg)
+    return None if enc is None else _kernel_reg(*enc)
 
 
 def _solve_args(reg: Regularizer | None, exact: bool) -> dict[str, Any] | None:
@@ -393,23 +401,14 @@ def dessilbi_step(
 # the same launch wrappers as the step functions above; they also run on CPU tensors under
 # TRITON_INTERPRET=1, which is how they are tested without a GPU.
 
-_OP_REGS = ("none", "group_lasso", "sparse_group_lasso", "group_mcp")
-
 
 def _op_reg_args(op: str, reg: str, reg_params: Sequence[float]) -> dict[str, Any]:
     """Kernel code and scalars from an op's ``reg`` and ``reg_params = [lam, lam2, omega]``."""
-    if reg not in _OP_REGS:
-        raise ValueError(f"structsparse::{op}: reg must be one of {_OP_REGS}, got {reg!r}")
+    if reg not in REG_KINDS:
+        raise ValueError(f"structsparse::{op}: reg must be one of {REG_KINDS}, got {reg!r}")
     if len(reg_params) != 3:
         raise ValueError(f"structsparse::{op}: reg_params must be [lam, lam2, omega], got {list(reg_params)}")
-    lam, lam2, omega = (float(x) for x in reg_params)
-    if reg == "none":
-        return {"reg_code": 0}
-    if reg == "group_lasso":
-        return {"reg_code": 1, "lam": lam}
-    if reg == "sparse_group_lasso":  # lam = λ1 (elementwise), lam2 = λ2 (group)
-        return {"reg_code": 2, "lam": lam2, "lam1": lam}
-    return {"reg_code": 3, "lam": lam, "omega": omega}
+    return _kernel_reg(reg, list(reg_params))
 
 
 def _op_views(op: str, views: Sequence[int], params: Sequence[Tensor]) -> list[tuple[int, int, int]]:
