@@ -475,6 +475,8 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 backend = resolve(
                     group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None
                 )
+                if backend is not reference and not self.backend_supports(backend, group, device):
+                    backend = reference  # what a fused backend declines runs on the reference
                 params = [p for p, _ in bucket]
                 grads = [g for _, g in bucket]
                 states = [self.state[p] for p in params]
@@ -491,6 +493,25 @@ class StructuredOptimizer(torch.optim.Optimizer):
                             self.step_bucket(backend, {**group, "regularizer": reg}, *owned)
                     else:
                         self.step_bucket(reference, group, *local)
+
+    def backend_supports(self, backend: Any, group: dict[str, Any], device: torch.device) -> bool:
+        """Whether ``backend``'s kernels run this group's buckets (its ``supports``: the one place
+        a backend declares what it runs; :meth:`_step_pairs` steps the rest on ``reference``)."""
+        supports = getattr(backend, "supports", None)
+        if supports is None or not self.algorithm:
+            return True
+        return supports(
+            self.algorithm,
+            group["regularizer"],
+            solver=self.kernel_solver(group),
+            magnitude_scaling=bool(group.get("magnitude_scaling", False)),
+            device=device,
+        )
+
+    def kernel_solver(self, group: dict[str, Any]) -> str | None:
+        """The subproblem solver a step of ``group`` runs (None: the step has no subproblem)."""
+        solver = group.get("solver")
+        return None if solver is None else resolve_solver(solver, group["regularizer"])
 
     def groups_are_independent(self, group: dict[str, Any]) -> bool:
         """Whether a step of ``group`` computes each group from that group's elements alone (then a

@@ -51,8 +51,7 @@ from torch import Tensor
 
 from .. import distributed, ops
 from ..regularizers import GroupLasso, Regularizer
-from . import reference
-from .encoding import encode
+from .encoding import encode, unsupported
 
 #: FSDP2 shards (structsparse.distributed): tensors whose groups are whole on this rank run the
 #: kernels unchanged; RMDA/ProxSGD/DessiLBI buckets with split groups run in two phases around one
@@ -107,6 +106,32 @@ def _call(name: str, params: Sequence[Tensor], reg: Regularizer | None, views: l
     op(*args, split, weights, 2, sums)
 
 
+def supports(
+    algorithm: str,
+    reg: Regularizer | None,
+    *,
+    solver: str | None = None,
+    magnitude_scaling: bool = False,
+    device: torch.device | None = None,
+) -> bool:
+    """Whether this backend's kernels run a bucket of ``algorithm`` (``"rmda"``, ..., ``"dessilbi"``)
+    with ``reg``: ``solver`` is the subproblem solver the step runs (``"exact"`` for ProxSSI),
+    ``device`` the bucket's. The optimizers step the others on the reference backend.
+
+    Declined: NuclearNorm (an SVD); the exact SparseGroupLasso/GroupMCP/MCP solves on CUDA (the
+    CUDA kernels solve group LASSO only); DessiLBI with magnitude scaling (its β needs the whole
+    tensor's support counts first) or with a regularizer other than L1/GroupLasso."""
+    enc = encode(reg)
+    if enc is None:
+        return False
+    if algorithm == "dessilbi":
+        return not magnitude_scaling and enc[0] in ("none", "group_lasso")
+    exact = algorithm == "proxssi" or (algorithm in ("ramda", "proxgen") and solver == "exact")
+    if exact and enc[0] in ("sparse_group_lasso", "group_mcp"):
+        return device is None or device.type == "cpu"
+    return True
+
+
 def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
     """(kind, [lam, lam2, omega]) for the op (:func:`.encoding.encode`), or None when the bucket
     goes to the reference."""
@@ -143,9 +168,7 @@ def _flat(views: Sequence[Sequence[int]]) -> list[int]:
 def rmda_step(params, grads, anchors, grad_sums, *, steps, alphas, lr, c, reg) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.rmda_step(
-            params, grads, anchors, grad_sums, steps=steps, alphas=alphas, lr=lr, c=c, reg=reg
-        )
+        raise unsupported("cpu", "rmda", reg)
     views = _views(params, reg)
     _call(
         "rmda_step",
@@ -185,22 +208,7 @@ def ramda_step(
 ) -> None:
     ra = _solve_args(params, reg, solver == "exact")
     if ra is None:
-        return reference.ramda_step(
-            params,
-            grads,
-            anchors,
-            grad_sums,
-            sq_grad_sums,
-            steps=steps,
-            alphas=alphas,
-            lr=lr,
-            c=c,
-            eps=eps,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-        )
+        raise unsupported("cpu", "ramda", reg)
     lists = [params, grads, anchors, grad_sums, sq_grad_sums]
     with distributed.owned_groups(reg, lists, written=(0, 3, 4)) as (ls, views):
         torch.ops.structsparse.ramda_step(
@@ -222,7 +230,7 @@ def ramda_step(
 def proxsgd_step(params, grads, momentum_buffers, *, lr, c, reg) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
+        raise unsupported("cpu", "proxsgd", reg)
     views = _views(params, reg)
     _call(
         "proxsgd_step",
@@ -259,22 +267,7 @@ def proxgen_step(
 ) -> None:
     ra = _solve_args(params, reg, solver == "exact")
     if ra is None:
-        return reference.proxgen_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps=steps,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-        )
+        raise unsupported("cpu", "proxgen", reg)
     with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
         ls,
         views,
@@ -301,19 +294,7 @@ def proxssi_step(
 ) -> None:
     ra = _solve_args(params, reg, True)
     if ra is None:
-        return reference.proxssi_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps=steps,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            reg=reg,
-        )
+        raise unsupported("cpu", "proxssi", reg)
     with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
         ls,
         views,
@@ -352,21 +333,7 @@ def dessilbi_step(
     unpaired tensors (``reg=None``). **magnitude_scaling=True delegates to the reference backend**
     for the bucket (its β needs the whole tensor's support counts before the Z update)."""
     if magnitude_scaling or not (reg is None or isinstance(reg, GroupLasso)):
-        return reference.dessilbi_step(
-            params,
-            grads,
-            momentum_buffers,
-            zs,
-            gammas,
-            lr=lr,
-            kappa=kappa,
-            nu=nu,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            reg=reg,
-            magnitude_scaling=magnitude_scaling,
-            scaling_floor=scaling_floor,
-        )
+        raise unsupported("cpu", "dessilbi", reg, " (or magnitude_scaling=True)" if magnitude_scaling else "")
     ra = _reg_args(reg)
     views = _views(params, reg)
     _call(

@@ -28,3 +28,13 @@ def encode(reg: Regularizer | None) -> tuple[str, list[float]] | None:
     if isinstance(reg, GroupMCP):  # also MCP
         return "group_mcp", [reg.lam, 0.0, reg.omega]
     return None
+
+
+def unsupported(backend: str, op: str, reg: Regularizer | None, detail: str = "") -> ValueError:
+    """The error of a backend's step function called on a bucket its ``supports`` declines (the
+    optimizers route those to the reference backend before calling)."""
+    what = type(reg).__name__ if reg is not None else "no regularizer"
+    return ValueError(
+        f"backend {backend!r}: {op} has no fused kernel for {what}{detail}; check "
+        f"structsparse.backends.{backend}.supports() first or use backend='reference'"
+    )

@@ -37,8 +37,7 @@ import torch
 from torch import Tensor
 
 from ..regularizers import GroupLasso, Regularizer
-from . import reference
-from .encoding import REG_KINDS, encode
+from .encoding import REG_KINDS, encode, unsupported
 from .reference import NEWTON_MAX_ITERS, NEWTON_ULPS
 
 _kernels: ModuleType | None = None
@@ -81,6 +80,28 @@ def _kernel_reg(kind: str, reg_params: list[float]) -> dict[str, Any]:
     if code == 2:  # lam = λ1 (elementwise), lam2 = λ2 (group)
         return {"reg_code": 2, "lam": lam2, "lam1": lam}
     return {"reg_code": 3, "lam": lam, "omega": omega}
+
+
+def supports(
+    algorithm: str,
+    reg: Regularizer | None,
+    *,
+    solver: str | None = None,
+    magnitude_scaling: bool = False,
+    device: torch.device | None = None,
+) -> bool:
+    """Whether the Triton kernels run a bucket of ``algorithm`` with ``reg`` (see
+    :func:`structsparse.backends.cpu.supports` for the arguments); the optimizers step the others
+    on the reference backend. Declined: NuclearNorm, the exact SparseGroupLasso/GroupMCP/MCP solves
+    (the kernels' exact solve is group LASSO's), DessiLBI with a regularizer other than
+    L1/GroupLasso."""
+    if algorithm == "dessilbi":
+        return reg is None or isinstance(reg, GroupLasso)
+    enc = encode(reg)
+    if enc is None:
+        return False
+    exact = algorithm == "proxssi" or (algorithm in ("ramda", "proxgen") and solver == "exact")
+    return not (exact and enc[0] in ("sparse_group_lasso", "group_mcp"))
 
 
 def _reg_args(reg: Regularizer | None) -> dict[str, Any] | None:
@@ -137,9 +158,7 @@ def rmda_step(
 ) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.rmda_step(
-            params, grads, anchors, grad_sums, steps=steps, alphas=alphas, lr=lr, c=c, reg=reg
-        )
+        raise unsupported("triton", "rmda", reg)
     _rmda(params, grads, anchors, grad_sums, _views(reg, params), steps, alphas, lr, c, ra)
 
 
@@ -178,22 +197,7 @@ def ramda_step(
 ) -> None:
     ra = _solve_args(reg, solver == "exact")
     if ra is None:
-        return reference.ramda_step(
-            params,
-            grads,
-            anchors,
-            grad_sums,
-            sq_grad_sums,
-            steps=steps,
-            alphas=alphas,
-            lr=lr,
-            c=c,
-            eps=eps,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-        )
+        raise unsupported("triton", "ramda", reg)
     _ramda(
         params,
         grads,
@@ -236,7 +240,7 @@ def proxsgd_step(
 ) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
+        raise unsupported("triton", "proxsgd", reg)
     kernels().proxsgd(
         list(params), list(grads), list(momentum_buffers), _views(reg, params), lr=lr, c=c, **ra
     )
@@ -262,18 +266,7 @@ def proxgen_step(
     ra = _solve_args(reg, solver == "exact")
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
-        return reference.proxgen_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps=steps,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-            **kw,
-        )
+        raise unsupported("triton", "proxgen", reg)
     kw.update(solver=solver, max_iters=max_iters, rtol=rtol)
     _proxgen(params, grads, exp_avgs, exp_avg_sqs, _views(reg, params), steps, kw, ra)
 
@@ -310,7 +303,7 @@ def proxssi_step(
     ra = _solve_args(reg, True)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
-        return reference.proxssi_step(params, grads, exp_avgs, exp_avg_sqs, steps=steps, reg=reg, **kw)
+        raise unsupported("triton", "proxssi", reg)
     _proxssi(params, grads, exp_avgs, exp_avg_sqs, _views(reg, params), steps, kw, ra)
 
 
@@ -354,21 +347,7 @@ def dessilbi_step(
     if not paired and (len(zs) or len(gammas)):
         raise ValueError("dessilbi_step: zs and gammas must be empty when reg is None")
     if paired and not isinstance(reg, GroupLasso):
-        return reference.dessilbi_step(
-            params,
-            grads,
-            momentum_buffers,
-            zs,
-            gammas,
-            lr=lr,
-            kappa=kappa,
-            nu=nu,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            reg=reg,
-            magnitude_scaling=magnitude_scaling,
-            scaling_floor=scaling_floor,
-        )
+        raise unsupported("triton", "dessilbi", reg)
     if not len(params):
         return
     kernels().dessilbi(

@@ -64,6 +64,9 @@ class ProxSSI(AdamBased):
     def needs_screenable_for(self, group: dict[str, Any]) -> bool:
         return True
 
+    def kernel_solver(self, group: dict[str, Any]) -> str | None:
+        return "exact"  # the prox is the exact solve
+
     def step_bucket(self, backend, group, params, grads, states) -> None:
         backend.proxssi_step(
             params,
