@@ -140,7 +140,7 @@ def _ext_modules():
         """CUDA build failed: the CPU kernels alone; C++ build failed: the pure-Python package."""
 
         def run(self):
-            compiler = self.compiler
+            compiler, inplace = self.compiler, self.inplace
             try:
                 super().run()
                 return
@@ -153,7 +153,8 @@ def _ext_modules():
                 )
                 # the finalized Extension object stays (setuptools keeps its bookkeeping on it)
                 ext.__dict__.update({k: v for k, v in cpu_ext.__dict__.items() if not k.startswith("_")})
-                self.compiler = compiler  # run() replaced it with a compiler instance
+                # run() replaced the compiler with an instance, and left inplace off when it raised
+                self.compiler, self.inplace = compiler, inplace
                 try:
                     super().run()
                     return
