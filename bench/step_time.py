@@ -22,6 +22,11 @@ SparseGroupLasso, MCP and GroupMCP), e.g.
 
     PYTHONPATH=$PWD python bench/step_time.py --backends cpu --rss-steps 0 --out bench/results/solvers \
         --optimizers "RAMDA defaults,RAMDA exact SGL,RAMDA exact MCP,RAMDA exact GroupMCP,ProxGen defaults"
+
+The PG iterations per step of "RAMDA pg" and "ProxGen pg" (median and max per tensor, counted on
+the reference backend, where every fused backend stops too): --pg-iters STEPS, e.g.
+
+    PYTHONPATH=$PWD python bench/step_time.py --set transformer --pg-iters 3 --rss-steps 0
 """
 
 from __future__ import annotations
@@ -381,6 +386,47 @@ def to_markdown(res: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pg_iterations(set_name: str, steps: int, names=("RAMDA pg", "ProxGen pg")) -> dict:
+    """PG iterations per step of the pg rows: ``steps`` steps of each optimizer on the reference
+    backend (the fused backends stop every group at the reference's iteration), the counts of
+    each tensor's non-screened groups collected with ``reference.pg_iteration_counts()``. Per step
+    and tensor: median and max over its groups; printed: per step, the median over tensors of the
+    per-tensor medians, the largest per-tensor max and the groups' total."""
+    from structsparse.backends import reference
+
+    shapes = SETS[set_name]()
+    out: dict = {}
+    for name in names:
+        opt = make_opt(name, "reference", make_params(shapes))
+        per_step = []
+        for t in range(1, steps + 1):
+            with reference.pg_iteration_counts() as got:
+                opt.step()
+            rows = []
+            for shape, c in got:
+                c = c[c > 0]  # screened groups: no iteration
+                if c.numel():
+                    rows.append(
+                        {
+                            "shape": list(shape),
+                            "median": float(c.median()),
+                            "max": int(c.max()),
+                            "groups": int(c.numel()),
+                        }
+                    )
+            med = statistics.median(r["median"] for r in rows) if rows else 0.0
+            mx = max((r["max"] for r in rows), default=0)
+            total = sum(r["groups"] for r in rows)
+            print(
+                f"{set_name:15s} {name:11s} step {t}: per-tensor median iterations: median {med:.0f} "
+                f"over {len(rows)} tensors; per-tensor max: largest {mx}; {total} groups iterated",
+                flush=True,
+            )
+            per_step.append({"step": t, "median_of_medians": med, "max": mx, "tensors": rows})
+        out[name] = per_step
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=[*SETS, "all"], default="all")
@@ -394,6 +440,14 @@ def main() -> None:
     ap.add_argument("--rss-steps", type=int, default=100, help="steps of the peak-RSS check (0: skip)")
     ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS check")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument(
+        "--pg-iters",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="only the PG iteration counts of RAMDA pg and ProxGen pg over STEPS steps "
+        "(median and max per tensor, reference backend; pg_iters_<set>.json)",
+    )
     args = ap.parse_args()
     meta = {
         "cpu": cpu_model(),
@@ -407,6 +461,11 @@ def main() -> None:
     sets = [] if args.rss_only else list(SETS) if args.set == "all" else [args.set]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.pg_iters > 0:
+        for s in sets:
+            res = {"set": s, "meta": meta, "counts": pg_iterations(s, args.pg_iters)}
+            (out / f"pg_iters_{s}.json").write_text(json.dumps(res, indent=1))
+        return
     for s in sets:
         res = run_set(s, args.reps, args.ref_reps, args.optimizers.split(","), args.backends.split(","))
         res["meta"] = meta

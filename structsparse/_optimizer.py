@@ -7,9 +7,11 @@ scalars (t, α), restarts and dispatch of one backend call per bucket of tensors
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
+import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -33,6 +35,46 @@ def _load_fast_all_finite():
 
 
 _fast_all_finite = _load_fast_all_finite()
+
+
+def _verdict(g: Tensor) -> bool | Tensor:
+    """Whether ``g`` is finite: a bool on CPU, a 0-d device tensor elsewhere (finite iff its
+    max-abs is; read once per step for all gradients together, so the backward does not sync)."""
+    if not g.numel():
+        return True
+    if g.device.type == "cpu":
+        # one intra-op thread: the gradient was just written (in cache), and a parallel region
+        # per parameter wakes the pool once per parameter (bench/nonfinite_check.py)
+        n = torch.get_num_threads()
+        if n > 1:
+            torch.set_num_threads(1)
+        try:
+            if _fast_all_finite is not None:
+                return bool(_fast_all_finite([g]))
+            return bool(torch.isfinite(g).all())
+        finally:
+            if n > 1:
+                torch.set_num_threads(n)
+    return torch.linalg.vector_norm(g, float("inf"))
+
+
+def _record_check(ref: weakref.ref, p: Tensor) -> None:
+    """Post-accumulate-grad hook: check the gradient just accumulated (still in cache) and record
+    the verdict with the gradient's identity and version, so step() re-reads only gradients
+    changed since. Does nothing when the optimizer's check is off or under torch.compile."""
+    opt = ref()
+    if opt is None or not opt.skip_nonfinite or torch.compiler.is_compiling():
+        return
+    g = p.grad
+    if g is None or g.is_sparse or distributed.is_sharded(g):
+        return
+    opt._grad_checks[id(p)] = (weakref.ref(g), g._version, _verdict(g))
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
 
 
 def state_dtype(p: Tensor) -> torch.dtype:
@@ -141,6 +183,12 @@ def resolve_solver(solver: str, reg: Any) -> str:
     return "exact" if reg is None or reg.exact_solve else "pg"
 
 
+def distributed_world() -> int:
+    """The default process group's size (1 without one)."""
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+
 class StructuredOptimizer(torch.optim.Optimizer):
     """Base class of every structsparse optimizer (see the module docstring).
 
@@ -151,6 +199,9 @@ class StructuredOptimizer(torch.optim.Optimizer):
     call); ``capturable`` and ``differentiable`` (constructor only) must be False.
     """
 
+    #: torch.amp.GradScaler.step hands its found_inf (and grad_scale) to step() instead of
+    #: unscaling and checking the gradients itself; step() then makes no check pass of its own
+    _step_supports_amp_scaling: ClassVar[bool] = True
     #: name stored in state_dicts; loading a state_dict of another algorithm raises
     algorithm: ClassVar[str] = ""
     #: tensor state keys created per parameter (besides the scalar counters)
@@ -185,6 +236,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{k}={v!r} is not supported: {_UNSUPPORTED[k]}")
         self.skip_nonfinite = bool(skip_nonfinite)
         self._skipped = 0
+        self._init_grad_checks()
         # steps skipped inside torch.compile, counted on the device (see _masked_step)
         self._skip_counts: dict[str, Tensor] = {}
         # per param group: the hyperparameters last validated (step revalidates a changed group)
@@ -192,6 +244,21 @@ class StructuredOptimizer(torch.optim.Optimizer):
         # the shards of the buckets a step runs on, for the global group reductions
         self._reduction = distributed.ReductionContext()
         super().__init__(params, defaults)
+
+    def _init_grad_checks(self) -> None:
+        """The NaN/Inf check's per-gradient verdicts and the hooks that take them during backward
+        (removed when the optimizer is collected; not part of pickles or deep copies, which
+        register their own)."""
+        # id(param) -> (weakref to the gradient, its _version, verdict)
+        self._grad_checks: dict[int, tuple[Any, int, bool | Tensor]] = {}
+        self._grad_hooks: list[Any] = []
+        weakref.finalize(self, _remove_hooks, self._grad_hooks)
+
+    def _hook_params(self, params: Iterable[Tensor]) -> None:
+        hook = functools.partial(_record_check, weakref.ref(self))
+        for p in params:
+            if isinstance(p, Tensor) and p.requires_grad and p.is_leaf:
+                self._grad_hooks.append(p.register_post_accumulate_grad_hook(hook))
 
     @property
     def skipped_steps(self) -> int:
@@ -228,6 +295,10 @@ class StructuredOptimizer(torch.optim.Optimizer):
         if skipped is not None:
             self.skipped_steps = skipped
         d["_validated"] = [None] * len(self.param_groups)
+        if "_grad_checks" not in d:  # a copy or an unpickled optimizer (not load_state_dict)
+            self._init_grad_checks()
+            for g in self.param_groups:
+                self._hook_params(g["params"])
 
     # -- validation ------------------------------------------------------------------------------
     def validate_group(self, group: dict[str, Any]) -> None:
@@ -331,6 +402,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
         self._remember(index)
         for device in {p.device for p in group["params"]}:
             preload(group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None)
+        self._hook_params(group["params"])
 
     def needs_screenable_for(self, group: dict[str, Any]) -> bool:
         return group.get("solver") == "exact"
@@ -415,11 +487,25 @@ class StructuredOptimizer(torch.optim.Optimizer):
         grads = [g for ps in pairs for _, g in ps]
         if not grads:
             return loss
-        if self.skip_nonfinite:
+        # torch.amp.GradScaler.step (see _step_supports_amp_scaling) sets found_inf, and grad_scale
+        # unless the gradients were already unscaled: its check replaces this optimizer's
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None:
+            if torch.compiler.is_compiling():
+                raise RuntimeError(
+                    f"{type(self).__name__}: a GradScaler step cannot be compiled; compile the "
+                    "model and call scaler.step(opt) eagerly"
+                )
+            if bool(found_inf.item() != 0):
+                return loss  # the scaler's skip: the scaler lowers its scale
+            scale = getattr(self, "grad_scale", None)
+            if scale is not None:
+                self._unscale(grads, scale)
+        elif self.skip_nonfinite:
             if torch.compiler.is_compiling():
                 self._masked_step(pairs, grads)
                 return loss
-            if not self._all_finite(grads):
+            if not self._grads_finite([pg for ps in pairs for pg in ps]):
                 self._skipped += 1
                 warnings.warn(
                     f"{type(self).__name__}: non-finite gradient, step skipped "
@@ -431,6 +517,49 @@ class StructuredOptimizer(torch.optim.Optimizer):
         self._prepare(pairs)
         self._step_pairs(pairs)
         return loss
+
+    @staticmethod
+    def _unscale(grads: list[Tensor], scale: Tensor) -> None:
+        """Divide the gradients by GradScaler's scale in place (as its ``unscale_`` would):
+        multiplied by the float32 reciprocal of the float64 scale, exact for a power-of-two scale."""
+        inv = scale.double().reciprocal().float()
+        by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
+        for g in grads:
+            by_device[g.device].append(g)
+        for device, gs in by_device.items():
+            torch._foreach_mul_(gs, inv.to(device))
+
+    def _grads_finite(self, pairs: list[tuple[Tensor, Tensor]]) -> bool:
+        """The NaN/Inf check of step(): a gradient whose check was taken when backward produced it
+        (``_record_check``) and which is the same tensor at the same version (not replaced, not
+        modified in place since) is not read again; the others are read and their verdicts kept.
+        In a process group of several ranks every gradient is read (DDP reduces gradients after
+        the hook has run, without a version change) and the verdict is agreed across ranks."""
+        if distributed_world() > 1:
+            return self._all_finite([g for _, g in pairs])
+        verdicts = self._grad_checks
+        todo: list[tuple[Tensor, Tensor]] = []
+        flags: list[Tensor] = []
+        for p, g in pairs:
+            rec = verdicts.get(id(p))
+            if rec is not None and rec[0]() is g and rec[1] == g._version:
+                ok = rec[2]
+                if ok is False:
+                    return False
+                if ok is not True:
+                    flags.append(ok)
+            else:
+                todo.append((p, g))
+        if flags:
+            dev = flags[0].device
+            if not bool(torch.isfinite(torch.stack([f.float().to(dev) for f in flags])).all()):
+                return False
+        if todo:
+            if not self._all_finite_local([g for _, g in todo]):
+                return False
+            for p, g in todo:
+                verdicts[id(p)] = (weakref.ref(g), g._version, True)
+        return True
 
     def _prepare(self, pairs: list[list[tuple[Tensor, Tensor]]]) -> None:
         for group, ps in zip(self.param_groups, pairs):

@@ -142,3 +142,28 @@ def test_all_groups_screened():
     for solver in ("exact", "pg"):
         x = ref.solve_subproblem(v, p, w0, x0, 1.0, reg, solver, 100, 1e-8)
         assert torch.equal(x, torch.zeros_like(x))
+
+
+def test_pg_iteration_counts_are_where_each_group_stops():
+    """pg_iteration_counts(): a group's count c is where its iterate stops changing: budgets of c
+    and more iterations give the same group, c - 1 a different one; screened groups count 0;
+    collecting changes nothing."""
+    v, p, w0, x0 = _problem((6, 10), seed=3)
+    reg = ss.GroupLasso(3.0)
+    a = 0.5
+    plain = ref.solve_subproblem(v, p, w0, x0, a, reg, "pg", 60, 1e-8)
+    with ref.pg_iteration_counts() as got:
+        x = ref.solve_subproblem(v, p, w0, x0, a, reg, "pg", 60, 1e-8)
+    assert torch.equal(x, plain) and len(got) == 1
+    shape, counts = got[0]
+    assert shape == (6, 10) and counts.shape == (10,)
+    zero = (x == 0).all(0)
+    assert zero.any() and (~zero).any()  # both kinds of group in the case
+    assert torch.equal(counts == 0, zero)
+    assert int(counts[~zero].min()) >= 2 and int(counts.max()) < 60
+    runs = {k: ref.solve_subproblem(v, p, w0, x0, a, reg, "pg", k, 1e-8) for k in range(1, 61)}
+    for j in torch.nonzero(~zero).flatten().tolist():
+        c = int(counts[j])
+        assert torch.equal(runs[c][:, j], x[:, j]) and torch.equal(runs[60][:, j], x[:, j])
+        assert not torch.equal(runs[c - 1][:, j], x[:, j])
+    assert ref._pg_counts is None  # off again after the block

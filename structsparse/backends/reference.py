@@ -15,8 +15,9 @@ no-ops, on FSDP2 shards they make the reductions global (see :mod:`structsparse.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -274,6 +275,25 @@ def exact_solve(v3: Tensor, p3: Tensor, w03: Tensor, a: float, reg: Regularizer,
     return newton_group_lasso(v3, p3, w03, a, reg, shape)
 
 
+#: the per-group PG iteration counts collected by pg_iteration_counts() (None: not collecting)
+_pg_counts: list[tuple[tuple[int, ...], Tensor]] | None = None
+
+
+@contextlib.contextmanager
+def pg_iteration_counts() -> Iterator[list[tuple[tuple[int, ...], Tensor]]]:
+    """Collect the iterations of every PG subproblem solve run on this backend inside the block:
+    yields a list that gets one ``(parameter shape, counts)`` per solve, ``counts`` an int64 tensor
+    with one entry per group (0 for a screened group). The fused backends stop each group at the
+    reference's iteration (tests/test_subproblem.py), so these are their counts too. Off (the
+    default), the solver pays one ``is None`` test per iteration."""
+    global _pg_counts
+    prev, _pg_counts = _pg_counts, []
+    try:
+        yield _pg_counts
+    finally:
+        _pg_counts = prev
+
+
 def proximal_gradient(
     v3: Tensor,
     p3: Tensor,
@@ -309,11 +329,15 @@ def proximal_gradient(
     q0 = subproblem_objective(x03, qv, qp, qw, a, reg, shape)
     q_prev = subproblem_objective(x, qv, qp, qw, a, reg, shape)
     active = ~zero
+    counts = _pg_counts
+    iters = torch.zeros(g, dtype=torch.int64, device=v3.device) if counts is not None else None
     for j in range(1, max_iters + 1):
         # an iteration with no active group changes nothing; torch.compile runs them all (no
         # host sync, no graph break)
         if not torch.compiler.is_compiling() and not bool(active.any()):
             break
+        if iters is not None:
+            iters += active
         y = x - eta3 * (v3 + p3 * (x - w03))
         x_new = reg.prox_groups(y, eta * a, shape)
         q = subproblem_objective(x_new, qv, qp, qw, a, reg, shape)
@@ -322,6 +346,8 @@ def proximal_gradient(
         q_prev = torch.where(active, q, q_prev)
         active = active & ~done
     worse = ~zero & (q_prev > q0)
+    if counts is not None:
+        counts.append((tuple(shape), iters.cpu()))
     return torch.where(worse.view(1, -1, 1), x03, x)
 
 
