@@ -17,7 +17,11 @@ Same signatures as :mod:`.reference`. What the kernels do:
   same root as the reference's within rounding, often one pass fewer;
 - float32/float64 parameters, and fp16/bf16 parameters with fp32 state (math in fp32, one
   rounding into the parameter per step); non-contiguous (e.g. channels_last) parameters and
-  gradients are gathered per tile, not copied whole;
+  gradients of any rank are gathered per tile, not copied whole; a parameter that may hold two
+  elements at one memory location (expanded, overlapping as_strided) is refused (ValueError);
+- group norms: float32 squares are summed in float64 (no overflow for any finite weight); a
+  float64 group whose sum of squares overflows (elements above ~1e154) takes the limit of an
+  infinite norm (scale 1: exact to rounding unless the threshold is above ~1e138);
 - FSDP2 shards (``supports_shards``): tensors whose groups are whole on the rank run unchanged;
   RMDA/ProxSGD/DessiLBI buckets with groups split across ranks run the ``*_step_sharded`` ops in
   two phases (state update + per-group partial sums; one all-reduce of ``G`` float64 per bucket;

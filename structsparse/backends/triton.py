@@ -14,9 +14,17 @@ of r or once an a-priori bound of the error left is below that (``NEWTON_MAX_ITE
 reference's root within rounding, in fewer passes. Scalars are passed as fp32 kernel arguments,
 so float64 tensors match the reference to ~1e-7 relative, not to float64 precision.
 
-Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD),
-the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) of SparseGroupLasso, GroupMCP and MCP, and
-any regularizer class this module does not know.
+Group norms are summed in the state dtype; a group whose sum of squares overflows (float32
+elements above ~1.8e19) has its norm recomputed max-scaled on the on-chip path, and takes the
+limit of an infinite norm (scale 1) on the two-phase path of large groups: exact to rounding there
+unless the threshold exceeds ~6e-8 of the norm. Parameters of any rank may be strided (their
+offsets are computed from the strides); a parameter or state tensor that may hold two elements at
+one memory location (expanded, overlapping as_strided) is refused with a ValueError.
+
+Declined by :func:`supports` (the optimizers step those buckets on :mod:`.reference`):
+:class:`~structsparse.NuclearNorm` (needs an SVD), the exact solves (RAMDA/ProxGen ``"exact"``,
+ProxSSI) of SparseGroupLasso, GroupMCP and MCP, and any regularizer class this module does not
+know.
 
 ``dessilbi_step`` (docs/math.md §6) runs L1 and GroupLasso (any grouping), with and without the
 magnitude-scaling option, in the kernels of ``triton_kernels/lbi_step.py``.
