@@ -303,8 +303,8 @@ def _add_common(p: argparse.ArgumentParser, *, with_optimizer: bool) -> None:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its checkpoint, bit for bit (its saved settings; "
-        "--epochs may extend it)",
+        help="continue the run in RUN_DIR from its checkpoint, bit for bit, with its saved settings "
+        "(--epochs may extend it); for compare, the comparison in RUN_DIR (finished runs are kept)",
     )
     g.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG plots")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
