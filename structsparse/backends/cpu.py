@@ -6,7 +6,8 @@ Same signatures as :mod:`.reference`. What the kernels do:
   ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP
   (the exact solves of the last three: solve_rows.h ``row_exact_sgl``/``row_exact_gmcp``, the
   reference's rules, docs/solvers.md);
-- **NuclearNorm delegates to the reference backend** for its bucket (its prox needs an SVD);
+- **NuclearNorm is declined** (:func:`supports`; its prox needs an SVD): the optimizers step its
+  buckets on the reference backend;
 - the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after
   ≥ 2 iterations, or ``max_iters``; Q in float64 for every dtype; a group worse than its warm
   start gets the warm start back);
@@ -27,8 +28,8 @@ Same signatures as :mod:`.reference`. What the kernels do:
   two phases (state update + per-group partial sums; one all-reduce of ``G`` float64 per bucket;
   the prox); the solver steps (RAMDA, ProxGen, ProxSSI) of such buckets are redistributed to
   whole-group owners (``distributed.owned_groups``: one all_to_all there, the plain kernels on
-  whole groups, one back — bitwise the single-process result); magnitude-scaled DessiLBI delegates
-  to the reference backend;
+  whole groups, one back — bitwise the single-process result); magnitude-scaled DessiLBI is
+  declined (the reference backend steps it);
 - multi-threaded with ``at::parallel_for`` (OpenMP, the extension is built with ``-fopenmp``) over
   tiles of whole groups whose size does not depend on the thread count, handed out dynamically:
   results are bit-identical for any ``torch.set_num_threads``;
@@ -334,8 +335,8 @@ def dessilbi_step(
     scaling_floor=0.0,
 ) -> None:
     """DessiLBI (docs/math.md §6): one fused pass per tensor for L1 and GroupLasso on any grouping and for
-    unpaired tensors (``reg=None``). **magnitude_scaling=True delegates to the reference backend**
-    for the bucket (its β needs the whole tensor's support counts before the Z update)."""
+    unpaired tensors (``reg=None``). **magnitude_scaling=True is declined** (:func:`supports`; its β
+    needs the whole tensor's support counts before the Z update): the optimizers step it on reference."""
     if magnitude_scaling or not (reg is None or isinstance(reg, GroupLasso)):
         raise unsupported("cpu", "dessilbi", reg, " (or magnitude_scaling=True)" if magnitude_scaling else "")
     ra = _reg_args(reg)

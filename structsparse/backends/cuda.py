@@ -1,9 +1,9 @@
 """CUDA backend: the CUDA kernels of ``structsparse._C`` (csrc/cuda), one launch per bucket.
 
 Same signatures as :mod:`.reference`. The ``torch.ops.structsparse.*`` ops dispatch on the
-tensors' device, so the step functions are those of :mod:`.cpu` (argument packing, and the
-delegation of NuclearNorm buckets — and of the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI)
-with SparseGroupLasso, GroupMCP or MCP — to the reference backend); this module only adds the
+tensors' device, so the step functions and :func:`supports` are those of :mod:`.cpu` (argument
+packing; NuclearNorm buckets and the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) with
+SparseGroupLasso, GroupMCP or MCP on CUDA are declined, and stepped on reference); this module only adds the
 availability check, decided per op: a build that lacks one op's CUDA kernel still runs the others,
 and ``backend="auto"`` then picks Triton for that op alone. What the kernels do:
 
