@@ -29,6 +29,7 @@ PACKAGES = [
     "structsparse",
     "structsparse.backends",
     "structsparse.cli",
+    "structsparse.distributed",
     "structsparse.optim",
     "structsparse.triton_kernels",
 ]

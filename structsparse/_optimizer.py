@@ -124,14 +124,6 @@ def check_solver(solver: Any) -> str:
     return solver
 
 
-def resolve_solver(solver: str, reg: Any) -> str:
-    """The subproblem solver a step runs: ``"auto"`` is ``"exact"`` where the regularizer has an
-    exact solve (or there is none), ``"pg"`` otherwise (NuclearNorm); the others as given."""
-    if solver != "auto":
-        return solver
-    return "exact" if reg is None or reg.exact_solve else "pg"
-
-
 def check_step_count(name: str, value: Any) -> int:
     """A saved step counter: a non-negative integer (a Python int or an integral 0-d tensor)."""
     if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
@@ -181,6 +173,14 @@ def _param_tensors(params: Any) -> list[Any]:
     if isinstance(params, set):
         return []  # torch raises its own error for a set
     return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+
+
+def resolve_solver(solver: str, reg: Any) -> str:
+    """The subproblem solver a step runs: ``"auto"`` is ``"exact"`` where the regularizer has an
+    exact solve (or there is none), ``"pg"`` otherwise (NuclearNorm); the others as given."""
+    if solver != "auto":
+        return solver
+    return "exact" if reg is None or reg.exact_solve else "pg"
 
 
 def distributed_world() -> int:
@@ -241,6 +241,8 @@ class StructuredOptimizer(torch.optim.Optimizer):
         self._skip_counts: dict[str, Tensor] = {}
         # per param group: the hyperparameters last validated (step revalidates a changed group)
         self._validated: list[dict[str, Any] | None] = []
+        # the shards of the buckets a step runs on, for the global group reductions
+        self._reduction = distributed.ReductionContext()
         super().__init__(params, defaults)
 
     def _init_grad_checks(self) -> None:
@@ -289,6 +291,7 @@ class StructuredOptimizer(torch.optim.Optimizer):
             self.skip_nonfinite = True if skip is None else bool(skip)
         d.setdefault("_skipped", 0)
         d.setdefault("_skip_counts", {})
+        d.setdefault("_reduction", distributed.ReductionContext())
         if skipped is not None:
             self.skipped_steps = skipped
         d["_validated"] = [None] * len(self.param_groups)
@@ -398,13 +401,8 @@ class StructuredOptimizer(torch.optim.Optimizer):
             raise
         self._remember(index)
         for device in {p.device for p in group["params"]}:
-            preload(group["backend"], device, self._op)
+            preload(group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None)
         self._hook_params(group["params"])
-
-    @property
-    def _op(self) -> str | None:
-        """This algorithm's step op (``"rmda_step"``, ...): backends decide availability per op."""
-        return f"{self.algorithm}_step" if self.algorithm else None
 
     def needs_screenable_for(self, group: dict[str, Any]) -> bool:
         return group.get("solver") == "exact"
@@ -434,21 +432,9 @@ class StructuredOptimizer(torch.optim.Optimizer):
         return self.tensor_state, self.scalar_state
 
     def restart(self) -> None:
-        """Restart of every param group (lr untouched; docs/math.md §7). Dual averaging only:
-        ``t ← 0, α ← 0, W0 ← W, V ← 0, U ← 0``; ProxSGD/ProxGen/ProxSSI have nothing to restart."""
-        if not self.dual_averaging:
-            return
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
-                    continue
-                st["step"] = 0
-                st["alpha"] = 0.0
-                st["anchor"].copy_(p.detach())
-                for k in ("grad_sum", "sq_grad_sum"):
-                    if k in st:
-                        st[k].zero_()
+        """Restart of every param group (docs/math.md): nothing to restart for ProxSGD, ProxGen,
+        ProxSSI and DessiLBI; the dual-averaging optimizers (:class:`~.optim._dual_averaging.
+        DualAveraging`) reset ``t``, ``α``, ``W0`` and their gradient sums."""
 
     # -- step --------------------------------------------------------------------------------------
     def _collect(self, group: dict[str, Any], gi: int) -> list[tuple[Tensor, Tensor]]:
@@ -615,12 +601,19 @@ class StructuredOptimizer(torch.optim.Optimizer):
             for p, g in ps:
                 buckets[(p.device, p.dtype)].append((p, -g if maximize else g))
             for (device, _), bucket in buckets.items():
-                backend = resolve(group["backend"], device, self._op)
+                backend = resolve(
+                    group["backend"], device, f"{self.algorithm}_step" if self.algorithm else None
+                )
+                if backend is not reference and not self.backend_supports(backend, group, device):
+                    backend = reference  # what a fused backend declines runs on the reference
                 params = [p for p, _ in bucket]
                 grads = [g for _, g in bucket]
                 states = [self.state[p] for p in params]
-                # FSDP2 shards: local views + global group reductions (structsparse.distributed)
-                with distributed.sharded_bucket(group["regularizer"], params, grads, states) as local:
+                # FSDP2 shards: local views + global group reductions (structsparse.distributed),
+                # the shards registered in this optimizer's reduction context
+                with distributed.sharded_bucket(
+                    group["regularizer"], params, grads, states, self._reduction
+                ) as local:
                     if local[0] is params or getattr(backend, "supports_shards", False):
                         self.step_bucket(backend, group, *local)
                     elif backend is not reference and self.groups_are_independent(group):
@@ -629,6 +622,25 @@ class StructuredOptimizer(torch.optim.Optimizer):
                             self.step_bucket(backend, {**group, "regularizer": reg}, *owned)
                     else:
                         self.step_bucket(reference, group, *local)
+
+    def backend_supports(self, backend: Any, group: dict[str, Any], device: torch.device) -> bool:
+        """Whether ``backend``'s kernels run this group's buckets (its ``supports``: the one place
+        a backend declares what it runs; :meth:`_step_pairs` steps the rest on ``reference``)."""
+        supports = getattr(backend, "supports", None)
+        if supports is None or not self.algorithm:
+            return True
+        return supports(
+            self.algorithm,
+            group["regularizer"],
+            solver=self.kernel_solver(group),
+            magnitude_scaling=bool(group.get("magnitude_scaling", False)),
+            device=device,
+        )
+
+    def kernel_solver(self, group: dict[str, Any]) -> str | None:
+        """The subproblem solver a step of ``group`` runs (None: the step has no subproblem)."""
+        solver = group.get("solver")
+        return None if solver is None else resolve_solver(solver, group["regularizer"])
 
     def groups_are_independent(self, group: dict[str, Any]) -> bool:
         """Whether a step of ``group`` computes each group from that group's elements alone (then a

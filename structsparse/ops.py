@@ -73,10 +73,11 @@ CUDA_OPS = STEP_OPS
 #: int phase, Tensor(x!) sums`` (see csrc/bindings.cpp and structsparse/backends/cpu.py)
 SHARDED_OPS = ("rmda_step_sharded", "proxsgd_step_sharded", "dessilbi_step_sharded")
 
-#: Step ops whose CUDA kernel is the Triton backend's (registered at import when CUDA and triton
-#: are available and the extension has no compiled CUDA kernel for them; see
-#: :func:`structsparse.backends.triton.register_cuda_ops`). A check for *compiled* CUDA kernels
-#: (``torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")``) must exclude these names.
+#: Step ops whose CUDA kernel is the Triton backend's (registered when :mod:`structsparse.backends`
+#: is imported — ``import structsparse`` does — if CUDA and triton are available and the extension
+#: has no compiled CUDA kernel for them; see :func:`structsparse.backends.triton.register_cuda_ops`).
+#: A check for *compiled* CUDA kernels (``torch._C._dispatch_has_kernel_for_dispatch_key(op,
+#: "CUDA")``) must exclude these names. This module, the lowest layer, only holds the record.
 TRITON_CUDA_OPS: tuple[str, ...] = ()
 #: Why no Triton CUDA kernel was registered ("" when some were).
 TRITON_CUDA_SKIPPED: str = ""
@@ -105,8 +106,5 @@ if _LOAD_ERROR is None:
     for _name in STEP_OPS + SHARDED_OPS:
         torch.library.register_fake(f"structsparse::{_name}")(_fake_step)
     torch.library.register_fake("structsparse::all_finite")(_fake_all_finite)
-    from .backends.triton import register_cuda_ops as _register_triton
-
-    TRITON_CUDA_OPS, TRITON_CUDA_SKIPPED = _register_triton()
 else:
     TRITON_CUDA_SKIPPED = _LOAD_ERROR

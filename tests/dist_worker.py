@@ -418,11 +418,12 @@ def task_owned_groups(rank: int, world: int, steps: int = 3) -> None:
                     (shards, [local(i, g) for i, g in enumerate(grads)], True),
                 ):
                     ps = [x[0] for x in tensors]
+                    ctx = ssd.ReductionContext()
                     if scoped:
                         for i, q in enumerate(ps):
                             if i != plain:
-                                ssd._scopes[id(q)] = ssd.ShardInfo(torch.Size(shapes[i]), group, True)
-                    try:
+                                ctx.register(q, ssd.ShardInfo(torch.Size(shapes[i]), group, True))
+                    with ssd.active(ctx):
                         st = [[x[1 + k] for x in tensors] for k in range(n_state)]
                         if algo == "ramda":
                             cpu.ramda_step(
@@ -448,8 +449,6 @@ def task_owned_groups(rank: int, world: int, steps: int = 3) -> None:
                                 cpu.proxgen_step(ps, gs, *st, **adam, solver=solver, max_iters=50, rtol=1e-8)
                             else:
                                 cpu.proxssi_step(ps, gs, *st, **adam)
-                    finally:
-                        ssd._scopes.clear()
                 if t == 1:  # the exchange buffers are allocated once, then reused every step
                     bufs = {k: v.data_ptr() for k, v in ssd._buffers.items()}
             where = f"[owned_groups {pdt} {algo} {solver} rank {rank}/{world}]"

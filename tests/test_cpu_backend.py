@@ -504,3 +504,42 @@ def test_exact_new_regularizers_hard_cases(kind, dtype):
     for xc, xr in zip(x_cpu, x_ref):
         _close(xc, xr, TOL[dtype] * (10 if dtype == torch.float32 else 1), "x")
     assert any(bool((x != 0).any()) for x in x_ref) and any(bool((x == 0).any()) for x in x_ref)
+
+
+def test_supports_declares_what_the_kernels_run():
+    """The backends declare what their kernels run (``supports``); the optimizers step the rest on
+    the reference backend, and a step function called directly on a declined bucket raises."""
+    from structsparse.backends import triton as triton_backend
+
+    cpu_dev, cuda_dev = torch.device("cpu"), torch.device("cuda")
+    gl, sgl, nuc = ss.GroupLasso(0.1, "input"), ss.SparseGroupLasso(0.1, 0.1, "input"), ss.NuclearNorm(0.1)
+    for sup in (cpu_backend.supports, triton_backend.supports):
+        assert sup("rmda", None) and sup("rmda", gl) and sup("ramda", gl, solver="exact")
+        assert not sup("rmda", nuc) and not sup("ramda", nuc, solver="pg")
+        assert sup("ramda", sgl, solver="pg") and sup("dessilbi", gl)
+        assert not sup("dessilbi", sgl)
+    assert cpu_backend.supports("ramda", sgl, solver="exact", device=cpu_dev)
+    assert cpu_backend.supports("proxssi", sgl, device=cpu_dev)
+    assert not cpu_backend.supports("ramda", sgl, solver="exact", device=cuda_dev)
+    assert not cpu_backend.supports("proxssi", sgl, device=cuda_dev)
+    assert not cpu_backend.supports("dessilbi", gl, magnitude_scaling=True)
+    assert triton_backend.supports("dessilbi", gl, magnitude_scaling=True)
+    assert not triton_backend.supports("ramda", sgl, solver="exact")
+    assert not triton_backend.supports("proxssi", sgl)
+
+    w = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="backend 'cpu': rmda has no fused kernel for NuclearNorm"):
+        cpu_backend.rmda_step(
+            [w], [w], [w.clone()], [w.clone()], steps=[1], alphas=[0.1], lr=0.1, c=1.0, reg=nuc
+        )
+    # through the optimizer the declined bucket runs on the reference backend, bit for bit
+    out = []
+    for b in ("reference", "cpu"):
+        torch.manual_seed(0)
+        p = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+        opt = ss.RMDA([p], lr=0.1, regularizer=nuc, backend=b)
+        for _ in range(3):
+            p.grad = torch.randn(5, 4, dtype=torch.float64)
+            opt.step()
+        out.append(p.detach().clone())
+    assert torch.equal(out[0], out[1])

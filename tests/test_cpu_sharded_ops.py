@@ -147,12 +147,9 @@ def test_bucket_spanning_process_groups_is_refused():
     reg = ss.GroupLasso(0.1, "input")
     ps = [torch.zeros(3, 4), torch.zeros(2, 4)]
     grads = [torch.ones_like(p) for p in ps]
+    ctx = ssd.ReductionContext()
     for p, grp in zip(ps, (object(), object())):
-        ssd._scopes[id(p)] = ssd.ShardInfo(torch.Size((6, 4)), grp, True)
-    try:
-        with pytest.raises(ValueError, match="several process groups"):
-            cpu_backend.proxsgd_step(ps, grads, [torch.zeros_like(p) for p in ps], lr=0.1, c=1.0, reg=reg)
-    finally:
-        for p in ps:
-            ssd._scopes.pop(id(p), None)
+        ctx.register(p, ssd.ShardInfo(torch.Size((6, 4)), grp, True))
+    with ssd.active(ctx), pytest.raises(ValueError, match="several process groups"):
+        cpu_backend.proxsgd_step(ps, grads, [torch.zeros_like(p) for p in ps], lr=0.1, c=1.0, reg=reg)
     assert all(bool((p == 0).all()) for p in ps)  # nothing was stepped

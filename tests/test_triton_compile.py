@@ -1,6 +1,6 @@
 """The Triton step kernel compiles for sm_90 and sm_80 (no GPU needed: Triton bundles ptxas).
 
-Runs :mod:`structsparse.triton_kernels.aot_check` in a subprocess without ``TRITON_INTERPRET``,
+Runs ``.ci/triton_aot_check.py`` in a subprocess without ``TRITON_INTERPRET``,
 so that the compiled-mode triton of that process is independent of this one's.
 """
 
@@ -23,7 +23,7 @@ def test_step_kernel_compiles_for_gpu():
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     r = subprocess.run(
-        [sys.executable, "-m", "structsparse.triton_kernels.aot_check", "--quick", "--arch", "90", "80"],
+        [sys.executable, str(ROOT / ".ci" / "triton_aot_check.py"), "--quick", "--arch", "90", "80"],
         env=env,
         capture_output=True,
         text=True,

@@ -16,6 +16,22 @@ import torch
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 
+
+def _register_triton_cuda_ops() -> None:
+    """Register the Triton kernels as the CUDA kernels of the step ops that have no compiled one
+    (:func:`.triton.register_cuda_ops`), once, when the backends are first imported; the result is
+    recorded in ``ops.TRITON_CUDA_OPS`` / ``ops.TRITON_CUDA_SKIPPED``."""
+    from .. import ops
+
+    if not ops.loaded()[0]:
+        return  # ops.TRITON_CUDA_SKIPPED already holds the extension's load error
+    from .triton import register_cuda_ops
+
+    ops.TRITON_CUDA_OPS, ops.TRITON_CUDA_SKIPPED = register_cuda_ops()
+
+
+_register_triton_cuda_ops()
+
 _warned: set[str] = set()
 
 
@@ -31,9 +47,8 @@ _loaded: dict[tuple[str, str | None], ModuleType] = {}
 def _load(name: str, op: str | None = None) -> tuple[ModuleType | None, str]:
     """Import backend module ``name``; return (module or None, reason it is unavailable). ``op``:
     the step op to run (``"rmda_step"``, ...), for backends whose kernels are available per op.
-    An available (module, op) is cached, so a step traced by ``torch.compile`` finds it without
-    calling importlib; an unavailable one is asked again (its availability can depend on the
-    environment)."""
+    An available module is cached, so a step traced by ``torch.compile`` finds it without calling
+    importlib; an unavailable one is asked again (its availability can depend on the environment)."""
     mod = _loaded.get((name, op))
     if mod is not None:
         return mod, ""
@@ -49,7 +64,8 @@ def _load(name: str, op: str | None = None) -> tuple[ModuleType | None, str]:
 
 
 def preload(name: str, device: torch.device, op: str | None = None) -> None:
-    """Import the modules :func:`resolve` may pick for ``device`` (never raises or warns)."""
+    """Import the modules :func:`resolve` may pick for ``device`` and ``op`` (never raises or
+    warns)."""
     if name == "auto":
         for cand in _auto_candidates(device):
             _load(cand, op)

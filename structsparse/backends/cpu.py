@@ -6,7 +6,8 @@ Same signatures as :mod:`.reference`. What the kernels do:
   ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP
   (the exact solves of the last three: solve_rows.h ``row_exact_sgl``/``row_exact_gmcp``, the
   reference's rules, docs/solvers.md);
-- **NuclearNorm delegates to the reference backend** for its bucket (its prox needs an SVD);
+- **NuclearNorm is declined** (:func:`supports`; its prox needs an SVD): the optimizers step its
+  buckets on the reference backend;
 - the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after
   ≥ 2 iterations, or ``max_iters``; Q in float64 for every dtype; a group worse than its warm
   start gets the warm start back);
@@ -27,8 +28,8 @@ Same signatures as :mod:`.reference`. What the kernels do:
   two phases (state update + per-group partial sums; one all-reduce of ``G`` float64 per bucket;
   the prox); the solver steps (RAMDA, ProxGen, ProxSSI) of such buckets are redistributed to
   whole-group owners (``distributed.owned_groups``: one all_to_all there, the plain kernels on
-  whole groups, one back — bitwise the single-process result); magnitude-scaled DessiLBI delegates
-  to the reference backend;
+  whole groups, one back — bitwise the single-process result); magnitude-scaled DessiLBI is
+  declined (the reference backend steps it);
 - multi-threaded with ``at::parallel_for`` (OpenMP, the extension is built with ``-fopenmp``) over
   tiles of whole groups whose size does not depend on the thread count, handed out dynamically:
   results are bit-identical for any ``torch.set_num_threads``;
@@ -54,8 +55,8 @@ import torch
 from torch import Tensor
 
 from .. import distributed, ops
-from ..regularizers import GroupLasso, GroupMCP, Regularizer, SparseGroupLasso
-from . import reference
+from ..regularizers import GroupLasso, Regularizer
+from .encoding import encode, unsupported
 
 #: FSDP2 shards (structsparse.distributed): tensors whose groups are whole on this rank run the
 #: kernels unchanged; RMDA/ProxSGD/DessiLBI buckets with split groups run in two phases around one
@@ -110,17 +111,36 @@ def _call(name: str, params: Sequence[Tensor], reg: Regularizer | None, views: l
     op(*args, split, weights, 2, sums)
 
 
+def supports(
+    algorithm: str,
+    reg: Regularizer | None,
+    *,
+    solver: str | None = None,
+    magnitude_scaling: bool = False,
+    device: torch.device | None = None,
+) -> bool:
+    """Whether this backend's kernels run a bucket of ``algorithm`` (``"rmda"``, ..., ``"dessilbi"``)
+    with ``reg``: ``solver`` is the subproblem solver the step runs (``"exact"`` for ProxSSI),
+    ``device`` the bucket's. The optimizers step the others on the reference backend.
+
+    Declined: NuclearNorm (an SVD); the exact SparseGroupLasso/GroupMCP/MCP solves on CUDA (the
+    CUDA kernels solve group LASSO only); DessiLBI with magnitude scaling (its β needs the whole
+    tensor's support counts first) or with a regularizer other than L1/GroupLasso."""
+    enc = encode(reg)
+    if enc is None:
+        return False
+    if algorithm == "dessilbi":
+        return not magnitude_scaling and enc[0] in ("none", "group_lasso")
+    exact = algorithm == "proxssi" or (algorithm in ("ramda", "proxgen") and solver == "exact")
+    if exact and enc[0] in ("sparse_group_lasso", "group_mcp"):
+        return device is None or device.type == "cpu"
+    return True
+
+
 def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
-    """(kind, [lam, lam2, omega]) for the op, or None when the bucket goes to the reference."""
-    if reg is None:
-        return "none", [0.0, 0.0, 1.0]
-    if isinstance(reg, GroupLasso):  # also L1
-        return "group_lasso", [reg.lam, 0.0, 1.0]
-    if isinstance(reg, SparseGroupLasso):
-        return "sparse_group_lasso", [reg.lam_l1, reg.lam_group, 1.0]
-    if isinstance(reg, GroupMCP):  # also MCP
-        return "group_mcp", [reg.lam, 0.0, reg.omega]
-    return None  # NuclearNorm (SVD) and unknown regularizers
+    """(kind, [lam, lam2, omega]) for the op (:func:`.encoding.encode`), or None when the bucket
+    goes to the reference."""
+    return encode(reg)
 
 
 def _solve_args(
@@ -153,9 +173,7 @@ def _flat(views: Sequence[Sequence[int]]) -> list[int]:
 def rmda_step(params, grads, anchors, grad_sums, *, steps, alphas, lr, c, reg) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.rmda_step(
-            params, grads, anchors, grad_sums, steps=steps, alphas=alphas, lr=lr, c=c, reg=reg
-        )
+        raise unsupported("cpu", "rmda", reg)
     views = _views(params, reg)
     _call(
         "rmda_step",
@@ -195,22 +213,7 @@ def ramda_step(
 ) -> None:
     ra = _solve_args(params, reg, solver == "exact")
     if ra is None:
-        return reference.ramda_step(
-            params,
-            grads,
-            anchors,
-            grad_sums,
-            sq_grad_sums,
-            steps=steps,
-            alphas=alphas,
-            lr=lr,
-            c=c,
-            eps=eps,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-        )
+        raise unsupported("cpu", "ramda", reg)
     lists = [params, grads, anchors, grad_sums, sq_grad_sums]
     with distributed.owned_groups(reg, lists, written=(0, 3, 4)) as (ls, views):
         torch.ops.structsparse.ramda_step(
@@ -232,7 +235,7 @@ def ramda_step(
 def proxsgd_step(params, grads, momentum_buffers, *, lr, c, reg) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
+        raise unsupported("cpu", "proxsgd", reg)
     views = _views(params, reg)
     _call(
         "proxsgd_step",
@@ -269,22 +272,7 @@ def proxgen_step(
 ) -> None:
     ra = _solve_args(params, reg, solver == "exact")
     if ra is None:
-        return reference.proxgen_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps=steps,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-        )
+        raise unsupported("cpu", "proxgen", reg)
     with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
         ls,
         views,
@@ -311,19 +299,7 @@ def proxssi_step(
 ) -> None:
     ra = _solve_args(params, reg, True)
     if ra is None:
-        return reference.proxssi_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps=steps,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            reg=reg,
-        )
+        raise unsupported("cpu", "proxssi", reg)
     with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
         ls,
         views,
@@ -359,24 +335,10 @@ def dessilbi_step(
     scaling_floor=0.0,
 ) -> None:
     """DessiLBI (docs/math.md §6): one fused pass per tensor for L1 and GroupLasso on any grouping and for
-    unpaired tensors (``reg=None``). **magnitude_scaling=True delegates to the reference backend**
-    for the bucket (its β needs the whole tensor's support counts before the Z update)."""
+    unpaired tensors (``reg=None``). **magnitude_scaling=True is declined** (:func:`supports`; its β
+    needs the whole tensor's support counts before the Z update): the optimizers step it on reference."""
     if magnitude_scaling or not (reg is None or isinstance(reg, GroupLasso)):
-        return reference.dessilbi_step(
-            params,
-            grads,
-            momentum_buffers,
-            zs,
-            gammas,
-            lr=lr,
-            kappa=kappa,
-            nu=nu,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            reg=reg,
-            magnitude_scaling=magnitude_scaling,
-            scaling_floor=scaling_floor,
-        )
+        raise unsupported("cpu", "dessilbi", reg, " (or magnitude_scaling=True)" if magnitude_scaling else "")
     ra = _reg_args(reg)
     views = _views(params, reg)
     _call(

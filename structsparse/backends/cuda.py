@@ -1,9 +1,9 @@
 """CUDA backend: the CUDA kernels of ``structsparse._C`` (csrc/cuda), one launch per bucket.
 
 Same signatures as :mod:`.reference`. The ``torch.ops.structsparse.*`` ops dispatch on the
-tensors' device, so the step functions are those of :mod:`.cpu` (argument packing, and the
-delegation of NuclearNorm buckets — and of the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI)
-with SparseGroupLasso, GroupMCP or MCP — to the reference backend); this module only adds the
+tensors' device, so the step functions and :func:`supports` are those of :mod:`.cpu` (argument
+packing; NuclearNorm buckets and the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) with
+SparseGroupLasso, GroupMCP or MCP on CUDA are declined, and stepped on reference); this module only adds the
 availability check, decided per op: a build that lacks one op's CUDA kernel still runs the others,
 and ``backend="auto"`` then picks Triton for that op alone. What the kernels do:
 
@@ -53,8 +53,8 @@ _NO_CUDA_BUILD = (
 
 def compiled_cuda_ops() -> tuple[str, ...]:
     """The ops of :data:`structsparse.ops.CUDA_OPS` (the step ops) with a compiled CUDA kernel in
-    the loaded extension. The Triton kernels that :mod:`structsparse.ops` registers under the CUDA
-    key for ops without a compiled kernel do not count: those are ``backend="triton"``."""
+    the loaded extension. The Triton kernels that :mod:`structsparse.backends` registers under the
+    CUDA key for ops without a compiled kernel do not count: those are ``backend="triton"``."""
     if not ops.loaded()[0]:
         return ()
     return tuple(
@@ -115,3 +115,5 @@ proxsgd_step = _per_op("proxsgd_step")
 proxgen_step = _per_op("proxgen_step")
 proxssi_step = _per_op("proxssi_step")
 dessilbi_step = _per_op("dessilbi_step")
+#: what the kernels run (the CUDA kernels share the cpu step functions and their limits)
+supports = cpu.supports

@@ -21,9 +21,10 @@ unless the threshold exceeds ~6e-8 of the norm. Parameters of any rank may be st
 offsets are computed from the strides); a parameter or state tensor that may hold two elements at
 one memory location (expanded, overlapping as_strided) is refused with a ValueError.
 
-Delegated to :mod:`.reference` (documented): :class:`~structsparse.NuclearNorm` (needs an SVD),
-the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) of SparseGroupLasso, GroupMCP and MCP, and
-any regularizer class this module does not know.
+Declined by :func:`supports` (the optimizers step those buckets on :mod:`.reference`):
+:class:`~structsparse.NuclearNorm` (needs an SVD), the exact solves (RAMDA/ProxGen ``"exact"``,
+ProxSSI) of SparseGroupLasso, GroupMCP and MCP, and any regularizer class this module does not
+know.
 
 ``dessilbi_step`` (docs/math.md §6) runs L1 and GroupLasso (any grouping), with and without the
 magnitude-scaling option, in the kernels of ``triton_kernels/lbi_step.py``.
@@ -43,8 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regularizers import GroupLasso, GroupMCP, Regularizer, SparseGroupLasso
-from . import reference
+from ..regularizers import GroupLasso, Regularizer
+from .encoding import REG_KINDS, encode, unsupported
 from .reference import NEWTON_MAX_ITERS, NEWTON_ULPS
 
 _kernels: ModuleType | None = None
@@ -75,17 +76,46 @@ def available(op: str | None = None) -> tuple[bool, str]:
 # -- regularizer → kernel code and scalars ----------------------------------------------------
 
 
+def _kernel_reg(kind: str, reg_params: list[float]) -> dict[str, Any]:
+    """The Triton kernels' regularizer code and scalars from the encoding of
+    :mod:`.encoding` (``kind``, ``[lam, lam2, omega]``)."""
+    lam, lam2, omega = (float(x) for x in reg_params)
+    code = REG_KINDS.index(kind)
+    if code == 0:
+        return {"reg_code": 0}
+    if code == 1:
+        return {"reg_code": 1, "lam": lam}
+    if code == 2:  # lam = λ1 (elementwise), lam2 = λ2 (group)
+        return {"reg_code": 2, "lam": lam2, "lam1": lam}
+    return {"reg_code": 3, "lam": lam, "omega": omega}
+
+
+def supports(
+    algorithm: str,
+    reg: Regularizer | None,
+    *,
+    solver: str | None = None,
+    magnitude_scaling: bool = False,
+    device: torch.device | None = None,
+) -> bool:
+    """Whether the Triton kernels run a bucket of ``algorithm`` with ``reg`` (see
+    :func:`structsparse.backends.cpu.supports` for the arguments); the optimizers step the others
+    on the reference backend. Declined: NuclearNorm, the exact SparseGroupLasso/GroupMCP/MCP solves
+    (the kernels' exact solve is group LASSO's), DessiLBI with a regularizer other than
+    L1/GroupLasso."""
+    if algorithm == "dessilbi":
+        return reg is None or isinstance(reg, GroupLasso)
+    enc = encode(reg)
+    if enc is None:
+        return False
+    exact = algorithm == "proxssi" or (algorithm in ("ramda", "proxgen") and solver == "exact")
+    return not (exact and enc[0] in ("sparse_group_lasso", "group_mcp"))
+
+
 def _reg_args(reg: Regularizer | None) -> dict[str, Any] | None:
     """Kernel code and scalars of ``reg``; None when this backend delegates it to reference."""
-    if reg is None:
-        return {"reg_code": 0}
-    if type(reg) in (GroupLasso,) or isinstance(reg, GroupLasso):
-        return {"reg_code": 1, "lam": reg.lam}
-    if isinstance(reg, SparseGroupLasso):
-        return {"reg_code": 2, "lam": reg.lam_group, "lam1": reg.lam_l1}
-    if isinstance(reg, GroupMCP):
-        return {"reg_code": 3, "lam": reg.lam, "omega": reg.omega}
-    return None
+    enc = encode(reg)
+    return None if enc is None else _kernel_reg(*enc)
 
 
 def _solve_args(reg: Regularizer | None, exact: bool) -> dict[str, Any] | None:
@@ -136,9 +166,7 @@ def rmda_step(
 ) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.rmda_step(
-            params, grads, anchors, grad_sums, steps=steps, alphas=alphas, lr=lr, c=c, reg=reg
-        )
+        raise unsupported("triton", "rmda", reg)
     _rmda(params, grads, anchors, grad_sums, _views(reg, params), steps, alphas, lr, c, ra)
 
 
@@ -177,22 +205,7 @@ def ramda_step(
 ) -> None:
     ra = _solve_args(reg, solver == "exact")
     if ra is None:
-        return reference.ramda_step(
-            params,
-            grads,
-            anchors,
-            grad_sums,
-            sq_grad_sums,
-            steps=steps,
-            alphas=alphas,
-            lr=lr,
-            c=c,
-            eps=eps,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-        )
+        raise unsupported("triton", "ramda", reg)
     _ramda(
         params,
         grads,
@@ -235,7 +248,7 @@ def proxsgd_step(
 ) -> None:
     ra = _reg_args(reg)
     if ra is None:
-        return reference.proxsgd_step(params, grads, momentum_buffers, lr=lr, c=c, reg=reg)
+        raise unsupported("triton", "proxsgd", reg)
     kernels().proxsgd(
         list(params), list(grads), list(momentum_buffers), _views(reg, params), lr=lr, c=c, **ra
     )
@@ -261,18 +274,7 @@ def proxgen_step(
     ra = _solve_args(reg, solver == "exact")
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
-        return reference.proxgen_step(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps=steps,
-            reg=reg,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-            **kw,
-        )
+        raise unsupported("triton", "proxgen", reg)
     kw.update(solver=solver, max_iters=max_iters, rtol=rtol)
     _proxgen(params, grads, exp_avgs, exp_avg_sqs, _views(reg, params), steps, kw, ra)
 
@@ -309,7 +311,7 @@ def proxssi_step(
     ra = _solve_args(reg, True)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
-        return reference.proxssi_step(params, grads, exp_avgs, exp_avg_sqs, steps=steps, reg=reg, **kw)
+        raise unsupported("triton", "proxssi", reg)
     _proxssi(params, grads, exp_avgs, exp_avg_sqs, _views(reg, params), steps, kw, ra)
 
 
@@ -353,21 +355,7 @@ def dessilbi_step(
     if not paired and (len(zs) or len(gammas)):
         raise ValueError("dessilbi_step: zs and gammas must be empty when reg is None")
     if paired and not isinstance(reg, GroupLasso):
-        return reference.dessilbi_step(
-            params,
-            grads,
-            momentum_buffers,
-            zs,
-            gammas,
-            lr=lr,
-            kappa=kappa,
-            nu=nu,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            reg=reg,
-            magnitude_scaling=magnitude_scaling,
-            scaling_floor=scaling_floor,
-        )
+        raise unsupported("triton", "dessilbi", reg)
     if not len(params):
         return
     kernels().dessilbi(
@@ -400,23 +388,14 @@ def dessilbi_step(
 # the same launch wrappers as the step functions above; they also run on CPU tensors under
 # TRITON_INTERPRET=1, which is how they are tested without a GPU.
 
-_OP_REGS = ("none", "group_lasso", "sparse_group_lasso", "group_mcp")
-
 
 def _op_reg_args(op: str, reg: str, reg_params: Sequence[float]) -> dict[str, Any]:
     """Kernel code and scalars from an op's ``reg`` and ``reg_params = [lam, lam2, omega]``."""
-    if reg not in _OP_REGS:
-        raise ValueError(f"structsparse::{op}: reg must be one of {_OP_REGS}, got {reg!r}")
+    if reg not in REG_KINDS:
+        raise ValueError(f"structsparse::{op}: reg must be one of {REG_KINDS}, got {reg!r}")
     if len(reg_params) != 3:
         raise ValueError(f"structsparse::{op}: reg_params must be [lam, lam2, omega], got {list(reg_params)}")
-    lam, lam2, omega = (float(x) for x in reg_params)
-    if reg == "none":
-        return {"reg_code": 0}
-    if reg == "group_lasso":
-        return {"reg_code": 1, "lam": lam}
-    if reg == "sparse_group_lasso":  # lam = λ1 (elementwise), lam2 = λ2 (group)
-        return {"reg_code": 2, "lam": lam2, "lam1": lam}
-    return {"reg_code": 3, "lam": lam, "omega": omega}
+    return _kernel_reg(reg, list(reg_params))
 
 
 def _op_views(op: str, views: Sequence[int], params: Sequence[Tensor]) -> list[tuple[int, int, int]]:

@@ -6,7 +6,6 @@ from typing import Any
 import torch
 
 from .._optimizer import StructuredOptimizer, check_number
-from ..backends import reference
 from ..regularizers import GroupLasso
 from ..structure import StructureMixin
 
@@ -152,14 +151,7 @@ class DessiLBI(StructureMixin, StructuredOptimizer):
                     "DessiLBI: a parameter with Z/Γ state is in a group without regularizer; "
                     "regularizers cannot be removed from a group during training"
                 )
-        step_fn = getattr(backend, "dessilbi_step", None)
-        if step_fn is None:
-            if group["backend"] != "auto":
-                raise RuntimeError(
-                    f"backend={group['backend']!r} has no DessiLBI kernel; use backend='reference' or 'auto'"
-                )
-            step_fn = reference.dessilbi_step  # auto: a fused backend without DessiLBI yet
-        step_fn(
+        backend.dessilbi_step(
             params,
             grads,
             [st["momentum_buffer"] for st in states],

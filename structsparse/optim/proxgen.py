@@ -3,12 +3,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver, resolve_solver
-from ..structure import StructureMixin
-from ._adam import check_adam_group
+from .._optimizer import check_int, check_number, check_solver, resolve_solver
+from ._adam import AdamBased
 
 
-class ProxGen(StructureMixin, StructuredOptimizer):
+class ProxGen(AdamBased):
     r"""ProxGen (Yun et al. 2021) with an AdamW base and a preconditioned proximal subproblem.
 
     .. code-block:: text
@@ -28,8 +27,6 @@ class ProxGen(StructureMixin, StructuredOptimizer):
     """
 
     algorithm = "proxgen"
-    tensor_state = ("exp_avg", "exp_avg_sq")
-    scalar_state = ("step",)
 
     def __init__(
         self,
@@ -50,49 +47,37 @@ class ProxGen(StructureMixin, StructuredOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas) if isinstance(betas, list) else betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            solver=solver,
-            max_iters=max_iters,
-            rtol=rtol,
-            regularizer=regularizer,
-        )
         super().__init__(
             params,
-            defaults,
-            backend=backend,
-            skip_nonfinite=skip_nonfinite,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            regularizer,
+            dict(solver=solver, max_iters=max_iters, rtol=rtol),
+            dict(
+                backend=backend,
+                skip_nonfinite=skip_nonfinite,
+                maximize=maximize,
+                foreach=foreach,
+                capturable=capturable,
+                differentiable=differentiable,
+            ),
         )
 
     def validate_group(self, group: dict[str, Any]) -> None:
-        check_adam_group(group)
+        super().validate_group(group)
         check_solver(group["solver"])
         check_int("max_iters", group["max_iters"], 1)
         check_number("rtol", group["rtol"], low=0.0)
 
     def step_bucket(self, backend, group, params, grads, states) -> None:
-        for st in states:
-            st["step"] += 1
-        beta1, beta2 = group["betas"]
         backend.proxgen_step(
             params,
             grads,
             [st["exp_avg"] for st in states],
             [st["exp_avg_sq"] for st in states],
-            steps=[st["step"] for st in states],
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            reg=group["regularizer"],
+            **self.advance(group, states),
             solver=resolve_solver(group["solver"], group["regularizer"]),
             max_iters=int(group["max_iters"]),
             rtol=float(group["rtol"]),

@@ -3,12 +3,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._optimizer import StructuredOptimizer
-from ..structure import StructureMixin
-from ._adam import check_adam_group
+from ._adam import AdamBased
 
 
-class ProxSSI(StructureMixin, StructuredOptimizer):
+class ProxSSI(AdamBased):
     r"""ProxSSI (Deleu & Bengio 2021): an AdamW step followed by a preconditioned group prox.
 
     .. code-block:: text
@@ -28,8 +26,6 @@ class ProxSSI(StructureMixin, StructuredOptimizer):
     """
 
     algorithm = "proxssi"
-    tensor_state = ("exp_avg", "exp_avg_sq")
-    scalar_state = ("step",)
 
     def __init__(
         self,
@@ -47,44 +43,35 @@ class ProxSSI(StructureMixin, StructuredOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas) if isinstance(betas, list) else betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            regularizer=regularizer,
-        )
         super().__init__(
             params,
-            defaults,
-            backend=backend,
-            skip_nonfinite=skip_nonfinite,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            regularizer,
+            {},
+            dict(
+                backend=backend,
+                skip_nonfinite=skip_nonfinite,
+                maximize=maximize,
+                foreach=foreach,
+                capturable=capturable,
+                differentiable=differentiable,
+            ),
         )
-
-    def validate_group(self, group: dict[str, Any]) -> None:
-        check_adam_group(group)
 
     def needs_screenable_for(self, group: dict[str, Any]) -> bool:
         return True
 
+    def kernel_solver(self, group: dict[str, Any]) -> str | None:
+        return "exact"  # the prox is the exact solve
+
     def step_bucket(self, backend, group, params, grads, states) -> None:
-        for st in states:
-            st["step"] += 1
-        beta1, beta2 = group["betas"]
         backend.proxssi_step(
             params,
             grads,
             [st["exp_avg"] for st in states],
             [st["exp_avg_sq"] for st in states],
-            steps=[st["step"] for st in states],
-            lr=float(group["lr"]),
-            beta1=float(beta1),
-            beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            reg=group["regularizer"],
+            **self.advance(group, states),
         )

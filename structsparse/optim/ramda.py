@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from torch import Tensor
-
-from .._optimizer import StructuredOptimizer, check_int, check_number, check_solver, resolve_solver
-from ..structure import StructureMixin
+from .._optimizer import check_int, check_number, check_solver, resolve_solver
+from ._dual_averaging import DualAveraging
 
 
-class RAMDA(StructureMixin, StructuredOptimizer):
+class RAMDA(DualAveraging):
     r"""Regularized Adaptive Momentumized Dual Averaging (NeurIPS 2024).
 
     .. code-block:: text
@@ -39,8 +36,6 @@ class RAMDA(StructureMixin, StructuredOptimizer):
 
     algorithm = "ramda"
     tensor_state = ("anchor", "grad_sum", "sq_grad_sum")
-    scalar_state = ("step", "alpha")
-    dual_averaging = True
 
     def __init__(
         self,
@@ -81,32 +76,20 @@ class RAMDA(StructureMixin, StructuredOptimizer):
         )
 
     def validate_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"], low=0.0)
-        check_number("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
+        super().validate_group(group)
         check_number("eps", group["eps"], low=0.0, low_open=True)
         check_solver(group["solver"])
         check_int("max_iters", group["max_iters"], 1)
         check_number("rtol", group["rtol"], low=0.0)
 
-    def init_state(self, p: Tensor, state: dict[str, Any]) -> None:
-        super().init_state(p, state)
-        state["anchor"].copy_(p.detach())
-
     def step_bucket(self, backend, group, params, grads, states) -> None:
-        lr = float(group["lr"])
-        for st in states:
-            st["step"] += 1
-            st["alpha"] += lr * math.sqrt(st["step"])
         backend.ramda_step(
             params,
             grads,
             [st["anchor"] for st in states],
             [st["grad_sum"] for st in states],
             [st["sq_grad_sum"] for st in states],
-            steps=[st["step"] for st in states],
-            alphas=[st["alpha"] for st in states],
-            lr=lr,
-            c=1.0 - float(group["momentum"]),
+            **self.advance(group, states),
             eps=float(group["eps"]),
             reg=group["regularizer"],
             solver=resolve_solver(group["solver"], group["regularizer"]),

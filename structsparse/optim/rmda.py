@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from torch import Tensor
-
-from .._optimizer import StructuredOptimizer, check_number
-from ..structure import StructureMixin
+from ._dual_averaging import DualAveraging
 
 
-class RMDA(StructureMixin, StructuredOptimizer):
+class RMDA(DualAveraging):
     r"""Regularized Modernized Dual Averaging (Huang & Lee, ICLR 2022).
 
     .. code-block:: text
@@ -40,8 +36,6 @@ class RMDA(StructureMixin, StructuredOptimizer):
 
     algorithm = "rmda"
     tensor_state = ("anchor", "grad_sum")
-    scalar_state = ("step", "alpha")
-    dual_averaging = True
 
     def __init__(
         self,
@@ -69,27 +63,12 @@ class RMDA(StructureMixin, StructuredOptimizer):
             differentiable=differentiable,
         )
 
-    def validate_group(self, group: dict[str, Any]) -> None:
-        check_number("lr", group["lr"], low=0.0)
-        check_number("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
-
-    def init_state(self, p: Tensor, state: dict[str, Any]) -> None:
-        super().init_state(p, state)
-        state["anchor"].copy_(p.detach())
-
     def step_bucket(self, backend, group, params, grads, states) -> None:
-        lr = float(group["lr"])
-        for st in states:
-            st["step"] += 1
-            st["alpha"] += lr * math.sqrt(st["step"])
         backend.rmda_step(
             params,
             grads,
             [st["anchor"] for st in states],
             [st["grad_sum"] for st in states],
-            steps=[st["step"] for st in states],
-            alphas=[st["alpha"] for st in states],
-            lr=lr,
-            c=1.0 - float(group["momentum"]),
+            **self.advance(group, states),
             reg=group["regularizer"],
         )

@@ -1,12 +1,6 @@
-"""Sharded training: exact *global* group reductions under FSDP2 (and plain DDP).
-
-A split grouping (dim 0 among its norm dims) all-reduces per-group partial sums inside
-:func:`tensor_scope` (:func:`group_sum`, :func:`group_max`, :func:`reduce_groups`, :func:`batched`);
-aligned groupings communicate nothing; the fused solvers redistribute split buckets to whole-group
-owners (:func:`owned_groups`, :func:`owned_bucket`). Never an all-gather of parameters;
-:func:`comm_stats` counts calls and bytes. The layout, the communication per step, the backends'
-sharded paths and the measurements: docs/distributed.md.
-"""
+"""Sharded parameters: which FSDP2 layouts are stepped exactly, the local views of a bucket
+(:func:`sharded_bucket`), the redistribution of split groups to whole-group owners
+(:func:`owned_groups`, :func:`owned_bucket`) and the global metrics of sharded tensors."""
 
 from __future__ import annotations
 
@@ -15,11 +9,14 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from .comm import _all_reduce, _all_to_all
+from .hook import ReductionContext, ShardInfo, active, shard_info
 
 try:  # DTensor is public from torch 2.5
     from torch.distributed.tensor import DTensor, Shard
@@ -27,78 +24,7 @@ except ImportError:  # pragma: no cover
     DTensor = None  # type: ignore[assignment,misc]
     Shard = None  # type: ignore[assignment,misc]
 
-__all__ = [
-    "ShardInfo",
-    "is_sharded",
-    "check_param",
-    "sharded_bucket",
-    "tensor_scope",
-    "shard_info",
-    "all_reduce_sums",
-    "split_group",
-    "owned_groups",
-    "owned_bucket",
-    "release_buffers",
-    "global_shape",
-    "group_sum",
-    "group_max",
-    "tensor_sum",
-    "reduce_groups",
-    "batched",
-    "comm_stats",
-    "zero_groups",
-    "count_zeros",
-    "reset_comm_stats",
-    "init_from_env",
-    "shard_model",
-    "rank_slice",
-    "broadcast_buffers",
-]
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """How one local shard relates to its global tensor."""
-
-    global_shape: torch.Size
-    group: Any  # torch.distributed ProcessGroup
-    #: the grouping splits groups across ranks (partial sums must be all-reduced)
-    split: bool
-
-
-# id(local tensor) -> ShardInfo, for the bucket being stepped
-_scopes: dict[int, ShardInfo] = {}
-_current: ShardInfo | None = None
-# batched(): None, ("record", list) or ("replay", iterator)
-_mode: tuple[str, Any] | None = None
-
-_stats: dict[str, dict[str, int]] = {}
-
-
-# -- communication ---------------------------------------------------------------------------------
-def _all_reduce(t: Tensor, op: str, group: Any, purpose: str) -> Tensor:
-    """The one place collectives are issued (counted in :func:`comm_stats`)."""
-    st = _stats.setdefault(purpose, {"calls": 0, "bytes": 0})
-    st["calls"] += 1
-    st["bytes"] += t.numel() * t.element_size()
-    t = t.contiguous()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
-    return t
-
-
-def comm_stats() -> dict[str, dict[str, int]]:
-    """Collectives issued by structsparse since :func:`reset_comm_stats`, by purpose
-    (``"groups"``: group reductions of the steps; ``"finite"``: the non-finite check; ``"metrics"``)."""
-    return {k: dict(v) for k, v in _stats.items()}
-
-
-def reset_comm_stats() -> None:
-    _stats.clear()
-
-
-# -- parameters ------------------------------------------------------------------------------------
 def is_sharded(t: Any) -> bool:
     return DTensor is not None and isinstance(t, DTensor)
 
@@ -134,7 +60,7 @@ def _row_offset(p: Tensor) -> int:
 def zero_groups(w: Tensor, grouping: Any) -> Tensor:
     """Boolean ``[G]`` of the *global* tensor ``w`` (a dim-0 sharded DTensor): which groups are
     entirely zero. One all-reduce of ``G`` int32 (a collective: every rank must call it)."""
-    from .grouping import group_view
+    from ..grouping import group_view
 
     check_param(w, None, "metric")
     loc = w.to_local().detach()
@@ -185,14 +111,22 @@ def check_param(p: Tensor, reg: Any, where: str) -> None:
 
 @contextmanager
 def sharded_bucket(
-    reg: Any, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+    reg: Any,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    ctx: ReductionContext | None = None,
 ) -> Iterator[tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]]:
-    """Local views of a bucket for the backend, with a :func:`tensor_scope` registered per sharded
-    parameter. Scalar state (``step``, ``alpha``) advanced on the views is written back on exit.
-    A bucket without DTensors is yielded unchanged."""
+    """Local views of a bucket for the backend, each sharded parameter's shard registered in
+    ``ctx`` (the step's :class:`~structsparse.distributed.hook.ReductionContext`; a new one when
+    None), which is the active context of the reductions while inside. Scalar state (``step``,
+    ``alpha``) advanced on the views is written back on exit. A bucket without DTensors is yielded
+    unchanged (and ``ctx`` is not touched)."""
     if not any(is_sharded(p) for p in params):
         yield params, grads, states
         return
+    if ctx is None:
+        ctx = ReductionContext()
     lp, lg, ls = [], [], []
     for p, g, st in zip(params, grads, states):
         if not is_sharded(p):
@@ -208,9 +142,10 @@ def sharded_bucket(
         lp.append(loc)
         lg.append(g.to_local())
         ls.append({k: (v.to_local() if is_sharded(v) else v) for k, v in st.items()})
-        _scopes[id(loc)] = ShardInfo(p.shape, _group_of(p), splits_groups(reg, p.shape))
+        ctx.register(loc, ShardInfo(p.shape, _group_of(p), splits_groups(reg, p.shape)))
     try:
-        yield lp, lg, ls
+        with active(ctx):
+            yield lp, lg, ls
     finally:
         for st, lst in zip(states, ls):
             if lst is not st:
@@ -218,19 +153,7 @@ def sharded_bucket(
                     if not isinstance(v, Tensor):
                         st[k] = v
         for loc in lp:
-            _scopes.pop(id(loc), None)
-
-
-def shard_info(t: Tensor) -> ShardInfo | None:
-    """The :class:`ShardInfo` of a local shard of the bucket being stepped (registered by
-    :func:`sharded_bucket`); None for any other tensor."""
-    return _scopes.get(id(t))
-
-
-def all_reduce_sums(sums: Tensor, group: Any) -> Tensor:
-    """All-reduce (SUM) of a backend's per-group partial sums over ``group`` (counted under
-    ``"groups"`` in :func:`comm_stats`, like the reference backend's reductions)."""
-    return _all_reduce(sums, "sum", group, "groups")
+            ctx.unregister(loc)
 
 
 def split_group(infos: Sequence[ShardInfo | None]) -> Any:
@@ -243,16 +166,6 @@ def split_group(infos: Sequence[ShardInfo | None]) -> Any:
             "groups (or use backend='reference')"
         )
     return next(iter(groups.values()), None)
-
-
-def _all_to_all(send: Tensor, send_sizes: list[int], recv: Tensor, recv_sizes: list[int], group: Any) -> None:
-    """``all_to_all_single`` of byte buffers, counted in :func:`comm_stats` under
-    ``"redistribute"`` (bytes: what this rank sends to the *other* ranks)."""
-    me = dist.get_rank(group)
-    st = _stats.setdefault("redistribute", {"calls": 0, "bytes": 0})
-    st["calls"] += 1
-    st["bytes"] += sum(n for r, n in enumerate(send_sizes) if r != me)
-    dist.all_to_all_single(recv, send, recv_sizes, send_sizes, group=group)
 
 
 # communication and work buffers of owned_groups(), kept across steps (grown to the largest bucket):
@@ -496,18 +409,6 @@ def owned_bucket(
                 st[k] = v
 
 
-@contextmanager
-def tensor_scope(param: Tensor) -> Iterator[None]:
-    """Reductions inside refer to the groups of ``param`` (a local shard registered by
-    :func:`sharded_bucket`); a no-op for an unregistered tensor."""
-    global _current
-    prev, _current = _current, _scopes.get(id(param))
-    try:
-        yield
-    finally:
-        _current = prev
-
-
 def all_finite(grads: Sequence[Tensor], local_check: Callable[[list[Tensor]], bool]) -> bool:
     """``local_check`` on the local shards, agreed by every rank holding a sharded gradient."""
     ok = local_check([local(g) for g in grads])
@@ -516,158 +417,3 @@ def all_finite(grads: Sequence[Tensor], local_check: Callable[[list[Tensor]], bo
         flag = _all_reduce(torch.tensor([0.0 if ok else 1.0]), "max", grp, "finite")
         ok = bool(flag.item() == 0)
     return ok
-
-
-# -- the hook --------------------------------------------------------------------------------------
-def global_shape(shape: Sequence[int]) -> Sequence[int]:
-    """The global shape of the tensor in scope (``shape`` itself outside a scope)."""
-    return _current.global_shape if _current is not None else shape
-
-
-def reduce_groups(partial: Tensor, op: str = "sum", *, whole: bool = False) -> Tensor:
-    """Identity in a single process or for an aligned grouping; otherwise the all-reduce
-    (``op`` ``"sum"`` or ``"max"``) of per-group partials over the shard's process group.
-    ``whole=True``: ``partial`` reduces over *all* rows of the tensor (a layer-wise count, e.g.
-    DessiLBI's support sizes), so it is all-reduced for every sharded tensor, aligned or not."""
-    info = _current
-    if info is None or not (info.split or whole):
-        return partial
-    if _mode is not None:
-        kind, buf = _mode
-        if kind == "record":
-            buf.append((partial, op, info.group))
-            return partial
-        return next(buf)
-    return _all_reduce(partial, op, info.group, "groups")
-
-
-def group_sum(*t3s: Tensor, keepdim: bool = False) -> Any:
-    """Per-group sums over dims 0 and 2 of ``[A, G, B]`` views (global under sharding). Several
-    tensors are reduced in one collective; returns one tensor or a tuple.
-
-    float32/half inputs are accumulated (and all-reduced) in float64 and rounded once: the result
-    is then (almost always) the correctly rounded sum whatever the order, so a sharded run takes
-    the same screening/threshold/stopping decisions as the single-process one."""
-    dt = t3s[0].dtype
-    acc = torch.float64 if dt in (torch.float32, torch.float16, torch.bfloat16) else dt
-    sums = [t.sum(dim=(0, 2), keepdim=keepdim, dtype=acc) for t in t3s]
-    if len(sums) == 1:
-        return reduce_groups(sums[0]).to(dt)
-    stacked = reduce_groups(torch.stack(sums)).to(dt)
-    return tuple(stacked.unbind(0))
-
-
-def tensor_sum(t: Tensor) -> Tensor:
-    """Sum of all elements of ``t`` as a 1-element float64 tensor (exact for counts below 2⁵³),
-    global over the shards of the tensor in scope whatever its grouping."""
-    return reduce_groups(t.sum(dtype=torch.float64).reshape(1), whole=True)
-
-
-def group_max(t3: Tensor) -> Tensor:
-    """Per-group max over dims 0 and 2 (global under sharding); ``-inf`` for an empty local group."""
-    if t3.shape[0] * t3.shape[2] == 0:
-        m = t3.new_full((t3.shape[1],), -math.inf)
-    else:
-        m = t3.amax(dim=(0, 2))
-    return reduce_groups(m, "max")
-
-
-def batched(fn: Callable[[], T]) -> T:
-    """Run ``fn`` — a pure function (no side effects) whose reductions do not steer its control
-    flow, e.g. the prox of every tensor of a bucket — with all its group reductions in one
-    all-reduce per (op, process group): ``fn`` runs once recording its partial sums, they are
-    reduced together, and ``fn`` runs again consuming the reduced values. Outside sharding (or
-    with aligned groupings only) ``fn`` just runs once."""
-    global _mode
-    if not _scopes:
-        return fn()
-    rec: list[tuple[Tensor, str, Any]] = []
-    _mode = ("record", rec)
-    try:
-        first = fn()
-    finally:
-        _mode = None
-    if not rec:  # nothing to reduce (aligned groupings only): the first run is the result
-        return first
-    reduced: list[Tensor | None] = [None] * len(rec)
-    keys: dict[tuple[str, int, torch.dtype], list[int]] = {}
-    for i, (t, op, grp) in enumerate(rec):
-        keys.setdefault((op, id(grp), t.dtype), []).append(i)
-    for (op, _, _), idx in keys.items():
-        flat = _all_reduce(torch.cat([rec[i][0].reshape(-1) for i in idx]), op, rec[idx[0]][2], "groups")
-        for i, part in zip(idx, flat.split([rec[i][0].numel() for i in idx])):
-            reduced[i] = part.view_as(rec[i][0])
-    _mode = ("replay", iter(reduced))
-    try:
-        return fn()
-    finally:
-        _mode = None
-
-
-# -- data-parallel training helpers (examples/fsdp_train.py, ``structsparse train`` under torchrun) --
-def init_from_env(backend: str = "gloo") -> tuple[int, int]:
-    """``(rank, world size)``: of the default process group when one is initialized; else, when
-    launched by ``torchrun`` with ``WORLD_SIZE > 1``, initialize it from torchrun's environment
-    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) with ``backend``; else ``(0, 1)``."""
-    import os
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_available():  # pragma: no cover
-        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
-    dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def exit_process() -> NoReturn:
-    """End a data-parallel process that finished without error: a barrier (every rank done before
-    gloo is torn down), ``destroy_process_group``, then ``os._exit(0)`` without finalizing the
-    interpreter.
-
-    The gloo process group outlives ``destroy_process_group`` while FSDP2 modules and DTensors
-    still refer to it, and its worker thread may drop the last reference to a finished collective
-    (the barrier's work, which holds FSDP2's all-gathers) only after the main thread has reached
-    ``Py_Finalize``: the tensors' decref then takes the GIL from a finalizing interpreter, the
-    thread is cancelled and the process aborts ("terminate called without an active exception",
-    in a small fraction of runs). Files must be closed by the caller; stdout and stderr are
-    flushed here."""
-    import os
-    import sys
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def shard_model(model: torch.nn.Module, device_type: str = "cpu") -> Any:
-    """FSDP2 data parallelism over the default process group: ``fully_shard`` on every submodule
-    that owns parameters directly (a Linear, a Conv2d, a BatchNorm: one all-gather per layer), then
-    on the root. Every weight becomes a DTensor sharded on dim 0 (the layout this package steps
-    exactly). Returns the 1-D device mesh."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    for m in model.modules():
-        if m is not model and any(True for _ in m.parameters(recurse=False)):
-            fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return mesh
-
-
-def rank_slice(n: int, rank: int, world: int) -> slice:
-    """This rank's contiguous share ``[r·n//w, (r+1)·n//w)`` of ``n`` items (a global batch, a
-    validation set); the shares of all ranks partition ``range(n)`` and differ by at most 1."""
-    return slice(rank * n // world, (rank + 1) * n // world)
-
-
-def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
-    """Copy the buffers (BatchNorm running statistics: computed on each rank's slice of the batch)
-    from rank ``src`` to every rank, as DDP does, so every rank holds the same model."""
-    for b in model.buffers():
-        dist.broadcast(b.data, src=src)

@@ -1,6 +1,7 @@
 """Compile the step kernel's variants for a GPU architecture, without a GPU.
 
-``python -m structsparse.triton_kernels.aot_check [--arch 90 80] [--quick]`` runs Triton's full
+``python .ci/triton_aot_check.py [--arch 90 80] [--quick]`` (from the repository root, with
+structsparse importable) runs Triton's full
 pipeline (TTIR → TTGIR → LLVM IR → PTX → cubin with Triton's bundled ptxas) for every
 (algorithm, regularizer, solver, on-chip/two-phase) combination the launch wrappers can request,
 and exits non-zero on the first failure. The interpreter (``TRITON_INTERPRET=1``) checks the
@@ -20,7 +21,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import lbi_step, step
+from structsparse.triton_kernels import lbi_step, step
 
 _PTRS = ("ptab", "dims", "starts", "strd", "cnt")
 _INTS = ("T", "max_iters", "newton_max")
