@@ -533,9 +533,10 @@ class StructuredOptimizer(torch.optim.Optimizer):
         """The NaN/Inf check of step(): a gradient whose check was taken when backward produced it
         (``_record_check``) and which is the same tensor at the same version (not replaced, not
         modified in place since) is not read again; the others are read and their verdicts kept.
-        In a process group of several ranks every gradient is read (DDP reduces gradients after
-        the hook has run, without a version change) and the verdict is agreed across ranks."""
-        if distributed_world() > 1:
+        In a process group of several ranks, or with sharded (DTensor) gradients, every gradient is
+        read (DDP reduces gradients after the hook has run, without a version change; the hook
+        skips DTensors) and the verdict is agreed across ranks."""
+        if distributed_world() > 1 or any(distributed.is_sharded(g) for _, g in pairs):
             return self._all_finite([g for _, g in pairs])
         verdicts = self._grad_checks
         todo: list[tuple[Tensor, Tensor]] = []
