@@ -422,7 +422,8 @@ SS_FN void team_exact_sgl(Team& tm, const Reg<T>& reg, T a, const T* lin, const 
                           int64_t n) {
   const T t1 = a * reg.lam, thr = a * (reg.lam2 * reg.wg);
   if (thr == T(0)) {
-    for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = soft_threshold(subproblem_pz(P[i], w0[i], lin[i]), t1) / P[i];
+    for (int64_t i = tm.lane; i < n; i += tm.size)
+      x[i] = soft_threshold(subproblem_pz(P[i], w0[i], lin[i]), t1) / P[i];
     return;
   }
   T part = T(0), sy = T(0), sc = T(0), pm = T(0);
@@ -449,7 +450,8 @@ SS_FN void team_exact_gmcp(Team& tm, const Reg<T>& reg, T a, const T* lin, const
   const T thr = a * lam_g;
   if (thr == T(0) || n == 1) {
     for (int64_t i = tm.lane; i < n; i += tm.size)
-      x[i] = thr == T(0) ? w0[i] - lin[i] / P[i] : mcp_weighted(P[i], subproblem_pz(P[i], w0[i], lin[i]), a, lam_g, om_g);
+      x[i] = thr == T(0) ? w0[i] - lin[i] / P[i]
+                         : mcp_weighted(P[i], subproblem_pz(P[i], w0[i], lin[i]), a, lam_g, om_g);
     return;
   }
   const T c = a / om_g, smax = T(1) / c;
