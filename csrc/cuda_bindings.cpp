@@ -59,8 +59,6 @@ void set_solver(const char* op, Common& cm, c10::string_view solver, int64_t max
   TORCH_CHECK(max_iters >= 0, op, ": max_iters must be >= 0");
   cm.max_iters = max_iters;
   cm.rtol = rtol;
-  TORCH_CHECK(!(cm.exact && (cm.reg_kind == REG_SPARSE_GROUP_LASSO || cm.reg_kind == REG_GROUP_MCP)), op,
-              ": solver='exact' supports group_lasso only");
 }
 
 int dtype_code(at::ScalarType t) {
@@ -257,8 +255,6 @@ void proxssi_step(at::TensorList params, at::TensorList grads, at::TensorList ex
                   double weight_decay, c10::string_view reg, at::ArrayRef<double> reg_params) {
   Common cm;
   set_reg(cm, reg, reg_params);
-  TORCH_CHECK(cm.reg_kind == REG_NONE || cm.reg_kind == REG_GROUP_LASSO,
-              "proxssi_step: supports group_lasso (and L1) only");
   cm.exact = 1;
   adam_prox("proxssi_step", launch_proxssi_f32, launch_proxssi_f64, params, grads, exp_avgs, exp_avg_sqs, steps,
             views, lr, beta1, beta2, eps, weight_decay, cm);

@@ -409,8 +409,8 @@ def test_supports_declares_what_the_kernels_run():
         assert not sup("dessilbi", sgl)
     assert cpu_backend.supports("ramda", sgl, solver="exact", device=cpu_dev)
     assert cpu_backend.supports("proxssi", sgl, device=cpu_dev)
-    assert not cpu_backend.supports("ramda", sgl, solver="exact", device=cuda_dev)
-    assert not cpu_backend.supports("proxssi", sgl, device=cuda_dev)
+    assert cpu_backend.supports("ramda", sgl, solver="exact", device=cuda_dev)  # the CUDA kernels too
+    assert cpu_backend.supports("proxssi", sgl, device=cuda_dev)
     assert not cpu_backend.supports("dessilbi", gl, magnitude_scaling=True)
     assert triton_backend.supports("dessilbi", gl, magnitude_scaling=True)
     assert not triton_backend.supports("ramda", sgl, solver="exact")

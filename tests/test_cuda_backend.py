@@ -148,8 +148,7 @@ REG_CASES = [
     (algo, kind)
     for algo in ALGOS
     for kind in ("none", "l1", "sgl", "group_mcp", "mcp")
-    if not (algo in EXACT and kind in ("sgl", "group_mcp", "mcp"))
-    and not (algo == "dessilbi" and kind in ("sgl", "group_mcp", "mcp"))  # L1/GroupLasso only
+    if not (algo == "dessilbi" and kind in ("sgl", "group_mcp", "mcp"))  # L1/GroupLasso only
 ]
 
 
@@ -158,6 +157,14 @@ REG_CASES = [
 @pytest.mark.parametrize("algo,kind", REG_CASES)
 def test_regularizers(algo, kind, dtype):
     _case(algo, kind, "input", dtype)
+
+
+@gpu
+@pytest.mark.parametrize("algo", EXACT)
+@pytest.mark.parametrize("kind", ["sgl", "group_mcp"])
+def test_exact_solves_output_grouping(algo, kind):
+    """The exact SparseGroupLasso/GroupMCP solves on contiguous ("output") groups ("input" above)."""
+    _case(algo, kind, "output", torch.float32)
 
 
 @gpu

@@ -1,7 +1,7 @@
 """The CUDA kernels' logic, checked on the CPU (no GPU needed): tests/cuda_host/emulate.cu runs the
 kernels' own per-element and per-group code (csrc/cuda/kernels.cuh: state updates, closed-form
-group prox, screening, Newton, PG with the per-group stopping rule and the warm-start guard,
-mixing, dtype conversion) over a bucket planned by the kernels' ``plan_bucket``, with a one-lane
+group prox, screening, Newton, PG with the per-group stopping rule and the warm-start guard, the
+exact SparseGroupLasso/GroupMCP/MCP solves, mixing, dtype conversion) over a bucket planned by the kernels' ``plan_bucket``, with a one-lane
 team. Compared with the reference backend: parameters and all state, several steps with a
 restart, every algorithm × solver × regularizer (DessiLBI: L1, group LASSO and unpaired tensors),
 groupings hitting every path (elementwise, warp- and block-sized groups, groups above the on-chip
@@ -211,8 +211,7 @@ CASES = [
         ("group_mcp", "input"),
         ("mcp", "input"),
     ]
-    if not (ALGOS[case][1] == "exact" and kind in ("sgl", "group_mcp", "mcp"))
-    and (case != "dessilbi" or kind in DESSILBI_KINDS)
+    if case != "dessilbi" or kind in DESSILBI_KINDS
 ]
 
 
@@ -289,3 +288,150 @@ def test_emulated_newton_start_and_stop(emulator, tmp_path, lam, grouping, dtype
     assert set(out.split("paths")[1].split()) >= {"0", "1", "2", "3"}
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     newton_cases.assert_bisection(shapes, state, reg, lam, ws, tol, "cuda")
+
+
+# The exact SparseGroupLasso, GroupMCP and MCP solves of the CUDA kernels (kernels.cuh
+# team_exact_sgl / team_exact_gmcp, math.h mcp_weighted and gmcp_next) on crafted subproblems: one
+# RAMDA "exact" step from a set state (W0 = 0, zero gradient, c = 1: the parameter is the solution
+# of min ½Σ P(x − pz/P)² + a·ψ(x) with pz = −V), groups chosen to hit every branch — the screening
+# boundary from both sides, GroupMCP groups that are convex (min P ≥ a/ω_g) and nonconvex, and among
+# the latter all three candidates 0, X(s₁) and Z; MCP elements on both sides of P = a/ω with every
+# outcome of the firm and the hard threshold — on every path (strided "input" and contiguous
+# "output" groups; warp-, block-sized and larger groups; one element).
+EXACT_SHAPES = {
+    "input": [(6, 40), (40, 24, 3, 3), (1100, 14)],  # strided groups of 6 (warp), 360 (block), 1100
+    "output": [(30, 7), (24, 300), (10, 1100), (1, 1)],  # contiguous 7, 300, 1100 and one element
+}
+EXACT_RATIOS = [0.5, 1 - 1e-3, 1 + 1e-3, 1.2, 1.7, 3.0, 10.0, 100.0]  # ‖pz‖ (SGL: ‖u‖) / T
+A_EXACT = 0.7
+
+
+def _exact_state(kind, shape, reg, dtype, gen):
+    """(U, W0, V) in `dtype` and P (float64) with the group regimes above for one tensor."""
+    A, G, B = reg.view_shape(shape)
+    wg = reg.group_weight(shape)
+    if kind == "mcp":
+        lam, c = reg.lam, A_EXACT / reg.omega
+        thr = A_EXACT * lam
+    elif kind == "group_mcp":
+        lam, c = reg.lam * wg, A_EXACT / (reg.omega * wg)
+        thr = A_EXACT * lam
+    else:
+        c, thr = 1.0, A_EXACT * reg.lam_group * wg
+    # per group: P = c·e^U(lo, hi) with (lo, hi) convex (> c), mixed, or all below c
+    bands = torch.tensor([[0.05, 2.5], [-2.0, 2.0], [-2.5, -0.05]], dtype=torch.float64)
+    band = bands[torch.arange(G) % 3]
+    if kind == "mcp":  # one element per group: the band at random
+        band = bands[torch.randint(0, 3, (G,), generator=gen)]
+    t = torch.rand(A, G, B, generator=gen, dtype=torch.float64)
+    p3 = c * torch.exp(band[:, 0].view(1, G, 1) + t * (band[:, 1] - band[:, 0]).view(1, G, 1))
+    d = torch.randn(A, G, B, generator=gen, dtype=torch.float64)
+    ratio = torch.tensor(EXACT_RATIOS, dtype=torch.float64)[(torch.arange(G) // 3) % len(EXACT_RATIOS)]
+    if kind == "mcp":
+        ratio = torch.exp(torch.empty(G, dtype=torch.float64).uniform_(-1.5, 3.5, generator=gen))
+    if kind == "sgl":  # u = d scaled to ‖u‖ = ratio·T, a third of it 0 (|pz| < a·λ1)
+        t1 = A_EXACT * reg.lam_l1
+        d = torch.where(torch.rand(A, G, B, generator=gen, dtype=torch.float64) < 0.3, 0.0, d)
+        d = d * (ratio * thr / d.pow(2).sum((0, 2)).sqrt().clamp_min(1e-300)).view(1, G, 1)
+        frac = torch.rand(A, G, B, generator=gen, dtype=torch.float64)
+        pz3 = torch.where(d == 0, (2 * frac - 1) * 0.99 * t1, torch.sign(d) * (d.abs() + t1))
+    else:
+        pz3 = d * (ratio * thr / d.pow(2).sum((0, 2)).sqrt()).view(1, G, 1)
+    u = p3.pow(3).to(dtype)
+    v = (-pz3).to(dtype)
+    return u.reshape(shape), torch.zeros(shape, dtype=dtype), v.reshape(shape), p3
+
+
+def _exact_reg(kind, grouping):
+    return {
+        "sgl": lambda: ss.SparseGroupLasso(0.02, 0.05, grouping),
+        "group_mcp": lambda: ss.GroupMCP(0.05, 0.8, grouping),
+        "mcp": lambda: ss.MCP(0.05, 0.8),
+    }[kind]()
+
+
+def _exact_outcomes(kind, reg, shape, p3, v, x):
+    """The branches the reference solution `x` took, per group (float64 classification)."""
+    A, G, B = reg.view_shape(shape)
+    wg = reg.group_weight(shape)
+    x3 = x.double().reshape(A, G, B)
+    pz3 = -v.double().reshape(A, G, B)
+    z3 = pz3 / p3
+    zero = (x3 == 0).all(dim=(0, 2))
+    out = set()
+    if kind == "sgl":
+        thr = A_EXACT * reg.lam_group * wg
+        u = torch.sign(pz3) * (pz3.abs() - A_EXACT * reg.lam_l1).clamp_min(0)
+        un = u.pow(2).sum((0, 2)).sqrt()
+        near = (un / thr - 1).abs() < 2e-3
+        out |= {"boundary screened"} if (near & zero).any() else set()
+        out |= {"boundary kept"} if (near & ~zero).any() else set()
+        if ((x3 == 0) & ~zero.view(1, G, 1)).any():
+            out.add("l1 zeros in kept groups")
+        return out
+    if kind == "mcp":
+        c, lam, om = A_EXACT / reg.omega, reg.lam, reg.omega
+        p, xx, z = p3.flatten(), x3.flatten(), z3.flatten()
+        firm = p > c
+        out |= {"firm 0"} if (firm & (xx == 0)).any() else set()
+        at_z = (xx - z).abs() <= 1e-5 * z.abs()
+        out |= {"firm z"} if (firm & at_z & (z.abs() > om * lam)).any() else set()
+        out |= {"firm middle"} if (firm & (xx != 0) & ~at_z).any() else set()
+        out |= {"hard 0"} if (~firm & (xx == 0)).any() else set()
+        out |= {"hard z"} if (~firm & (xx != 0)).any() else set()
+        return out
+    c = A_EXACT / (reg.omega * wg)
+    convex = p3.amin((0, 2)) >= c
+    is_z = ((x3 - z3).abs() <= 1e-6 * z3.abs().amax((0, 2), keepdim=True)).all(dim=(0, 2))
+    for g in range(G):
+        kind_g = "convex" if convex[g] else "nonconvex"
+        what = "0" if zero[g] else ("Z" if is_z[g] else "X(s1)")
+        out.add(f"{kind_g} {what}")
+    return out
+
+
+EXACT_EXPECTED = {
+    "sgl": {"boundary screened", "boundary kept", "l1 zeros in kept groups"},
+    "mcp": {"firm 0", "firm z", "firm middle", "hard 0", "hard z"},
+    "group_mcp": {"convex 0", "convex X(s1)", "convex Z", "nonconvex 0", "nonconvex X(s1)", "nonconvex Z"},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["sgl", "group_mcp", "mcp"])
+def test_emulated_exact_branches(emulator, tmp_path, kind, dtype):
+    gen = torch.Generator().manual_seed(5)
+    covered, paths = set(), set()
+    groupings = ["input"] if kind == "mcp" else ["input", "output"]
+    for grouping in groupings:
+        reg = _exact_reg(kind, grouping)
+        shapes = EXACT_SHAPES[grouping]
+        st = [_exact_state(kind, s, reg, dtype, gen) for s in shapes]
+        us, w0s, vs = ([t[i] for t in st] for i in range(3))
+        n = len(shapes)
+        hp = dict(lr=0.1, c=1.0, eps=1e-12)
+        outs = {}
+        for who in ("cuda", "reference"):
+            ws = [torch.zeros(s, dtype=dtype) for s in shapes]
+            states = [[x.clone() for x in w0s], [x.clone() for x in vs], [x.clone() for x in us]]
+            grads = [torch.zeros_like(w) for w in ws]
+            if who == "cuda":
+                out = emulated_step(
+                    emulator, tmp_path, "ramda", "exact", hp, reg, ws, grads, states, 1, A_EXACT,
+                    (MAX_ITERS, RTOL),
+                )  # fmt: skip
+                paths.update(out.split("paths")[1].split())
+            else:
+                reference.ramda_step(
+                    ws, grads, *states, steps=[1] * n, alphas=[A_EXACT] * n, reg=reg, solver="exact",
+                    max_iters=MAX_ITERS, rtol=RTOL, **hp,
+                )  # fmt: skip
+            outs[who] = ws
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        for shape, x, y in zip(shapes, outs["cuda"], outs["reference"]):
+            assert _err(x, y) <= tol, (grouping, shape, f"max rel err {_err(x, y):.2e}")
+            assert torch.equal(x == 0, y == 0), (grouping, shape)
+        for shape, (_, _, v, p3), y in zip(shapes, st, outs["reference"]):
+            covered |= _exact_outcomes(kind, reg, shape, p3, v, y)
+    assert covered >= EXACT_EXPECTED[kind], EXACT_EXPECTED[kind] - covered
+    assert paths >= ({"0"} if kind == "mcp" else {"0", "1", "2", "3"}), paths

@@ -85,10 +85,17 @@ def _regs(alg):
         "l1": ss.L1(lam),
         "sgl": ss.SparseGroupLasso(lam / 4, lam, "input"),
         "gmcp": ss.GroupMCP(lam, 5.0, "output"),
+        "gmcp_input": ss.GroupMCP(lam, 0.5, "input"),
     }
 
 
-CASES = [(alg, r) for alg in OPTS for r in _regs(alg) if not (alg in EXACT_ONLY and r in ("sgl", "gmcp"))]
+# the exact solves (CUDA kernels: kernels.cuh team_exact) also on strided GroupMCP groups that are
+# all nonconvex (ω = 0.5: a/ω_g above the smallest P of every group), where the candidates 0, X(s)
+# and Z are compared. Elementwise MCP is in tests/test_cuda_backend.py: its hard threshold (P ≤ a/ω)
+# is discontinuous, and among these tensors' 685k float32 elements a few land within rounding of
+# it (one flipped element, the cpu backend against reference, ProxSSI with ω = 20).
+EXACT_EXTRA = ("gmcp_input",)
+CASES = [(alg, r) for alg in OPTS for r in _regs(alg) if r not in EXACT_EXTRA or alg in EXACT_ONLY]
 # (3, 3, 3, 3): small groups on chip; (64, 80, 5, 5): 'output' groups of 2000 on chip, 'input'
 # groups of 1600; (8, 600, 3, 3): 'output' groups of 5400 > ONCHIP_LIMIT take the two-phase path.
 SHAPES = [(3, 3, 3, 3), (64, 80, 5, 5), (8, 600, 3, 3)]

@@ -330,35 +330,6 @@ struct AdamProxOp {
 };
 
 // ---------------------------------------------------------------------------------------------
-// PATH_ELEM: one element (no regularizer, or one-element groups), by one thread
-// ---------------------------------------------------------------------------------------------
-template <typename T, typename Op>
-SS_FN void elem_step(const StepParams& p, const TensorDesc& d, const Op& op, int64_t k) {
-  const Reg<T> reg = make_reg<T>(p, d);
-  if constexpr (Op::kSolver) {
-    T lin, P, w0, x0, x, y;
-    op.load(d, k, lin, P, w0, x0);
-    if (reg.kind == REG_NONE) {
-      x = w0 - lin / P;
-    } else if (p.exact) {
-      group_newton<T>(T(double(op.a()) * p.lam * d.wg), &lin, &P, &w0, &x, 1);
-    } else {
-      group_pg<T>(reg, op.a(), &lin, &P, &w0, &x0, &x, &y, 1, p.max_iters, T(p.rtol));
-    }
-    op.store(d, k, x0, x);
-  } else {
-    const T z = op.load(d, k);
-    if (reg.kind == REG_NONE) {
-      op.store(d, k, z);
-      return;
-    }
-    const T tau = op.tau();
-    const T y = reg.kind == REG_SPARSE_GROUP_LASSO ? soft_threshold(z, tau * reg.lam) : z;
-    op.store(d, k, y * group_prox_scale(reg, tau, T(std::fabs(y))));
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Closed-form prox of one group by a team. buf: n elements (on chip) or nullptr (PATH_STREAM:
 // the second phase recomputes the prox input from the updated state).
 // ---------------------------------------------------------------------------------------------
@@ -395,21 +366,11 @@ SS_FN void closed_group(Team& tm, const StepParams& p, const TensorDesc& d, cons
 // barriers are needed beyond those inside the reductions)
 // ---------------------------------------------------------------------------------------------
 
-// Exact solve for group LASSO (math.h group_newton): screening, then Newton by math.h's rule.
+// Screening and Newton of the group-LASSO exact solve (math.h's rule) on a given vector pz (in x),
+// thr > 0: x ← pz_i·r/(P_i r + thr), 0 when screened. part, sy, sc, pm: the lane's partial sums of
+// pz², the start sums (newton_start_add) and its max of P. Shared by group LASSO and SGL.
 template <typename T, typename Team>
-SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T* x, int64_t n) {
-  if (thr == T(0)) {
-    for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = w0[i] - lin[i] / P[i];
-    return;
-  }
-  T part = T(0), sy = T(0), sc = T(0), pm = T(0);
-  for (int64_t i = tm.lane; i < n; i += tm.size) {
-    const T v = subproblem_pz(P[i], w0[i], lin[i]);
-    x[i] = v;
-    part += v * v;
-    newton_start_add(P[i], v, sy, sc);
-    pm = P[i] > pm ? P[i] : pm;
-  }
+SS_FN void team_newton_pz(Team& tm, T thr, const T* P, T* x, int64_t n, T part, T sy, T sc, T pm) {
   tm.sum3(part, sy, sc);
   const T pz_norm = std::sqrt(part);
   if (screened(pz_norm, thr)) {
@@ -434,6 +395,142 @@ SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T
     if (stop) break;
   }
   for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = newton_x(P[i], x[i], r, thr);
+}
+
+// Exact solve for group LASSO (math.h group_newton): screening, then Newton by math.h's rule.
+template <typename T, typename Team>
+SS_FN void team_newton(Team& tm, T thr, const T* lin, const T* P, const T* w0, T* x, int64_t n) {
+  if (thr == T(0)) {
+    for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = w0[i] - lin[i] / P[i];
+    return;
+  }
+  T part = T(0), sy = T(0), sc = T(0), pm = T(0);
+  for (int64_t i = tm.lane; i < n; i += tm.size) {
+    const T v = subproblem_pz(P[i], w0[i], lin[i]);
+    x[i] = v;
+    part += v * v;
+    newton_start_add(P[i], v, sy, sc);
+    pm = P[i] > pm ? P[i] : pm;
+  }
+  team_newton_pz(tm, thr, P, x, n, part, sy, sc, pm);
+}
+
+// Exact sparse-group-LASSO solve (the rule of csrc/cpu/solve_rows.h row_exact_sgl, docs/solvers.md):
+// u = soft(pz, a·λ1) elementwise, then group LASSO's screening and Newton on u with T = a·λ2·w_g.
+template <typename T, typename Team>
+SS_FN void team_exact_sgl(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, T* x,
+                          int64_t n) {
+  const T t1 = a * reg.lam, thr = a * (reg.lam2 * reg.wg);
+  if (thr == T(0)) {
+    for (int64_t i = tm.lane; i < n; i += tm.size)
+      x[i] = soft_threshold(subproblem_pz(P[i], w0[i], lin[i]), t1) / P[i];
+    return;
+  }
+  T part = T(0), sy = T(0), sc = T(0), pm = T(0);
+  for (int64_t i = tm.lane; i < n; i += tm.size) {
+    const T u = soft_threshold(subproblem_pz(P[i], w0[i], lin[i]), t1);
+    x[i] = u;
+    part += u * u;
+    newton_start_add(P[i], u, sy, sc);
+    pm = P[i] > pm ? P[i] : pm;
+  }
+  team_newton_pz(tm, thr, P, x, n, part, sy, sc, pm);
+}
+
+// Exact group-MCP solve (the rule of csrc/cpu/solve_rows.h row_exact_gmcp and reference.py
+// exact_group_mcp, docs/solvers.md): T = a·λ_g, c = a/ω_g, P' = P − c, Newton on s by math.h
+// gmcp_next (convex groups, min P ≥ c: K^(-1/2) − 1/T; the others: K − T²) from
+// s_L = (‖pz‖/T − 1)/max P'; convex groups take x(s) (0 when screened), the others the candidate
+// of least objective (double) among 0, x(s) and Z. One-element groups: math.h mcp_weighted.
+// Sums in double, as on the CPU; x holds pz until the result is written.
+template <typename T, typename Team>
+SS_FN void team_exact_gmcp(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, const T* w0, T* x,
+                           int64_t n) {
+  const T lam_g = reg.lam * reg.wg, om_g = reg.omega * reg.wg;
+  const T thr = a * lam_g;
+  if (thr == T(0) || n == 1) {
+    for (int64_t i = tm.lane; i < n; i += tm.size)
+      x[i] = thr == T(0) ? w0[i] - lin[i] / P[i]
+                         : mcp_weighted(P[i], subproblem_pz(P[i], w0[i], lin[i]), a, lam_g, om_g);
+    return;
+  }
+  const T c = a / om_g, smax = T(1) / c;
+  double k = 0.0, f0 = 0.0, unused = 0.0;
+  T pmx = T(0), pmn = Huge<T>::value;  // P > 0: neutral starts of the max and the min
+  for (int64_t i = tm.lane; i < n; i += tm.size) {
+    const T pz = subproblem_pz(P[i], w0[i], lin[i]);
+    x[i] = pz;
+    const double zd = double(pz);
+    k += zd * zd;
+    f0 += zd * (zd / double(P[i]));
+    pmx = P[i] > pmx ? P[i] : pmx;
+    pmn = P[i] < pmn ? P[i] : pmn;
+  }
+  tm.sum3(k, f0, unused);
+  f0 *= 0.5;
+  const T mx = tm.max(pmx), mn = -tm.max(-pmn);
+  const bool convex = mn >= c;
+  const T pzn = T(std::sqrt(k));
+  const T ppmax = mx - c;
+  T s = ppmax > T(0) ? (pzn / thr - T(1)) / ppmax : smax;
+  s = s < T(0) ? T(0) : (s > smax ? smax : s);
+  const bool kept = pzn > thr;
+  if (kept && s < smax) {
+    const T tol = T(NEWTON_ULPS) * Eps<T>::value;
+    for (int it = 0; it < NEWTON_MAX_ITERS; ++it) {
+      double k1 = 0.0, dk = 0.0, u3 = 0.0;
+      for (int64_t i = tm.lane; i < n; i += tm.size) {
+        const T pp = P[i] - c;
+        const T den = T(1) + pp * s;
+        const T q2 = x[i] * x[i] / (den * den);
+        k1 += double(q2);
+        dk += double(q2 * pp / den);
+      }
+      tm.sum3(k1, dk, u3);
+      bool going;
+      s = gmcp_next(s, k1, dk, double(thr), convex, tol, smax, going);
+      if (!going) break;
+    }
+  }
+  if (!kept) s = T(-1);  // screened: x(s) = 0
+  int choice = 0;        // 0: x(s); 1: Z; 2: 0
+  if (!convex) {
+    double g1 = 0.0, g2 = 0.0, g3 = 0.0;
+    for (int64_t i = tm.lane; i < n; i += tm.size) {
+      const T xk = s >= T(0) ? x[i] * s / (T(1) + (P[i] - c) * s) : T(0);
+      const double pd = double(P[i]), zd = double(x[i]) / pd, d = double(xk) - zd;
+      g1 += pd * d * d;
+      g2 += double(xk) * double(xk);
+      g3 += zd * zd;
+    }
+    tm.sum3(g1, g2, g3);
+    const double ad = double(a), lgd = double(lam_g), ogd = double(om_g);
+    const double fx = 0.5 * g1 + ad * mcp_value(std::sqrt(g2), lgd, ogd);
+    const double fz = ad * mcp_value(std::sqrt(g3), lgd, ogd);
+    const bool use_x = fx < f0;
+    const double best = use_x ? fx : f0;
+    choice = fz < best ? 1 : (use_x ? 0 : 2);
+  }
+  for (int64_t i = tm.lane; i < n; i += tm.size) {
+    const T pz = x[i];
+    x[i] = choice == 1 ? pz / P[i] : (choice == 2 || s < T(0) ? T(0) : pz * s / (T(1) + (P[i] - c) * s));
+  }
+}
+
+// The exact solve of one group by regularizer kind (solver="exact"; ProxSSI).
+template <typename T, typename Team>
+SS_FN void team_exact(Team& tm, const Reg<T>& reg, T a, double lam, double wg, const T* lin, const T* P,
+                      const T* w0, T* x, int64_t n) {
+  switch (reg.kind) {
+    case REG_SPARSE_GROUP_LASSO:
+      team_exact_sgl<T>(tm, reg, a, lin, P, w0, x, n);
+      return;
+    case REG_GROUP_MCP:
+      team_exact_gmcp<T>(tm, reg, a, lin, P, w0, x, n);
+      return;
+    default:
+      team_newton<T>(tm, T(double(a) * lam * wg), lin, P, w0, x, n);
+  }
 }
 
 // Subproblem objective Q(x) of one group, in double for every T (math.h group_objective).
@@ -499,6 +596,38 @@ SS_FN void team_pg(Team& tm, const Reg<T>& reg, T a, const T* lin, const T* P, c
     for (int64_t i = tm.lane; i < n; i += tm.size) x[i] = x0[i];
 }
 
+// ---------------------------------------------------------------------------------------------
+// PATH_ELEM: one element (no regularizer, or one-element groups), by one thread
+// ---------------------------------------------------------------------------------------------
+template <typename T, typename Op>
+SS_FN void elem_step(const StepParams& p, const TensorDesc& d, const Op& op, int64_t k) {
+  const Reg<T> reg = make_reg<T>(p, d);
+  if constexpr (Op::kSolver) {
+    T lin, P, w0, x0, x, y;
+    op.load(d, k, lin, P, w0, x0);
+    if (reg.kind == REG_NONE) {
+      x = w0 - lin / P;
+    } else if (p.exact && reg.kind == REG_GROUP_LASSO) {
+      group_newton<T>(T(double(op.a()) * p.lam * d.wg), &lin, &P, &w0, &x, 1);
+    } else if (p.exact) {  // SGL and MCP of one element: the team solves with one lane
+      HostTeam one;
+      team_exact<T>(one, reg, op.a(), p.lam, d.wg, &lin, &P, &w0, &x, 1);
+    } else {
+      group_pg<T>(reg, op.a(), &lin, &P, &w0, &x0, &x, &y, 1, p.max_iters, T(p.rtol));
+    }
+    op.store(d, k, x0, x);
+  } else {
+    const T z = op.load(d, k);
+    if (reg.kind == REG_NONE) {
+      op.store(d, k, z);
+      return;
+    }
+    const T tau = op.tau();
+    const T y = reg.kind == REG_SPARSE_GROUP_LASSO ? soft_threshold(z, tau * reg.lam) : z;
+    op.store(d, k, y * group_prox_scale(reg, tau, T(std::fabs(y))));
+  }
+}
+
 // Subproblem of one group by a team: state update into the arrays, solve, write back.
 // arr: SOLVER_ARRAYS·n elements laid out [lin | P | w0 | x0 | x] (shared or global memory).
 template <typename T, typename Op, typename Team>
@@ -513,7 +642,7 @@ SS_FN void solver_group(Team& tm, const StepParams& p, const TensorDesc& d, cons
   T* x = arr + 4 * stride;
   for (int64_t i = tm.lane; i < n; i += tm.size) op.load(d, elem_index(d, j, i), lin[i], P[i], w0[i], x0[i]);
   if (p.exact)
-    team_newton<T>(tm, T(double(op.a()) * p.lam * d.wg), lin, P, w0, x, n);
+    team_exact<T>(tm, reg, op.a(), p.lam, d.wg, lin, P, w0, x, n);
   else
     team_pg<T>(tm, reg, op.a(), lin, P, w0, x0, x, n, p.max_iters, T(p.rtol));
   for (int64_t i = tm.lane; i < n; i += tm.size) op.store(d, elem_index(d, j, i), x0[i], x[i]);

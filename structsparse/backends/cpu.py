@@ -123,17 +123,14 @@ def supports(
     with ``reg``: ``solver`` is the subproblem solver the step runs (``"exact"`` for ProxSSI),
     ``device`` the bucket's. The optimizers step the others on the reference backend.
 
-    Declined: NuclearNorm (an SVD); the exact SparseGroupLasso/GroupMCP/MCP solves on CUDA (the
-    CUDA kernels solve group LASSO only); DessiLBI with magnitude scaling (its β needs the whole
+    The same on CPU and CUDA (the CUDA kernels share these step functions and have every exact
+    solve). Declined: NuclearNorm (an SVD); DessiLBI with magnitude scaling (its β needs the whole
     tensor's support counts first) or with a regularizer other than L1/GroupLasso."""
     enc = encode(reg)
     if enc is None:
         return False
     if algorithm == "dessilbi":
         return not magnitude_scaling and enc[0] in ("none", "group_lasso")
-    exact = algorithm == "proxssi" or (algorithm in ("ramda", "proxgen") and solver == "exact")
-    if exact and enc[0] in ("sparse_group_lasso", "group_mcp"):
-        return device is None or device.type == "cpu"
     return True
 
 
@@ -141,19 +138,6 @@ def _reg_args(reg: Regularizer | None) -> tuple[str, list[float]] | None:
     """(kind, [lam, lam2, omega]) for the op (:func:`.encoding.encode`), or None when the bucket
     goes to the reference."""
     return encode(reg)
-
-
-def _solve_args(
-    params: Sequence[Tensor], reg: Regularizer | None, exact: bool
-) -> tuple[str, list[float]] | None:
-    """:func:`_reg_args` for a solver step: the exact SparseGroupLasso/GroupMCP/MCP solves run in
-    the C++ kernels; on other devices (the CUDA kernels, which share these step functions, solve
-    group LASSO only) such a bucket goes to the reference backend."""
-    ra = _reg_args(reg)
-    if ra is not None and exact and ra[0] in ("sparse_group_lasso", "group_mcp"):
-        if any(p.device.type != "cpu" for p in params):
-            return None
-    return ra
 
 
 def _views(params: Sequence[Tensor], reg: Regularizer | None) -> list[int]:
@@ -211,7 +195,7 @@ def ramda_step(
     max_iters,
     rtol,
 ) -> None:
-    ra = _solve_args(params, reg, solver == "exact")
+    ra = _reg_args(reg)
     if ra is None:
         raise unsupported("cpu", "ramda", reg)
     lists = [params, grads, anchors, grad_sums, sq_grad_sums]
@@ -270,7 +254,7 @@ def proxgen_step(
     max_iters,
     rtol,
 ) -> None:
-    ra = _solve_args(params, reg, solver == "exact")
+    ra = _reg_args(reg)
     if ra is None:
         raise unsupported("cpu", "proxgen", reg)
     with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (
@@ -297,7 +281,7 @@ def proxgen_step(
 def proxssi_step(
     params, grads, exp_avgs, exp_avg_sqs, *, steps, lr, beta1, beta2, eps, weight_decay, reg
 ) -> None:
-    ra = _solve_args(params, reg, True)
+    ra = _reg_args(reg)
     if ra is None:
         raise unsupported("cpu", "proxssi", reg)
     with distributed.owned_groups(reg, [params, grads, exp_avgs, exp_avg_sqs], written=(0, 2, 3)) as (

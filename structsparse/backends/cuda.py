@@ -2,16 +2,20 @@
 
 Same signatures as :mod:`.reference`. The ``torch.ops.structsparse.*`` ops dispatch on the
 tensors' device, so the step functions and :func:`supports` are those of :mod:`.cpu` (argument
-packing; NuclearNorm buckets and the exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) with
-SparseGroupLasso, GroupMCP or MCP on CUDA are declined, and stepped on reference); this module only adds the
+packing; NuclearNorm buckets are declined, and stepped on reference); this module only adds the
 availability check, decided per op: a build that lacks one op's CUDA kernel still runs the others,
 and ``backend="auto"`` then picks Triton for that op alone. What the kernels do:
 
-- RMDA, RAMDA (``"pg"``; ``"exact"`` for group LASSO), ProxSGD, ProxGen (likewise), ProxSSI with no
+- RMDA, RAMDA (``"pg"`` and ``"exact"``), ProxSGD, ProxGen (likewise), ProxSSI with no
   regularizer, GroupLasso on every grouping (the ``[A, G, B]`` view), L1, SparseGroupLasso,
   GroupMCP/MCP; DessiLBI with L1/GroupLasso and unpaired tensors (magnitude scaling delegates to
   the reference backend, as on CPU); fp32/fp64 parameters, and bf16/fp16 parameters with fp32
   state;
+- the exact solves follow the reference's and the CPU kernels' rules with the scalar math of
+  csrc/include/structsparse/math.h (docs/solvers.md): group LASSO/L1 by Newton, SparseGroupLasso
+  by group LASSO's screening and Newton on the soft-thresholded ``P⊙Z``, MCP by its closed form
+  (``mcp_weighted``), GroupMCP by Newton on ``s`` (``gmcp_next``) and, for nonconvex groups, the
+  least objective among 0, ``X(s)`` and ``Z``;
 - one launch per bucket (per math dtype): every tensor is cut into work items — elements
   (no regularizer, one-element groups), one group per warp (≤ 128 elements), one group per block
   (≤ 1024), or one group per block in two phases (larger groups; solvers keep the group's arrays in
