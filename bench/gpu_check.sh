@@ -2,7 +2,8 @@
 # The first thing to run on a machine with an NVIDIA GPU (docs/gpu.md): builds structsparse._C with
 # its CUDA kernels for the visible GPU, checks that every op has its CUDA kernel, runs the GPU
 # tests (tests/test_gpu.py: compiled Triton and CUDA kernels against the reference backend; then
-# tests/test_cuda_backend.py and tests/test_triton_ops.py), then bench/gpu_step_time.py for both
+# tests/test_cuda_backend.py and tests/test_triton_ops.py; then tests/test_backend_parity.py over
+# cuda and triton), then bench/gpu_step_time.py for both
 # backends. Each stage runs under its own time limit and within a total budget (GPU_CHECK_BUDGET,
 # default 450 s: under 8 minutes on one H100 with the build); a failed or timed-out stage is
 # recorded and the next one still runs.
@@ -65,6 +66,7 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs --durations=10)
 stage test_gpu 150 "${PYTEST[@]}" --junitxml="$OUT/test_gpu.xml" tests/test_gpu.py
 stage test_backends 120 "${PYTEST[@]}" --junitxml="$OUT/test_backends.xml" \
   tests/test_cuda_backend.py tests/test_triton_ops.py
+stage test_parity 120 "${PYTEST[@]}" --junitxml="$OUT/test_parity.xml" tests/test_backend_parity.py
 
 stage bench_cuda 60 "$PY" bench/gpu_step_time.py --backend cuda --sizes 1e7 1e8 1e9 --json "$OUT/gpu_step_time_cuda.json"
 stage bench_triton 60 "$PY" bench/gpu_step_time.py --backend triton --sizes 1e7 1e8 1e9 --json "$OUT/gpu_step_time_triton.json"

@@ -37,15 +37,17 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["
 
 CONV = [(6, 5, 3, 3), (4, 3, 1, 1)]  # conv weights for every grouping
 FLAT = [(7, 11), (13, 17), (1, 1), (2, 3), (0, 5)]  # linear and odd shapes, an empty tensor
-# on GPUs also groups past a warp (360 elements) and a block (1100, 1500) of the CUDA kernels
-GPU_SHAPES = [(40, 3, 3, 3), (1100, 2), (3, 1500)]
+# on GPUs also groups past a warp and past a block of the CUDA kernels ("input" groups of 360
+# and 1100 elements, rows of 1500)
+GPU_CONV = [(40, 3, 3, 3), (4, 300, 2, 2)]
+GPU_FLAT = [(1100, 2), (3, 1500)]
 BIAS = [(5,), (1,), (0,)]
 
 
 def _case(backend, algo, kind, grouping, dtype, shapes):
     dev = device_of(backend)
-    if dev != "cpu" and grouping in ("input", "output"):
-        shapes = shapes + GPU_SHAPES
+    if dev != "cpu":
+        shapes = shapes + (GPU_CONV if shapes is CONV else GPU_FLAT)
     reg = make_reg(kind, ALGOS[algo][2], grouping)
     weights = make_tensors(shapes, dtype, device=dev)
     biases = make_tensors(BIAS, dtype, seed=7, device=dev)

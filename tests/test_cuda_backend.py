@@ -1,7 +1,8 @@
 """backend="cuda" (csrc/cuda kernels) against backend="reference" on a GPU: parameters and every
-state tensor and scalar, several steps with a restart, every algorithm × solver × regularizer ×
-grouping, shapes hitting every kernel path (elementwise, warp-, block-sized and two-phase groups),
-many tensors in one bucket, non-contiguous parameters, low precision, run-to-run determinism.
+state tensor and scalar, several steps with a restart: the exact solves on contiguous groups,
+many tensors in one bucket, non-contiguous parameters, low precision, run-to-run determinism,
+per-op availability. Every algorithm × regularizer × grouping, with shapes hitting every kernel
+path (elementwise, warp-, block-sized and two-phase groups): tests/test_backend_parity.py.
 
 Skipped without a GPU or without the CUDA kernels in the extension (the kernels' per-group logic
 is checked without a GPU in tests/test_cuda_host_emulation.py)."""
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ALGOS, EXACT, PG, TOL, assert_same, make_reg, make_tensors, rel_err, run
 
-import structsparse as ss
 from structsparse.backends import cuda as cuda_backend
 
 
@@ -27,143 +28,32 @@ def test_available_reports_a_reason():
 OK, WHY = cuda_backend.available()
 gpu = pytest.mark.skipif(not OK, reason=f"CUDA backend not available: {WHY}")
 
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
-ALGOS = {
-    "rmda": (ss.RMDA, dict(lr=0.1, momentum=0.5), 0.3),
-    "ramda_pg": (ss.RAMDA, dict(lr=0.1, momentum=0.5, solver="pg"), 0.5),
-    "ramda_exact": (ss.RAMDA, dict(lr=0.1, momentum=0.5, solver="exact"), 0.5),
-    "proxsgd": (ss.ProxSGD, dict(lr=0.1, momentum=0.5), 0.5),
-    "proxgen_pg": (ss.ProxGen, dict(lr=0.05, weight_decay=0.01, solver="pg"), 1.0),
-    "proxgen_exact": (ss.ProxGen, dict(lr=0.05, weight_decay=0.01, solver="exact"), 1.0),
-    "proxssi": (ss.ProxSSI, dict(lr=0.05, weight_decay=0.01), 1.0),
-    "dessilbi": (ss.DessiLBI, dict(lr=0.2, kappa=2.0, nu=0.5, momentum=0.9, weight_decay=0.01), 0.3),
-}
-EXACT = ("ramda_exact", "proxgen_exact", "proxssi")
-PG = ("ramda_pg", "proxgen_pg")
-# "input" views: (6,5) → n=6 warp; (40,3,3,3) → n=360 block; (1100,2) → n=1100 two-phase;
-# "output" views: (3,1500) → n=1500 two-phase; (1,1) elementwise; (0,5) empty
 SHAPES = [(6, 5), (40, 3, 3, 3), (1100, 2), (3, 1500), (1, 1), (0, 5)]
 BIAS = [(5,), (1,), (0,)]
 
 
-def make_reg(kind: str, lam: float, grouping="input"):
-    return {
-        "none": lambda: None,
-        "group_lasso": lambda: ss.GroupLasso(lam, grouping),
-        "l1": lambda: ss.L1(lam / 4),
-        "sgl": lambda: ss.SparseGroupLasso(lam / 8, lam / 2, grouping),
-        "group_mcp": lambda: ss.GroupMCP(lam, 2.0, grouping),
-        "mcp": lambda: ss.MCP(lam / 4, 2.0),
-    }[kind]()
-
-
-def make_tensors(shapes, dtype, seed=0, channels_last=False):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for shape in shapes:
-        t = torch.randn(shape, generator=gen, dtype=torch.float64)
-        if t.dim() >= 2 and t.numel():
-            t = t * torch.exp(1.5 * torch.randn(shape[1], generator=gen, dtype=torch.float64)).view(
-                1, -1, *([1] * (t.dim() - 2))
-            )
-        t = t.to(dtype).cuda()
-        if channels_last and t.dim() == 4:
-            t = t.contiguous(memory_format=torch.channels_last)
-        out.append(t)
-    return out
-
-
-def run(algo, reg, weights, biases, backend, steps=6, restart_at=3, seed=1, **extra):
-    cls, kw, _ = ALGOS[algo]
-    force_rtol = extra.pop("force_rtol", None)
-    kw = {**kw, **extra}
-    ws = [torch.nn.Parameter(w.clone().as_strided(w.size(), w.stride())) for w in weights]
-    bs = [torch.nn.Parameter(b.clone()) for b in biases]
-    groups = [{"params": ws, "regularizer": reg}]
-    if bs:
-        groups.append({"params": bs, "regularizer": None})
-    opt = cls(groups, backend=backend, **kw)
-    if force_rtol is not None:  # below the public validation's range on purpose (see _case)
-        for g in opt.param_groups:
-            g["rtol"] = force_rtol
-    gen = torch.Generator().manual_seed(seed)
-    for k in range(steps):
-        for p in ws + bs:
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).cuda()
-            p.grad = torch.empty_like(p).copy_(0.3 * noise + p.detach())
-        opt.step()
-        if k + 1 == restart_at:
-            opt.restart()
-    return ws + bs, opt
-
-
 def _err(x, ref):
-    x, ref = x.double(), ref.double()
-    if ref.numel() == 0:
-        return 0.0
-    return (x - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
-
-
-def assert_same(a, b, tol):
-    (pa_list, oa), (pb_list, ob) = a, b
-    for pa, pb in zip(pa_list, pb_list):
-        assert pa.stride() == pb.stride()
-        assert _err(pa.detach(), pb.detach()) <= tol, "param"
-        sa, sb = oa.state[pa], ob.state[pb]
-        assert set(sa) == set(sb)
-        for k in sa:
-            if isinstance(sa[k], torch.Tensor):
-                assert sa[k].dtype == sb[k].dtype
-                assert _err(sa[k], sb[k]) <= tol, k
-            else:
-                assert sa[k] == pytest.approx(sb[k], rel=1e-15), k
+    return rel_err(x, ref)
 
 
 def _case(algo, kind, grouping, dtype, shapes=SHAPES, **kw):
     reg = make_reg(kind, ALGOS[algo][2], grouping)
-    weights = make_tensors(shapes, dtype, **kw)
-    biases = make_tensors(BIAS, dtype, seed=7)
+    weights = make_tensors(shapes, dtype, device="cuda", **kw)
+    biases = make_tensors(BIAS, dtype, seed=7, device="cuda")
     extra = {}
     if dtype == torch.float32 and algo in PG and kind != "none":
-        # float32 PG: iterates differing by ulps can move a group's stop by one iteration (see
-        # test_cuda_host_emulation.py); a fixed number of iterations (rtol = -1e30 never stops
-        # early) makes the comparison exact to 1e-5
-        extra = dict(max_iters=20, force_rtol=-1e30)
-    a = run(algo, reg, weights, biases, "cuda", **extra)
-    b = run(algo, reg, weights, biases, "reference", **extra)
-    assert_same(a, b, TOL[dtype])
+        extra = dict(max_iters=20, force_rtol=-1e30)  # see tests/test_backend_parity.py
+    a = run(algo, reg, weights, biases, "cuda", steps=6, restart_at=3, **extra)
+    b = run(algo, reg, weights, biases, "reference", steps=6, restart_at=3, **extra)
+    assert_same(*a, *b, TOL[dtype])
     return a
-
-
-@gpu
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("algo", list(ALGOS))
-@pytest.mark.parametrize("grouping", ["input", "output", "element", (0, 2, 3)])
-def test_group_lasso_groupings(algo, grouping, dtype):
-    shapes = SHAPES if grouping != (0, 2, 3) else [(40, 3, 3, 3), (4, 300, 2, 2)]
-    _case(algo, "group_lasso", grouping, dtype, shapes)
-
-
-REG_CASES = [
-    (algo, kind)
-    for algo in ALGOS
-    for kind in ("none", "l1", "sgl", "group_mcp", "mcp")
-    if not (algo == "dessilbi" and kind in ("sgl", "group_mcp", "mcp"))  # L1/GroupLasso only
-]
-
-
-@gpu
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("algo,kind", REG_CASES)
-def test_regularizers(algo, kind, dtype):
-    _case(algo, kind, "input", dtype)
 
 
 @gpu
 @pytest.mark.parametrize("algo", EXACT)
 @pytest.mark.parametrize("kind", ["sgl", "group_mcp"])
 def test_exact_solves_output_grouping(algo, kind):
-    """The exact SparseGroupLasso/GroupMCP solves on contiguous ("output") groups ("input" above)."""
+    """The exact SparseGroupLasso/GroupMCP solves on contiguous ("output") groups ("input" groups: tests/test_backend_parity.py)."""
     _case(algo, kind, "output", torch.float32)
 
 
@@ -188,7 +78,7 @@ def test_many_tensors_one_bucket(algo):
 @pytest.mark.parametrize("algo", ["rmda", "ramda_exact", "proxgen_exact", "proxssi", "dessilbi"])
 def test_low_precision(algo, dtype):
     reg = make_reg("group_lasso", ALGOS[algo][2])
-    weights = make_tensors(SHAPES, dtype)
+    weights = make_tensors(SHAPES, dtype, device="cuda")
     a = run(algo, reg, weights, [], "cuda")
     b = run(algo, reg, weights, [], "reference")
     ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
@@ -205,7 +95,7 @@ def test_low_precision(algo, dtype):
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_deterministic(algo):
     reg = make_reg("group_lasso", ALGOS[algo][2])
-    weights = make_tensors(SHAPES, torch.float32)
+    weights = make_tensors(SHAPES, torch.float32, device="cuda")
     a = run(algo, reg, weights, [], "cuda")
     b = run(algo, reg, weights, [], "cuda")
     for pa, pb in zip(a[0], b[0]):
