@@ -47,13 +47,13 @@ LOOPS = [
     ("kernels_impl.h", "exact_state_rows", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("kernels_impl.h", "exact_start_rows", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("kernels_impl.h", "ramda_state_chunk", "for (int64_t k = 0; k < n; ++k) {", 0),
-    # the cube roots (RAMDA double: the library's cbrt, scalar)
-    ("kernels_impl.h", "ramda_state_chunk", "for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg(", 1),
+    # the float cube roots (the double one, the library's cbrt, is a loop of its own: scalar)
+    ("kernels_impl.h", "ramda_state_chunk", "for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg(", 0),
     (
         "kernels_impl.h",
         "ramda_state_chunk",
         "for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg_unscaled(",
-        1,
+        0,
     ),
     ("kernels_impl.h", "newton_x_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "newton_start_row", "for (int64_t k = 0; k < n; ++k) {", 0),

@@ -423,10 +423,13 @@ inline void ramda_state_chunk(int64_t n, const T* __restrict g, T* __restrict v,
     u[k] = uu;
     scales |= int(cbrt_scales(uu));
   }
-  if (scales)
+  if constexpr (sizeof(T) == sizeof(double)) {  // the library's cube root (scalar)
+    for (int64_t i = 0; i < n; ++i) p[i] = cbrt_nonneg(u[i]) + eps;
+  } else if (scales) {
     for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg(u[k]) + eps;
-  else
+  } else {
     for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg_unscaled(u[k]) + eps;
+  }
 }
 template <typename T>
 void ramda_tile(const TileArgs& t) {
