@@ -1,7 +1,7 @@
 """The hot loops of the CPU tile kernels vectorize (GCC's own report, -fopt-info-vec).
 
 A loop the compiler leaves scalar still gives the right numbers, only several times slower, and
-no numeric test notices: an edit of RAMDA's exact state sweep (exact_state_rows) that pushes its
+no numeric test notices: an edit of an exact solve's state sweep (exact_state_rows) that pushes its
 row loop past GCC's size limit for complete unrolling makes the vectorizer give up on the whole
 sweep, and the step then takes several times longer per element. This test compiles the AVX-512 and
 AVX2 kernel files as setup.py does (they need no torch headers) with GCC's vectorization report,
@@ -44,13 +44,25 @@ pytestmark = pytest.mark.skipif(
 
 # (file, function, first line of the loop inside it, instantiations allowed to stay scalar)
 LOOPS = [
-    ("kernels_impl.h", "exact_state_rows", "for (int64_t k = 0; k < n; ++k) {", 2),  # RAMDA double: cbrt
+    ("kernels_impl.h", "exact_state_rows", "for (int64_t k = 0; k < n; ++k) {", 0),
+    ("kernels_impl.h", "exact_start_rows", "for (int64_t k = 0; k < n; ++k) {", 0),
+    ("kernels_impl.h", "ramda_state_chunk", "for (int64_t k = 0; k < n; ++k) {", 0),
+    # the float cube roots (the double one, the library's cbrt, is a loop of its own: scalar)
+    ("kernels_impl.h", "ramda_state_chunk", "for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg(", 0),
+    (
+        "kernels_impl.h",
+        "ramda_state_chunk",
+        "for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg_unscaled(",
+        0,
+    ),
     ("kernels_impl.h", "newton_x_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "newton_start_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "newton_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "newton_row2", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "pg_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("solve_rows.h", "pg_row2", "for (int64_t k = 0; k < n; ++k) {", 0),
+    ("solve_rows.h", "gmcp_start_row", "for (int64_t k = 0; k < n; ++k) {", 0),
+    ("solve_rows.h", "gmcp_pick_row", "for (int64_t k = 0; k < n; ++k) {", 0),
     ("kernels_impl.h", "finite_bits", "for (int64_t i = 0; i < h; ++i) {", 0),  # the NaN/Inf check
 ]
 

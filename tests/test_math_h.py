@@ -37,8 +37,10 @@ def newton_exe(tmp_path_factory) -> Path:
     return build(tmp_path_factory, "newton")
 
 
-def run_cbrt(exe: Path, u: np.ndarray) -> np.ndarray:
-    out = subprocess.run([str(exe)], input=u.astype(np.float32).tobytes(), capture_output=True, check=True)
+def run_cbrt(exe: Path, u: np.ndarray, *args: str) -> np.ndarray:
+    out = subprocess.run(
+        [str(exe), *args], input=u.astype(np.float32).tobytes(), capture_output=True, check=True
+    )
     return np.frombuffer(out.stdout, dtype=np.float32)
 
 
@@ -84,6 +86,27 @@ def test_cbrt_special_values(cbrt_exe):
     np.testing.assert_array_equal(
         run_cbrt(cbrt_exe, cubes), np.round(np.cbrt(cubes.astype(np.float64))).astype(np.float32)
     )
+
+
+def test_cbrt_unscaled_is_cbrt(cbrt_exe):
+    """cbrt_nonneg_unscaled (RAMDA's state pass takes it for a chunk where no u needs scaling) is
+    cbrt_nonneg bit for bit wherever cbrt_scales(u) is false, and cbrt_scales marks exactly
+    0 < u < 2^-96."""
+    rng = np.random.default_rng(1)
+    f32 = np.finfo(np.float32)
+    u = np.concatenate(
+        [
+            np.exp(rng.uniform(np.log(1e-45), np.log(3e38), 500_000)).astype(np.float32),
+            np.array(
+                [0.0, -0.0, -1.0, np.inf, np.nan, f32.max, 2.0**-96, 2.0**-96 * (1 - 2.0**-24)], np.float32
+            ),
+        ]
+    )
+    ref = run_cbrt(cbrt_exe, u)
+    got = run_cbrt(cbrt_exe, u, "unscaled")
+    scales = (u > 0) & (u < np.float32(2.0**-96))
+    assert np.isnan(got[scales]).all()
+    np.testing.assert_array_equal(got[~scales].view(np.int32), ref[~scales].view(np.int32))
 
 
 def test_newton_negative_first_step_stops(newton_exe):

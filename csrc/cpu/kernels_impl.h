@@ -248,31 +248,57 @@ void proxsgd_tile(const TileArgs& t) {
       [=](int64_t a, int64_t k, T x) { W[a * wrs + k] = x; });
 }
 
-// State pass of the fused exact solves over NR (1 or 2) rows in one sweep. elem(q, k, pk, zz)
-// updates the state of element k of the sweep's row q and gives its P and pz = P⊙W0 − lin; the
-// sweep stores them (row q at p + q·oz, z + q·oz) and accumulates Newton's start sums per position
-// (Σ pz² in double, max P, Σ y² and Σ y²/P with y = pz/P in T; solve_rows.h newton_start_row),
-// row 0's terms first: the sums of NR one-row sweeps, bitwise, with 1/NR of their loads and stores
-// (two rows a sweep take a few percent less time than one). The state pass and row_newton's first
-// pass in one.
-template <int NR, typename T, typename Elem>
-inline void exact_state_rows(int64_t n, Elem elem, T* __restrict p, T* __restrict z, int64_t oz,
+// Start sums of the fused exact solves over NR (1 or 2) rows in one sweep, after the rows' state
+// update stored their P (row q at p + q·oz): pzf(q, k, pk) gives the pz = P⊙W0 − lin of element k
+// of the sweep's row q (SGL: soft-thresholded at t1 here); the sweep stores it (z + q·oz) and
+// accumulates Newton's start sums per position (Σ pz² in double, max P, Σ y² and Σ y²/P with
+// y = pz/P in T; solve_rows.h newton_start_row), row 0's terms first: the sums of NR one-row
+// sweeps, bitwise, with 1/NR of the accumulators' loads and stores.
+template <int NR, bool SGL, typename T, typename Pz>
+inline void exact_start_rows(int64_t n, Pz pzf, T t1, const T* __restrict p, T* __restrict z, int64_t oz,
                              double* __restrict acc, T* __restrict pm, T* __restrict sy, T* __restrict sc) {
 #pragma GCC ivdep
   for (int64_t k = 0; k < n; ++k) {
     double a = acc[k];
     T m = pm[k], y = sy[k], c = sc[k];
-    // unrolled before the vectorizer runs (GCC's size limit on complete unrolling left RAMDA's
-    // two-row body a loop, and the outer loop then scalar: 6x slower)
+    // unrolled before the vectorizer runs (GCC's size limit on complete unrolling left the two-row
+    // body a loop, and the outer loop then scalar)
 #pragma GCC unroll 2
     for (int q = 0; q < NR; ++q) {
-      T pk, zz;
-      elem(q, k, pk, zz);
-      p[q * oz + k] = pk;
+      const T pk = p[q * oz + k];
+      T zz = pzf(q, k, pk);
+      if (SGL) zz = soft_threshold(zz, t1);
       z[q * oz + k] = zz;
       a += double(zz) * double(zz);
       m = pk > m ? pk : m;
       newton_start_add(pk, zz, y, c);  // Newton's start sums (math.h)
+    }
+    acc[k] = a;
+    pm[k] = m;
+    sy[k] = y;
+    sc[k] = c;
+  }
+}
+// The state pass and the start sums in one loop over NR rows (the form the Adam solves run
+// faster in): elem(q, k, pk, zz) updates the state of element k of the sweep's row q and gives its
+// P and pz; the sweep stores both, the sums as exact_start_rows.
+template <int NR, bool SGL, typename T, typename Elem>
+inline void exact_state_rows(int64_t n, Elem elem, T t1, T* __restrict p, T* __restrict z, int64_t oz,
+                             double* __restrict acc, T* __restrict pm, T* __restrict sy, T* __restrict sc) {
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    double a = acc[k];
+    T m = pm[k], y = sy[k], c = sc[k];
+#pragma GCC unroll 2
+    for (int q = 0; q < NR; ++q) {
+      T pk, zz;
+      elem(q, k, pk, zz);
+      if (SGL) zz = soft_threshold(zz, t1);
+      p[q * oz + k] = pk;
+      z[q * oz + k] = zz;
+      a += double(zz) * double(zz);
+      m = pk > m ? pk : m;
+      newton_start_add(pk, zz, y, c);
     }
     acc[k] = a;
     pm[k] = m;
@@ -295,13 +321,49 @@ inline void newton_x_row(int64_t n, T* __restrict w, const T* __restrict p, cons
   }
 }
 
-// Fused exact solve of a tile (thr > 0): the state pass (exact_state_rows, two rows a sweep) with
-// elem(a, k, pk, zz) updating the state of element k of row a and giving its P and pz, storing P
-// and pz and accumulating the start sums into ns (the first pass of row_newton); Newton on every
-// group; fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then the
-// Newton scratch at scr. Bitwise the same as the unfused path (same operations, same order).
-template <typename T, typename Elem, typename Fin>
-inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, Elem elem, Fin fin) {
+// Fused exact solve of a tile (thr > 0; group LASSO, or sparse group LASSO with SGL: pz
+// soft-thresholded at t1 elementwise, then the group-LASSO solve on it, docs/solvers.md). The
+// state pass walks the rows two at a time in chunks of CH positions: state(a, k0, n, p) updates
+// the state of elements [k0, k0 + n) of row a and stores their P at p, for both rows, then
+// exact_start_rows takes pzf(a, k, pk) (the pz of element k of row a, its state updated) and
+// accumulates the start sums into ns (the first pass of row_newton); Newton on every group;
+// fin(a, p, z, r) writes row a's result (newton_x_row). P: a tile of scratch, then the Newton
+// scratch at scr. Bitwise the same as the unfused path (same operations, same order). The state
+// update in loops of its own, over a chunk held in L1: the cube root's (RAMDA) and the square
+// root's (ProxGen, ProxSSI) long dependency chains then overlap across iterations, which they did
+// not in one loop with the start sums (docs/performance.md).
+template <bool SGL, typename T, typename State, typename Pz, typename Fin>
+inline void exact_fused(const TileArgs& t, T thr, T t1, T* P, T* scr, State state, Pz pzf, Fin fin) {
+  constexpr int64_t CH = 512;
+  const int64_t A = t.A, row = t.ng * t.B;
+  NewtonScratch<T> ns(scr, A, t.ng, t.B);
+  zero(ns.acc1, row);
+  zero(ns.sy, row);
+  zero(ns.sc, row);
+  zero(ns.pm, row);
+  for (int64_t a0 = 0; a0 < A; a0 += 2) {
+    const bool two = a0 + 1 < A;
+    for (int64_t c0 = 0; c0 < row; c0 += CH) {
+      const int64_t n = row - c0 < CH ? row - c0 : CH;
+      const int64_t o = a0 * row + c0;
+      state(a0, c0, n, P + o);
+      if (two) state(a0 + 1, c0, n, P + o + row);
+      const auto rows_pz = [&](int q, int64_t k, T pk) { return pzf(a0 + q, c0 + k, pk); };
+      if (two)
+        exact_start_rows<2, SGL, T>(n, rows_pz, t1, P + o, ns.pz + o, row, ns.acc1 + c0, ns.pm + c0, ns.sy + c0,
+                                    ns.sc + c0);
+      else
+        exact_start_rows<1, SGL, T>(n, rows_pz, t1, P + o, ns.pz + o, row, ns.acc1 + c0, ns.pm + c0, ns.sy + c0,
+                                    ns.sc + c0);
+    }
+  }
+  newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
+  for (int64_t a = 0; a < A; ++a) fin(a, P + a * row, ns.pz + a * row, ns.rpos);
+}
+// exact_fused with the state pass and the start sums in one loop (exact_state_rows; elem as there,
+// rows two at a time): ProxGen and ProxSSI, whose square root and division took more time split.
+template <bool SGL, typename T, typename Elem, typename Fin>
+inline void exact_fused_elem(const TileArgs& t, T thr, T t1, T* P, T* scr, Elem elem, Fin fin) {
   const int64_t A = t.A, row = t.ng * t.B;
   NewtonScratch<T> ns(scr, A, t.ng, t.B);
   zero(ns.acc1, row);
@@ -311,11 +373,29 @@ inline void exact_fused(const TileArgs& t, T thr, T* P, T* scr, Elem elem, Fin f
   int64_t a0 = 0;
   const auto rows_elem = [&](int q, int64_t k, T& pk, T& zz) { elem(a0 + q, k, pk, zz); };
   for (; a0 + 1 < A; a0 += 2)
-    exact_state_rows<2, T>(row, rows_elem, P + a0 * row, ns.pz + a0 * row, row, ns.acc1, ns.pm, ns.sy, ns.sc);
+    exact_state_rows<2, SGL, T>(row, rows_elem, t1, P + a0 * row, ns.pz + a0 * row, row, ns.acc1, ns.pm, ns.sy,
+                                ns.sc);
   if (a0 < A)
-    exact_state_rows<1, T>(row, rows_elem, P + a0 * row, ns.pz + a0 * row, row, ns.acc1, ns.pm, ns.sy, ns.sc);
+    exact_state_rows<1, SGL, T>(row, rows_elem, t1, P + a0 * row, ns.pz + a0 * row, row, ns.acc1, ns.pm, ns.sy,
+                                ns.sc);
   newton_roots<T>(A, t.ng, t.B, thr, {P, row}, ns.pz, row, ns);
   for (int64_t a = 0; a < A; ++a) fin(a, P + a * row, ns.pz + a * row, ns.rpos);
+}
+// Whether a tile takes exact_fused (group LASSO or sparse group LASSO, exact, threshold > 0), and
+// its thresholds: thr (the group part) and t1 (SGL's elementwise part) for the step a.
+template <typename T>
+inline bool exact_fused_thr(const TileArgs& t, const Reg<T>& reg, T a, T& thr, T& t1) {
+  if (!t.exact) return false;
+  if (reg.kind == REG_GROUP_LASSO) {
+    thr = exact_thr<T>(t, a);
+    t1 = T(0);
+  } else if (reg.kind == REG_SPARSE_GROUP_LASSO) {
+    thr = a * (reg.lam2 * reg.wg);  // as row_exact_sgl
+    t1 = a * reg.lam;
+  } else {
+    return false;
+  }
+  return thr > T(0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,6 +409,27 @@ inline T ramda_state(T g, T s, T eps, T& v, T& u) {
   v = ss_fma(s, g, v);
   u = ss_fma(s * g, g, u);
   return cbrt_nonneg(u) + eps;
+}
+// ramda_state over n elements, P into p: the state first, then the roots in a loop of their own,
+// without cbrt_nonneg's scaling selects when no u of the chunk needs them (bitwise the same).
+template <typename T>
+inline void ramda_state_chunk(int64_t n, const T* __restrict g, T* __restrict v, T* __restrict u, T* __restrict p,
+                              T s, T eps) {
+  int scales = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T gk = g[k];
+    v[k] = ss_fma(s, gk, v[k]);
+    const T uu = ss_fma(s * gk, gk, u[k]);
+    u[k] = uu;
+    scales |= int(cbrt_scales(uu));
+  }
+  if constexpr (sizeof(T) == sizeof(double)) {  // the library's cube root (scalar)
+    for (int64_t i = 0; i < n; ++i) p[i] = cbrt_nonneg(u[i]) + eps;
+  } else if (scales) {
+    for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg(u[k]) + eps;
+  } else {
+    for (int64_t k = 0; k < n; ++k) p[k] = cbrt_nonneg_unscaled(u[k]) + eps;
+  }
 }
 template <typename T>
 void ramda_tile(const TileArgs& t) {
@@ -361,21 +462,19 @@ void ramda_tile(const TileArgs& t) {
   T* P = static_cast<T*>(t.scratch);  // row layout (stride row)
   T* X = P + tot;
   const int64_t pd = pf_dist<T>(row);
-  const T thr = exact_thr<T>(t, T(t.sc[3]));
-  if (t.exact && reg.kind == REG_GROUP_LASSO && thr > T(0)) {  // the state pass also stores pz = P⊙W0 − V
-    exact_fused<T>(
-        t, thr, P, X,
-        [&](int64_t a, int64_t k, T& pk, T& zz) {
-          const int64_t o = a * srs + k;
-          T vv = V[o], uu = U[o];
-          pk = ramda_state(Gr[a * grs + k], s, eps, vv, uu);
-          V[o] = vv;
-          U[o] = uu;
-          zz = subproblem_pz(pk, W0[o], vv);
-        },
-        [&](int64_t a, const T* p, const T* z, const T* r) {
-          newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
-        });
+  T thr, t1;
+  if (exact_fused_thr<T>(t, reg, T(t.sc[3]), thr, t1)) {  // pz = P⊙W0 − V
+    const auto state = [&](int64_t a, int64_t k0, int64_t n, T* p) {
+      ramda_state_chunk<T>(n, Gr + a * grs + k0, V + a * srs + k0, U + a * srs + k0, p, s, eps);
+    };
+    const auto pzf = [&](int64_t a, int64_t k, T pk) { return subproblem_pz(pk, W0[a * srs + k], V[a * srs + k]); };
+    const auto fin = [&](int64_t a, const T* p, const T* z, const T* r) {
+      newton_x_row<T, true>(row, W + a * wrs, p, z, r, thr, one_c, c);
+    };
+    if (reg.kind == REG_SPARSE_GROUP_LASSO)
+      exact_fused<true, T>(t, thr, t1, P, X, state, pzf, fin);
+    else
+      exact_fused<false, T>(t, thr, t1, P, X, state, pzf, fin);
     return;
   }
   for (int64_t a = 0; a < A; ++a) {
@@ -391,12 +490,7 @@ void ramda_tile(const TileArgs& t) {
       pf_row(W0 + an * srs, row);
       pf_row(W + an * wrs, row);
     }
-    for (int64_t k = 0; k < row; ++k) {
-      T vv = v[k], uu = u[k];
-      p[k] = ramda_state(g[k], s, eps, vv, uu);
-      v[k] = vv;
-      u[k] = uu;
-    }
+    ramda_state_chunk<T>(row, g, v, u, p, s, eps);
   }
   solve_tile<T>(t, reg, T(t.sc[3]), {V, srs}, {P, row}, {W0, srs}, {W, wrs}, X, X + tot);
   for (int64_t a = 0; a < A; ++a) {
@@ -459,21 +553,23 @@ void adam_prox_tile(const TileArgs& t) {
   T* X = L + tot;
   T* Y = X + tot;  // solver scratch
   const int64_t pd = pf_dist<T>(row);
-  const T thr = exact_thr<T>(t, T(lr_d));
-  if (solve && t.exact && reg.kind == REG_GROUP_LASSO && thr > T(0)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W)
-    exact_fused<T>(
-        t, thr, P, L,
-        [&](int64_t a, int64_t k, T& pk, T& zz) {
-          const int64_t o = a * srs + k;
-          T mm = M[o], vv = Vs[o], ww = W[a * wrs + k], li;
-          adam_elem<SSI>(q, Gr[a * grs + k], mm, vv, ww, pk, li);
-          M[o] = mm;
-          Vs[o] = vv;
-          zz = subproblem_pz(pk, ww, li);
-        },
-        [&](int64_t a, const T* p, const T* z, const T* r) {
-          newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));
-        });
+  T thr, t1;
+  if (solve && exact_fused_thr<T>(t, reg, T(lr_d), thr, t1)) {  // pz = D⊙W − lin (ProxSSI: denom⊙W)
+    const auto elem = [&](int64_t a, int64_t k, T& pk, T& zz) {
+      const int64_t o = a * srs + k;
+      T mm = M[o], vv = Vs[o], ww = W[a * wrs + k], li;
+      adam_elem<SSI>(q, Gr[a * grs + k], mm, vv, ww, pk, li);
+      M[o] = mm;
+      Vs[o] = vv;
+      zz = subproblem_pz(pk, ww, li);
+    };
+    const auto fin = [&](int64_t a, const T* p, const T* z, const T* r) {
+      newton_x_row<T, false>(row, W + a * wrs, p, z, r, thr, T(0), T(0));
+    };
+    if (reg.kind == REG_SPARSE_GROUP_LASSO)
+      exact_fused_elem<true, T>(t, thr, t1, P, L, elem, fin);
+    else
+      exact_fused_elem<false, T>(t, thr, t1, P, L, elem, fin);
     return;
   }
   for (int64_t a = 0; a < A; ++a) {

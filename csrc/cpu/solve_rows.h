@@ -643,6 +643,33 @@ inline void row_exact_sgl(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, T
   for (int64_t a = 0; a < A; ++a) newton_final_row<T>(row, P.p + a * P.rs, ns.pz + a * row, ns.rpos, thr, x + a * row);
 }
 
+// Pass 0 of row_exact_gmcp over a row: pz into z, Σ pz² and Σ pz·(pz/P) (in double), max and
+// min P per position.
+template <typename T>
+inline void gmcp_start_row(int64_t n, const T* __restrict l, const T* __restrict p, const T* __restrict w,
+                           T* __restrict z, double* __restrict s1, double* __restrict s2, T* __restrict pmax,
+                           T* __restrict pmin) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T pk = p[k];
+    const T zz = subproblem_pz(pk, w[k], l[k]);
+    z[k] = zz;
+    const double zd = double(zz);
+    s1[k] += zd * zd;
+    s2[k] += zd * (zd / double(pk));
+    pmax[k] = pk > pmax[k] ? pk : pmax[k];
+    pmin[k] = pk < pmin[k] ? pk : pmin[k];
+  }
+}
+// The last step of row_exact_gmcp over a row: x = Z = pz/P where pick is 1, 0 where it is 2.
+template <typename T>
+inline void gmcp_pick_row(int64_t n, const T* __restrict p, const T* __restrict z, const T* __restrict pick,
+                          T* __restrict x) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T zk = z[k] / p[k];
+    x[k] = pick[k] == T(1) ? zk : (pick[k] == T(2) ? T(0) : x[k]);
+  }
+}
+
 // Exact group-MCP solve (solver="exact"; the rule of reference.py exact_group_mcp, derivation in
 // docs/solvers.md): with T = a·λ_g, c = a/ω_g, P' = P − c, the global minimum is one of 0, Z and
 // x(s₁)_i = pz_i·s₁/(1 + P'_i s₁), s₁ the first root of K(s) = Σ pz_i²/(1 + P'_i s)² = T² in
@@ -692,22 +719,9 @@ inline void row_exact_gmcp(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, 
     pmax[k] = P.p[k];
     pmin[k] = P.p[k];
   }
-  for (int64_t a = 0; a < A; ++a) {
-    const T* __restrict l = lin.p + a * lin.rs;
-    const T* __restrict p = P.p + a * P.rs;
-    const T* __restrict w = w0.p + a * w0.rs;
-    T* __restrict z = ns.pz + a * row;
-    for (int64_t k = 0; k < row; ++k) {
-      const T pk = p[k];
-      const T zz = subproblem_pz(pk, w[k], l[k]);
-      z[k] = zz;
-      const double zd = double(zz);
-      acc1[k] += zd * zd;
-      acc2[k] += zd * (zd / double(pk));
-      pmax[k] = pk > pmax[k] ? pk : pmax[k];
-      pmin[k] = pk < pmin[k] ? pk : pmin[k];
-    }
-  }
+  for (int64_t a = 0; a < A; ++a)
+    gmcp_start_row<T>(row, lin.p + a * lin.rs, P.p + a * P.rs, w0.p + a * w0.rs, ns.pz + a * row, acc1, acc2, pmax,
+                      pmin);
   rows::reduce_pos(acc1, ng, B, g1);
   rows::reduce_pos(acc2, ng, B, f0);
   int64_t n_act = 0;
@@ -788,12 +802,11 @@ inline void row_exact_gmcp(int64_t A, int64_t ng, int64_t B, const Reg<T>& reg, 
     const double best = use_x ? fx : f0[j];
     act[j] = fz < best ? T(1) : (use_x ? T(0) : T(2));
   }
-  for (int64_t j = 0; j < ng; ++j) {
-    if (act[j] == T(0)) continue;
-    for (int64_t a = 0; a < A; ++a)
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t k = j * B + b;
-        x[a * row + k] = act[j] == T(1) ? ns.pz[a * row + k] / P.p[a * P.rs + k] : T(0);
-      }
-  }
+  int64_t n_other = 0;
+  for (int64_t j = 0; j < ng; ++j) n_other += act[j] != T(0);
+  if (n_other == 0) return;
+  // the groups that take Z or 0, row by row (vectorized, in memory order)
+  rows::expand(act, ng, B, spos);
+  for (int64_t a = 0; a < A; ++a)
+    gmcp_pick_row<T>(row, P.p + a * P.rs, ns.pz + a * row, spos, x + a * row);
 }

@@ -254,11 +254,11 @@ void set_solver(Common& cm, c10::string_view solver, int64_t max_iters, double r
   cm.rtol = rtol;
 }
 
-// The exact group-LASSO solves take wide tiles (groups_per_tile); the other exact solves run
-// through solve_tile's unfused path, whose scratch (3 tiles and the Newton scratch) is that of
+// The exact (sparse) group-LASSO solves take wide tiles (groups_per_tile); the other exact solves
+// run through solve_tile's unfused path, whose scratch (3 tiles and the Newton scratch) is that of
 // the solver tiles.
 bool wide_tiles(const Common& cm) {
-  return cm.exact != 0 && cm.reg_kind == REG_GROUP_LASSO;
+  return cm.exact != 0 && (cm.reg_kind == REG_GROUP_LASSO || cm.reg_kind == REG_SPARSE_GROUP_LASSO);
 }
 
 // Validates a bucket and builds its jobs; `scal(i, sc)` fills the per-tensor scalars.

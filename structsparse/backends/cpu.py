@@ -4,8 +4,9 @@ Same signatures as :mod:`.reference`. What the kernels do:
 
 - every algorithm (RMDA, RAMDA ``"pg"``/``"exact"``, ProxSGD, ProxGen ``"pg"``/``"exact"``,
   ProxSSI) with no regularizer, GroupLasso on any grouping, L1, SparseGroupLasso, GroupMCP/MCP
-  (the exact solves of the last three: solve_rows.h ``row_exact_sgl``/``row_exact_gmcp``, the
-  reference's rules, docs/solvers.md);
+  (the exact solves of the last three, the reference's rules, docs/solvers.md: SparseGroupLasso
+  through GroupLasso's fused Newton on the soft-thresholded ``pz``, GroupMCP/MCP solve_rows.h
+  ``row_exact_gmcp``);
 - **NuclearNorm is declined** (:func:`supports`; its prox needs an SVD): the optimizers step its
   buckets on the reference backend;
 - the PG solver stops **per group** (the reference's rule: ``(Q_prev − Q)/(|Q| + 1) < rtol`` after

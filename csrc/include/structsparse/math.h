@@ -321,16 +321,8 @@ SS_FN T newton_next(T r, S s1, S s2, S s3, T tol, bool& stop) {
 // positive subnormal: 1 misrounded; every float in [2^-126, 2^-96): 80 misrounded of 251.7 M;
 // every 7th float bit pattern in [2^-96, 2^128): 92 of 268.4 M.
 // double: the library cbrt.
-SS_FN float cbrt_nonneg(float u) {
-  int32_t iu;
-  std::memcpy(&iu, &u, 4);
-  const bool pos = u > 0.0f;
-  const bool small = iu < 0x0F800000;  // with pos: u < 2^-96
-  const bool sub = iu < 0x00800000;    // with pos: u subnormal
-  const float m = sub ? float(iu) : u;
-  const float f = sub ? 1.11022302e-16f : (small ? 7.92281625e28f : 1.0f);  // 2^-53, 2^96
-  const float scale_out = small ? 2.32830644e-10f : 1.0f;                  // 2^-32
-  const float uu = pos ? m * f : 1.0f;
+// The bit-trick start and the Newton steps of cbrt_nonneg for a positive normal uu (no scaling).
+SS_FN float cbrt_core(float uu) {
   int32_t i;
   std::memcpy(&i, &uu, 4);
   i = 0x54a2fa8c - int32_t(float(i) * (1.0f / 3.0f));
@@ -344,10 +336,39 @@ SS_FN float cbrt_nonneg(float u) {
   const float c2 = c * c;
   const float c2_lo = fmaf(c, c, -c2);
   const float res = fmaf(c2, c, -uu) + c2_lo * c;
-  c = c - res * (y * y) * (1.0f / 3.0f);
+  return c - res * (y * y) * (1.0f / 3.0f);
+}
+SS_FN float cbrt_nonneg(float u) {
+  int32_t iu;
+  std::memcpy(&iu, &u, 4);
+  const bool pos = u > 0.0f;
+  const bool small = iu < 0x0F800000;  // with pos: u < 2^-96
+  const bool sub = iu < 0x00800000;    // with pos: u subnormal
+  const float m = sub ? float(iu) : u;
+  const float f = sub ? 1.11022302e-16f : (small ? 7.92281625e28f : 1.0f);  // 2^-53, 2^96
+  const float scale_out = small ? 2.32830644e-10f : 1.0f;                  // 2^-32
+  const float uu = pos ? m * f : 1.0f;
+  const float c = cbrt_core(uu);
   return pos ? c * scale_out : 0.0f;
 }
+// Whether cbrt_nonneg scales u (0 < u < 2^-96). Where it does not, cbrt_nonneg_unscaled(u) is
+// cbrt_nonneg(u), bitwise, with about a third fewer instructions (no scaling selects): callers
+// that check a block of u first take it for the whole block.
+SS_FN bool cbrt_scales(float u) {
+  return u > 0.0f && u < 0x1p-96f;
+}
+SS_FN float cbrt_nonneg_unscaled(float u) {
+  const bool pos = u > 0.0f;
+  const float c = cbrt_core(pos ? u : 1.0f);
+  return pos ? c : 0.0f;
+}
 SS_FN double cbrt_nonneg(double u) {
+  return std::cbrt(u);
+}
+SS_FN bool cbrt_scales(double) {
+  return false;
+}
+SS_FN double cbrt_nonneg_unscaled(double u) {
   return std::cbrt(u);
 }
 
