@@ -5,9 +5,13 @@ subproblem ``min_X ⟨lin, X − center⟩ + ½ Σ P (X − center)² + a·ψ(X)
 
 - ``SOLVER_PROX``: closed form ``prox_{a·ψ}(center − lin/P)`` (RMDA and ProxSGD have P ≡ 1,
   lin ≡ 0; every algorithm without a regularizer is elementwise ``center − lin/P``);
-- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, docs/math.md §4), by the
-  rule of the C++ kernels (csrc/include/structsparse/math.h: start at the larger of two lower
-  bounds of the root, stop on a small step or on an a-priori bound of the error left);
+- ``SOLVER_NEWTON``: the exact solves of docs/solvers.md. Group LASSO / L1: exact screening then
+  Newton on the group norm (docs/math.md §4), by the rule of the C++ kernels
+  (csrc/include/structsparse/math.h: start at the larger of two lower bounds of the root, stop on a
+  small step or on an a-priori bound of the error left); sparse group LASSO: the same on the
+  elementwise soft-thresholded ``pz`` (:func:`_exact_pz`); MCP (one-element groups): the closed
+  form :func:`_mcp_weighted`; group MCP: Newton on ``s`` and, for nonconvex groups, the best of
+  0, ``X(s)`` and Z (:func:`_gmcp_rows`; the rule of reference.py exact_group_mcp);
 - ``SOLVER_PG``: screened proximal gradient with the per-group stopping rule of the reference
   backend and its "never worse than the warm start" guard.
 
@@ -16,7 +20,8 @@ groups. When a group has at most ``BK`` elements (``FIT``), a program holds ``R`
 ``[R, BK]`` register tile through all iterations (one read and one write of every tensor). A larger
 group is owned by one program that walks it in ``BK`` chunks: phase 1 updates the state and
 accumulates the group's partial sums, later phases apply (Newton/PG iterations re-read the group;
-PG keeps its iterate in a scratch buffer).
+PG keeps its iterate in a scratch buffer; a nonconvex group-MCP group takes one more pass for the
+objective of ``X(s)``). Each pass over a chunk reads it through :func:`_tile`.
 
 Many tensors go in one launch: ``ptab`` is a ``[6, T]`` table of base addresses (param, grad,
 state 1–3, scratch), ``dims`` a ``[3, T]`` table of ``A, G, B`` and ``starts`` the ``[T + 1]``
