@@ -40,8 +40,6 @@ def variants(quick: bool = False) -> list[dict]:
                     continue
                 if alg == step.ALG_PROXSSI and solver == step.SOLVER_PG:
                     continue
-                if solver == step.SOLVER_NEWTON and reg != step.REG_GROUP_LASSO:
-                    continue
                 for fit in (True, False):
                     out.append(dict(ALG=alg, REG=reg, SOLVER=solver, FIT=fit))
     if quick:
@@ -52,6 +50,9 @@ def variants(quick: bool = False) -> list[dict]:
             (1, 2, 2, True),
             (1, 3, 2, False),
             (4, 1, 1, True),
+            (1, 3, 1, True),
+            (3, 2, 1, False),
+            (4, 3, 1, False),
         }
         out = [v for v in out if (v["ALG"], v["REG"], v["SOLVER"], v["FIT"]) in keep]
     full = []

@@ -121,6 +121,16 @@ def test_gpu_matches_reference(case, dtype, backend):
                 assert gpu_opt.state[pg][k] == v
 
 
+# the exact SparseGroupLasso and GroupMCP solves of the Triton kernels
+TRITON_EXACT = [(alg, r) for alg in EXACT_ONLY for r in ("sgl", "gmcp")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", TRITON_EXACT, ids=["-".join(c) for c in TRITON_EXACT])
+def test_gpu_triton_exact_matches_reference(case, dtype):
+    test_gpu_matches_reference(case, dtype, "triton")
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_gpu_deterministic(backend):
     """Same inputs, bit-identical outputs run to run (no atomics in reductions)."""

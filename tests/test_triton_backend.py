@@ -259,8 +259,8 @@ def _id(case):
 
 TWOPHASE_CASES = [c for c in CASES if c[2] in GROUPED and c[2] != "gl_kernel"]  # kernel groups fit
 
-# the exact solves of SparseGroupLasso/GroupMCP/MCP (delegated to the reference backend, see
-# structsparse/backends/triton.py), and solver="auto"
+# the exact solves of SparseGroupLasso/GroupMCP/MCP ('output' GroupMCP groups; more in
+# tests/test_triton_exact.py), and solver="auto"
 CASES += (
     [("ramda", {"solver": "exact"}, r) for r in ("sgl", "gmcp", "mcp")]
     + [("proxgen", {"solver": "exact"}, r) for r in ("sgl", "gmcp", "mcp")]

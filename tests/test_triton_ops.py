@@ -107,7 +107,7 @@ def test_op_rmda_step(reg_name, interpreter):
 
 @needs_interp
 @pytest.mark.parametrize(
-    "reg_name,solver", [(r, "pg") for r in REGS] + [("gl_input", "exact"), ("l1", "exact")]
+    "reg_name,solver", [(r, "pg") for r in REGS] + [(r, "exact") for r in ("gl_input", "l1", "sgl", "gmcp")]
 )
 def test_op_ramda_step(reg_name, solver, interpreter):
     from structsparse.backends import triton as tb
@@ -151,7 +151,10 @@ ADAM = dict(lr=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
 
 
 @needs_interp
-@pytest.mark.parametrize("reg_name,solver", [("gmcp", "pg"), ("sgl", "pg"), ("gl_input", "exact")])
+@pytest.mark.parametrize(
+    "reg_name,solver",
+    [("gmcp", "pg"), ("sgl", "pg"), ("gl_input", "exact"), ("sgl", "exact"), ("gmcp", "exact")],
+)
 def test_op_proxgen_step(reg_name, solver, interpreter):
     from structsparse.backends import triton as tb
 
@@ -167,7 +170,7 @@ def test_op_proxgen_step(reg_name, solver, interpreter):
 
 
 @needs_interp
-@pytest.mark.parametrize("reg_name", ["none", "gl_input"])
+@pytest.mark.parametrize("reg_name", ["none", "gl_input", "sgl", "gmcp"])
 def test_op_proxssi_step(reg_name, interpreter):
     from structsparse.backends import triton as tb
 
@@ -194,7 +197,7 @@ def test_op_bad_arguments(interpreter):
         tb.op_proxsgd_step(p, g, s, [1, 6, 1], 0.1, 0.5, "group_lasso", [0.1])
     with pytest.raises(ValueError, match="views"):
         tb.op_proxsgd_step(p, g, s, [1, 5, 1], 0.1, 0.5, "none", [0.0, 0.0, 1.0])
-    with pytest.raises(ValueError, match="solver 'exact'"):
+    with pytest.raises(ValueError, match="solver must be"):
         tb.op_ramda_step(
             p,
             g,
@@ -209,7 +212,7 @@ def test_op_bad_arguments(interpreter):
             1e-6,
             "group_mcp",
             [0.1, 0.0, 5.0],
-            "exact",
+            "newton",
             5,
             1e-8,
         )

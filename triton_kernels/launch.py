@@ -14,7 +14,7 @@ call time, so tests can lower them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import triton
@@ -55,6 +55,21 @@ _ALG_NAMES = {
 }
 
 SOLVERS = {"prox": SOLVER_PROX, "exact": SOLVER_NEWTON, "pg": SOLVER_PG}
+
+#: the algorithms' scalar arguments of :func:`.step.step_kernel`, by name (:func:`.step._pre`)
+ALG_SCALARS = (
+    "grad_scale",
+    "sqrt_t",
+    "eps",
+    "c_mom",
+    "lr",
+    "beta1",
+    "beta2",
+    "decay",
+    "lin_scale",
+    "sqrt_bc2",
+    "ssi_step",
+)
 
 
 def _pow2_floor(x: int) -> int:
@@ -142,7 +157,7 @@ def launch(
     tensors: Sequence[Sequence[Tensor | None]],
     views: Sequence[tuple[int, int, int]],
     *,
-    k: Sequence[float] = (),
+    scalars: Mapping[str, float] | None = None,
     c_mix: float = 1.0,
     a_reg: float = 0.0,
     lam: float = 0.0,
@@ -156,14 +171,21 @@ def launch(
     """Run one step of algorithm ``alg`` on every tensor row ``(param, grad, s1, s2, s3)``.
 
     ``views[i]`` is the ``[A, G, B]`` view of row ``i`` (``(1, numel, 1)`` when unregularized);
-    ``k`` the algorithm's scalars (see :func:`.step._pre`). Parameters are updated in place, and
+    ``scalars`` the algorithm's named scalars (``ALG_SCALARS``; see :func:`.step._pre` for which
+    algorithm reads which; the others are 0). Parameters are updated in place, and
     so is the state. Strided (e.g. channels_last) parameters and gradients are addressed through
     their strides, with no copy; state tensors are expected contiguous (the optimizers create them
     so) and a non-contiguous one is stepped through a contiguous copy. The two-phase PG path keeps
     its iterate in a cached scratch buffer (:func:`scratch`), not a per-step allocation.
     """
     check_writable(f"triton {_ALG_NAMES[alg]}", tensors)
-    ks = [float(x) for x in k] + [0.0] * (6 - len(k))
+    scalars = dict(scalars or {})
+    unknown = set(scalars) - set(ALG_SCALARS)
+    if unknown:
+        raise ValueError(
+            f"launch: unknown algorithm scalars {sorted(unknown)}; expected some of {ALG_SCALARS}"
+        )
+    ks = {name: float(scalars.get(name, 0.0)) for name in ALG_SCALARS}
     if reg_code == REG_NONE:
         solver = "prox"
     solver_code = SOLVERS[solver]
@@ -210,16 +232,16 @@ def launch(
             starts_t,
             strd,
             nt,
-            *ks,
-            float(c_mix),
-            float(a_reg),
-            float(lam),
-            float(lam1),
-            float(omega),
-            int(max_iters),
-            float(rtol),
-            float(newton_tol),
-            int(newton_max),
+            **ks,
+            c_mix=float(c_mix),
+            a_reg=float(a_reg),
+            lam=float(lam),
+            lam1=float(lam1),
+            omega=float(omega),
+            max_iters=int(max_iters),
+            rtol=float(rtol),
+            newton_tol=float(newton_tol),
+            newton_max=int(newton_max),
             ALG=alg,
             REG=reg_code,
             SOLVER=solver_code,
@@ -261,7 +283,7 @@ def rmda(
         "prox",
         list(zip(params, grads, anchors, grad_sums)),
         views,
-        k=(lr * sqrt_t, sqrt_t),
+        scalars=dict(grad_scale=lr * sqrt_t, sqrt_t=sqrt_t),
         c_mix=c,
         a_reg=alpha / sqrt_t,
         **reg_scalars,
@@ -292,7 +314,7 @@ def ramda(
         solver,
         list(zip(params, grads, anchors, grad_sums, sq_grad_sums)),
         views,
-        k=(lr * math.sqrt(t), eps),
+        scalars=dict(grad_scale=lr * math.sqrt(t), eps=eps),
         c_mix=c,
         a_reg=alpha,
         **solver_scalars,
@@ -309,7 +331,7 @@ def proxsgd(
         "prox",
         list(zip(params, grads, momentum_buffers)),
         views,
-        k=(c, lr),
+        scalars=dict(c_mom=c, lr=lr),
         a_reg=lr,
         **reg_scalars,
     )
@@ -341,7 +363,14 @@ def proxgen(
         solver,
         list(zip(params, grads, exp_avgs, exp_avg_sqs)),
         views,
-        k=(1 - lr * weight_decay, beta1, beta2, lr / bc1, math.sqrt(bc2), eps),
+        scalars=dict(
+            decay=1 - lr * weight_decay,
+            beta1=beta1,
+            beta2=beta2,
+            lin_scale=lr / bc1,
+            sqrt_bc2=math.sqrt(bc2),
+            eps=eps,
+        ),
         a_reg=lr,
         **solver_scalars,
     )
@@ -372,7 +401,13 @@ def proxssi(
         "exact",
         list(zip(params, grads, exp_avgs, exp_avg_sqs)),
         views,
-        k=(-lr * weight_decay, beta1, beta2, -lr * math.sqrt(bc2) / bc1, 0.0, eps),
+        scalars=dict(
+            decay=-lr * weight_decay,
+            beta1=beta1,
+            beta2=beta2,
+            ssi_step=-lr * math.sqrt(bc2) / bc1,
+            eps=eps,
+        ),
         a_reg=lr,
         **solver_scalars,
     )

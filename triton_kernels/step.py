@@ -5,9 +5,13 @@ subproblem ``min_X ⟨lin, X − center⟩ + ½ Σ P (X − center)² + a·ψ(X)
 
 - ``SOLVER_PROX``: closed form ``prox_{a·ψ}(center − lin/P)`` (RMDA and ProxSGD have P ≡ 1,
   lin ≡ 0; every algorithm without a regularizer is elementwise ``center − lin/P``);
-- ``SOLVER_NEWTON``: exact screening then Newton on the group norm (group LASSO, docs/math.md §4), by the
-  rule of the C++ kernels (csrc/include/structsparse/math.h: start at the larger of two lower
-  bounds of the root, stop on a small step or on an a-priori bound of the error left);
+- ``SOLVER_NEWTON``: the exact solves of docs/solvers.md. Group LASSO / L1: exact screening then
+  Newton on the group norm (docs/math.md §4), by the rule of the C++ kernels
+  (csrc/include/structsparse/math.h: start at the larger of two lower bounds of the root, stop on a
+  small step or on an a-priori bound of the error left); sparse group LASSO: the same on the
+  elementwise soft-thresholded ``pz`` (:func:`_exact_pz`); MCP (one-element groups): the closed
+  form :func:`_mcp_weighted`; group MCP: Newton on ``s`` and, for nonconvex groups, the best of
+  0, ``X(s)`` and Z (:func:`_gmcp_rows`; the rule of reference.py exact_group_mcp);
 - ``SOLVER_PG``: screened proximal gradient with the per-group stopping rule of the reference
   backend and its "never worse than the warm start" guard.
 
@@ -16,7 +20,8 @@ groups. When a group has at most ``BK`` elements (``FIT``), a program holds ``R`
 ``[R, BK]`` register tile through all iterations (one read and one write of every tensor). A larger
 group is owned by one program that walks it in ``BK`` chunks: phase 1 updates the state and
 accumulates the group's partial sums, later phases apply (Newton/PG iterations re-read the group;
-PG keeps its iterate in a scratch buffer).
+PG keeps its iterate in a scratch buffer; a nonconvex group-MCP group takes one more pass for the
+objective of ``X(s)``). Each pass over a chunk reads it through :func:`_tile`.
 
 Many tensors go in one launch: ``ptab`` is a ``[6, T]`` table of base addresses (param, grad,
 state 1–3, scratch), ``dims`` a ``[3, T]`` table of ``A, G, B`` and ``starts`` the ``[T + 1]``
@@ -131,77 +136,83 @@ def _pre(
     s1,
     s2,
     s3,
-    k0,
-    k1,
-    k2,
-    k3,
-    k4,
-    k5,
+    grad_scale,
+    sqrt_t,
+    eps,
+    c_mom,
+    lr,
+    beta1,
+    beta2,
+    decay,
+    lin_scale,
+    sqrt_bc2,
+    ssi_step,
     SDT: tl.constexpr,
 ):
     """Load one tile, update the state (``UPDATE``: the first pass over it), return the
     subproblem ``(lin, P, center, w)`` with ``w`` the current parameter in the state dtype.
     ``off``: element offsets in the (contiguous) state; ``poff``/``goff``: in the parameter and
-    the gradient (equal to ``off`` unless they are strided)."""
+    the gradient (equal to ``off`` unless they are strided). The scalars each algorithm reads are
+    named in its branch (see the launch wrappers of launch.py); the others are unused."""
     w = tl.load(pp + poff, mask=msk, other=0.0).to(SDT)
     if UPDATE:
         g = tl.load(gp + goff, mask=msk, other=0.0).to(SDT)
     if ALG == 0:
-        # RMDA. k0 = s = lr·sqrt(t), k1 = sqrt(t). s1 = W0, s2 = V.
+        # RMDA: grad_scale = s = lr·sqrt(t), sqrt_t. s1 = W0, s2 = V.
         w0 = tl.load(s1 + off, mask=msk, other=0.0)
         v = tl.load(s2 + off, mask=msk, other=0.0)
         if UPDATE:
-            v = v + k0 * g
+            v = v + grad_scale * g
             tl.store(s2 + off, v, mask=msk)
-        center = w0 - v / k1
+        center = w0 - v / sqrt_t
         lin = tl.zeros_like(w)
         p = lin + 1.0
     elif ALG == 1:
-        # RAMDA. k0 = s, k1 = ε. s1 = W0, s2 = V, s3 = U.
+        # RAMDA: grad_scale = s, eps. s1 = W0, s2 = V, s3 = U.
         w0 = tl.load(s1 + off, mask=msk, other=0.0)
         v = tl.load(s2 + off, mask=msk, other=0.0)
         u = tl.load(s3 + off, mask=msk, other=0.0)
         if UPDATE:
-            v = v + k0 * g
-            u = u + (k0 * g) * g  # not k0·(g·g): g·g overflows float from |g| = 1.8e19 on
+            v = v + grad_scale * g
+            u = u + (grad_scale * g) * g  # not s·(g·g): g·g overflows float from |g| = 1.8e19 on
             tl.store(s2 + off, v, mask=msk)
             tl.store(s3 + off, u, mask=msk)
-        p = _cbrt(u) + k1
+        p = _cbrt(u) + eps
         lin = v
         center = w0
     elif ALG == 2:
-        # ProxSGD. k0 = c, k1 = lr. s1 = momentum buffer b.
+        # ProxSGD: c_mom = c, lr. s1 = momentum buffer b.
         b = tl.load(s1 + off, mask=msk, other=0.0)
         if UPDATE:
-            b = b * (1.0 - k0) + k0 * g
+            b = b * (1.0 - c_mom) + c_mom * g
             tl.store(s1 + off, b, mask=msk)
-        center = w - k1 * b
+        center = w - lr * b
         lin = tl.zeros_like(w)
         p = lin + 1.0
     elif ALG == 3:
-        # ProxGen. k0 = 1 − lr·wd, k1 = β1, k2 = β2, k3 = lr/bc1, k4 = sqrt(bc2), k5 = ε.
+        # ProxGen: decay = 1 − lr·wd, beta1, beta2, lin_scale = lr/bc1, sqrt_bc2, eps.
         m = tl.load(s1 + off, mask=msk, other=0.0)
         v = tl.load(s2 + off, mask=msk, other=0.0)
         if UPDATE:
-            m = m * k1 + (1.0 - k1) * g
-            v = v * k2 + ((1.0 - k2) * g) * g  # not (1 − β2)·(g·g), which overflows first
+            m = m * beta1 + (1.0 - beta1) * g
+            v = v * beta2 + ((1.0 - beta2) * g) * g  # not (1 − β2)·(g·g), which overflows first
             tl.store(s1 + off, m, mask=msk)
             tl.store(s2 + off, v, mask=msk)
-        p = tl.sqrt(v) / k4 + k5
-        lin = m * k3
-        center = w * k0
+        p = tl.sqrt(v) / sqrt_bc2 + eps
+        lin = m * lin_scale
+        center = w * decay
     else:
-        # ProxSSI. k0 = −lr·wd, k1 = β1, k2 = β2, k3 = −lr·sqrt(bc2)/bc1, k5 = ε.
+        # ProxSSI: decay = −lr·wd, beta1, beta2, ssi_step = −lr·sqrt(bc2)/bc1, eps.
         m = tl.load(s1 + off, mask=msk, other=0.0)
         v = tl.load(s2 + off, mask=msk, other=0.0)
         if UPDATE:
-            m = m * k1 + (1.0 - k1) * g
-            v = v * k2 + ((1.0 - k2) * g) * g  # not (1 − β2)·(g·g), which overflows first
+            m = m * beta1 + (1.0 - beta1) * g
+            v = v * beta2 + ((1.0 - beta2) * g) * g  # not (1 − β2)·(g·g), which overflows first
             tl.store(s1 + off, m, mask=msk)
             tl.store(s2 + off, v, mask=msk)
-        p = tl.sqrt(v) + k5
-        w1 = w + k3 * (m / p)
-        center = w1 + k0 * w1
+        p = tl.sqrt(v) + eps
+        w1 = w + ssi_step * (m / p)
+        center = w1 + decay * w1
         lin = tl.zeros_like(w)
     p = tl.where(msk, p, 1.0)
     return lin, p, center, w
@@ -234,6 +245,227 @@ def _offs(k, rows, B, GB, strd, ti, T, ND: tl.constexpr):
         poff = _remap(off, strd, ti, T, ND, 1)
         goff = _remap(off, strd, ti, T, ND, 2)
     return off, poff, goff
+
+
+@triton.jit
+def _tile(
+    ALG: tl.constexpr,
+    UPDATE: tl.constexpr,
+    k,
+    rows,
+    rvalid,
+    n,
+    B,
+    GB,
+    strd,
+    ti,
+    T,
+    pp,
+    gp,
+    s1,
+    s2,
+    s3,
+    grad_scale,
+    sqrt_t,
+    eps,
+    c_mom,
+    lr,
+    beta1,
+    beta2,
+    decay,
+    lin_scale,
+    sqrt_bc2,
+    ssi_step,
+    ND: tl.constexpr,
+    SDT: tl.constexpr,
+):
+    """One pass's view of elements ``k`` of groups ``rows``: ``(off, poff, msk, lin, P, center, w)``
+    (:func:`_offs`, then :func:`_pre`, which updates the state when ``UPDATE``)."""
+    msk = rvalid[:, None] & (k < n)
+    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
+    lin, p, center, w = _pre(
+        ALG, UPDATE, off, poff, goff, msk, pp, gp, s1, s2, s3,
+        grad_scale, sqrt_t, eps, c_mom, lr, beta1, beta2, decay, lin_scale, sqrt_bc2, ssi_step, SDT,
+    )  # fmt: skip
+    return off, poff, msk, lin, p, center, w
+
+
+@triton.jit
+def _exact_pz(p, center, lin, t1, REG: tl.constexpr):
+    """``pz = P⊙center − lin`` of the exact solves; sparse group LASSO soft-thresholds it by
+    ``t1 = a·λ₁`` (its exact solve is then group LASSO's on that vector, docs/solvers.md)."""
+    pz = p * center - lin
+    if REG == 2:
+        mag = tl.maximum(tl.abs(pz) - t1, 0.0)
+        pz = tl.where(pz < 0, -mag, mag)
+    return pz
+
+
+@triton.jit
+def _unregularized(p, center, lin, pz, REG: tl.constexpr):
+    """The exact solve at a zero group threshold: ``Z = center − lin/P`` (sparse group LASSO:
+    its soft-thresholded ``pz/P``)."""
+    if REG == 2:
+        out = pz / p
+    else:
+        out = center - lin / p
+    return out
+
+
+@triton.jit
+def _gl_rows(pz, p, msk, rvalid, thr, newton_tol, newton_max):
+    """Group LASSO's exact solve of R whole groups (rows) given ``pz``: 0 for a screened row
+    (``‖pz‖ ≤ thr``), else ``pz·r/(P r + thr)`` with r by Newton (_newton_start, _newton_next)."""
+    pzn = tl.sqrt(tl.sum(pz * pz, axis=1))
+    kept = (pzn > thr) & rvalid
+    pmax = tl.where(rvalid, tl.max(tl.where(msk, p, 0.0), axis=1), 1.0)
+    ty, tc = _newton_start_terms(pz, p, msk)
+    r = _newton_start(pzn, thr, pmax, tl.sum(ty, axis=1), tl.sum(tc, axis=1))
+    active = kept & ((pzn * 0.0 + thr) > 0)
+    it = tl.full([], 0, tl.int32)
+    while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
+        t1, t2, t3 = _newton_terms(pz, p, r[:, None], thr, msk)
+        r, active = _newton_next(
+            r, tl.sum(t1, axis=1), tl.sum(t2, axis=1), tl.sum(t3, axis=1), active, newton_tol
+        )
+        it += 1
+    xs = pz * r[:, None] / (p * r[:, None] + thr)
+    return tl.where(kept[:, None], xs, 0.0)
+
+
+@triton.jit
+def _mcp_weighted(pz, p, a, lamg, omg):
+    """math.h mcp_weighted per element: ``argmin_x ½P(x − z)² + a·MCP_{λg,ωg}(x)``, ``pz = P·z``.
+    ``P > a/ωg``: the firm threshold; else the hard threshold at ``λg·sqrt(a·ωg·P)``."""
+    c = a / omg
+    z = pz / p
+    apz = tl.abs(pz)
+    al = a * lamg
+    soft = tl.where(pz < 0, -(apz - al), apz - al)
+    firm = tl.where(apz <= al, 0.0, tl.where(tl.abs(z) <= omg * lamg, soft / (p - c), z))
+    hard = tl.where(apz > lamg * tl.sqrt(a * omg * p), z, 0.0)
+    return tl.where(p > c, firm, hard)
+
+
+@triton.jit
+def _gmcp_start(pzn, thr, ppmax, smax):
+    """Group MCP's Newton start ``s_L = (‖pz‖/T − 1)/max P'`` clamped to ``[0, 1/c]`` (1/c when
+    ``max P' ≤ 0``)."""
+    pos = ppmax > 0
+    s = tl.where(pos, (pzn / thr - 1.0) / tl.where(pos, ppmax, 1.0), smax)
+    return tl.minimum(tl.maximum(s, 0.0), smax)
+
+
+@triton.jit
+def _gmcp_terms(pz, pp, s, msk):
+    """Per element (0 where masked): ``q² = pz²/(1 + P's)²`` and ``q²·P'/(1 + P's)`` (K and −K′/2)."""
+    den = tl.where(msk, 1.0 + pp * s, 1.0)
+    q2 = pz * pz / (den * den)
+    return q2, q2 * pp / den
+
+
+@triton.jit
+def _gmcp_next(s, k, dk, thr, convex, active, tol, smax):
+    """math.h gmcp_next for the active rows, given K and −K′/2 at s: convex rows step on
+    ``K^(-1/2) − 1/T``, the others on ``K − T²``; a row stops when ``K′ ≥ 0``, on a step below
+    ``tol·s`` or at ``1/c``. Returns (next s, still active)."""
+    pos = dk > 0
+    dks = tl.where(pos, dk, 1.0)
+    delta = tl.where(convex, k * (tl.sqrt(k) / thr - 1.0) / dks, (k - thr * thr) / (2.0 * dks))
+    going = active & pos & (tl.abs(delta) > tol * s)
+    sn = tl.where(going, tl.minimum(tl.maximum(s + delta, 0.0), smax), s)
+    return sn, going & (sn < smax)
+
+
+@triton.jit
+def _gmcp_x(pz, pp, s, kept, msk):
+    """``X(s)_i = pz_i·s/(1 + P'_i s)`` of the kept rows, 0 for the screened ones."""
+    den = tl.where(msk, 1.0 + pp * s, 1.0)
+    return tl.where(kept[:, None], pz * s / den, 0.0)
+
+
+@triton.jit
+def _gmcp_zero_terms(pz, p):
+    """Per element, float64: ``pz·z`` (twice the objective of 0) and ``z²`` (‖Z‖²), ``z = pz/P``."""
+    pzd = pz.to(tl.float64)
+    zd = pzd / p.to(tl.float64)
+    return pzd * zd, zd * zd
+
+
+@triton.jit
+def _gmcp_x_terms(x, pz, p):
+    """Per element, float64: ``P·(x − z)²`` and ``x²`` (the objective of X(s))."""
+    pd = p.to(tl.float64)
+    xd = x.to(tl.float64)
+    d = xd - pz.to(tl.float64) / pd
+    return pd * d * d, xd * xd
+
+
+@triton.jit
+def _mcp64(sq, lamg, omg):
+    """``MCP_{λg,ωg}(sqrt(sq))`` in float64."""
+    rho = tl.sqrt(sq)
+    return tl.where(rho <= omg * lamg, lamg * rho - rho * rho / (2.0 * omg), omg * lamg * lamg * 0.5)
+
+
+@triton.jit
+def _gmcp_pick(f0, zsq, dsq, xsq, convex, n, a_reg, lam, omega):
+    """The candidate of a nonconvex group MCP row with the smallest objective (float64), by the
+    reference's rule and ties: X(s) when ``f(X) < f(0)``; Z when ``f(Z)`` is below the better of
+    those; else 0. Sums: ``f0 = Σ pz·z``, ``zsq = ‖Z‖²``, ``dsq = Σ P(x − z)²``, ``xsq = ‖X‖²``.
+    Returns ``(use Z, use 0)``; both False for convex rows."""
+    wg = tl.sqrt(n.to(tl.float64))
+    a = tl.cast(a_reg, tl.float64)
+    lamg = tl.cast(lam, tl.float64) * wg
+    omg = tl.cast(omega, tl.float64) * wg
+    fzero = 0.5 * f0
+    fz = a * _mcp64(zsq, lamg, omg)
+    fx = 0.5 * dsq + a * _mcp64(xsq, lamg, omg)
+    use_x = fx < fzero
+    best = tl.where(use_x, fx, fzero)
+    use_z = (~convex) & (fz < best)
+    return use_z, (~convex) & (~use_x) & (~use_z)
+
+
+@triton.jit
+def _gmcp_rows(pz, p, msk, rvalid, n, a_reg, lam, omega, newton_tol, newton_max):
+    """Group MCP's exact solve of R whole groups (rows) of ``n`` elements given ``pz``
+    (docs/solvers.md, the rule of reference.py exact_group_mcp): one-element groups (MCP) in
+    closed form (_mcp_weighted); else Newton on s from s_L, ``X(s)``, and for rows with
+    ``min P < c`` the best of 0, ``X(s)`` and Z (_gmcp_pick)."""
+    wg = tl.sqrt(n.to(tl.float32))
+    lamg = lam * wg
+    omg = omega * wg
+    if n == 1:
+        x = _mcp_weighted(pz, p, a_reg, lamg, omg)
+    else:
+        thr = a_reg * lamg
+        c = a_reg / omg
+        smax = 1.0 / c
+        pp = p - c
+        pzn = tl.sqrt(tl.sum(pz * pz, axis=1))
+        convex = tl.min(tl.where(msk, p, float("inf")), axis=1) >= c
+        s = _gmcp_start(pzn, thr, tl.max(tl.where(msk, pp, float("-inf")), axis=1), smax)
+        kept = (pzn > thr) & rvalid
+        active = kept & (s < smax) & ((pzn * 0.0 + thr) > 0)
+        it = tl.full([], 0, tl.int32)
+        while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
+            q2, dq = _gmcp_terms(pz, pp, s[:, None], msk)
+            s, active = _gmcp_next(
+                s, tl.sum(q2, axis=1), tl.sum(dq, axis=1), thr, convex, active, newton_tol, smax
+            )
+            it += 1
+        x = _gmcp_x(pz, pp, s[:, None], kept, msk)
+        if tl.max(tl.where(rvalid & ~convex, 1, 0), axis=0) > 0:
+            a0, az = _gmcp_zero_terms(pz, p)
+            ad, ax = _gmcp_x_terms(x, pz, p)
+            use_z, use_0 = _gmcp_pick(
+                tl.sum(a0, axis=1), tl.sum(az, axis=1), tl.sum(ad, axis=1), tl.sum(ax, axis=1),
+                convex, n, a_reg, lam, omega,
+            )  # fmt: skip
+            x = tl.where(use_z[:, None], pz / p, x)
+            x = tl.where(use_0[:, None], 0.0, x)
+    return x
 
 
 @triton.jit
@@ -374,12 +606,17 @@ def step_kernel(
     starts,
     strd,
     T,
-    k0,
-    k1,
-    k2,
-    k3,
-    k4,
-    k5,
+    grad_scale,
+    sqrt_t,
+    eps,
+    c_mom,
+    lr,
+    beta1,
+    beta2,
+    decay,
+    lin_scale,
+    sqrt_bc2,
+    ssi_step,
     c_mix,
     a_reg,
     lam,
@@ -430,34 +667,48 @@ def step_kernel(
     tau0 = tl.zeros([R], dtype=tl.float32) + a_reg  # [R] threshold multiplier
 
     if FIT:
-        k = cols[None, :]
-        msk = rvalid[:, None] & (k < n)
-        off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-        lin, p, center, w = _pre(
-            ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+        off, poff, msk, lin, p, center, w = _tile(
+            ALG,
+            True,
+            cols[None, :],
+            rows,
+            rvalid,
+            n,
+            B,
+            GB,
+            strd,
+            ti,
+            T,
+            pp,
+            gp,
+            s1,
+            s2,
+            s3,
+            grad_scale,
+            sqrt_t,
+            eps,
+            c_mom,
+            lr,
+            beta1,
+            beta2,
+            decay,
+            lin_scale,
+            sqrt_bc2,
+            ssi_step,
+            ND,
+            SDT,
         )
         if SOLVER == 0:
             z = center - lin / p
             x = _prox_apply(z, _prox_sq(z, tau0, lam1, REG), tau0, wg, lam, lam1, omega, REG, True)
         elif SOLVER == 1:
             thr = a_reg * lam * wg
-            pz = p * center - lin
-            pzn = tl.sqrt(tl.sum(pz * pz, axis=1))
-            kept = (pzn > thr) & rvalid
-            pmax = tl.where(rvalid, tl.max(tl.where(msk, p, 0.0), axis=1), 1.0)
-            ty, tc = _newton_start_terms(pz, p, msk)
-            r = _newton_start(pzn, thr, pmax, tl.sum(ty, axis=1), tl.sum(tc, axis=1))
-            active = kept & ((pzn * 0.0 + thr) > 0)
-            it = tl.full([], 0, tl.int32)
-            while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
-                t1, t2, t3 = _newton_terms(pz, p, r[:, None], thr, msk)
-                r, active = _newton_next(
-                    r, tl.sum(t1, axis=1), tl.sum(t2, axis=1), tl.sum(t3, axis=1), active, newton_tol
-                )
-                it += 1
-            xs = pz * r[:, None] / (p * r[:, None] + thr)
-            xs = tl.where(kept[:, None], xs, 0.0)
-            x = tl.where((xs * 0.0 + thr) == 0, center - lin / p, xs)
+            pz = _exact_pz(p, center, lin, a_reg * lam1, REG)
+            if REG == 3:
+                x = _gmcp_rows(pz, p, msk, rvalid, n, a_reg, lam, omega, newton_tol, newton_max)
+            else:
+                x = _gl_rows(pz, p, msk, rvalid, thr, newton_tol, newton_max)
+            x = tl.where((p * 0.0 + thr) == 0, _unregularized(p, center, lin, pz, REG), x)
         else:
             pmax = tl.where(rvalid, tl.max(tl.where(msk, p, 0.0), axis=1), 1.0)
             eta = 1.0 / pmax
@@ -492,76 +743,381 @@ def step_kernel(
         if SOLVER == 0:
             sq = tl.zeros([R], dtype=SDT)
             for c0 in range(0, n, BK):
-                k = c0 + cols[None, :]
-                msk = rvalid[:, None] & (k < n)
-                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                lin, p, center, w = _pre(
-                    ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                off, poff, msk, lin, p, center, w = _tile(
+                    ALG,
+                    True,
+                    c0 + cols[None, :],
+                    rows,
+                    rvalid,
+                    n,
+                    B,
+                    GB,
+                    strd,
+                    ti,
+                    T,
+                    pp,
+                    gp,
+                    s1,
+                    s2,
+                    s3,
+                    grad_scale,
+                    sqrt_t,
+                    eps,
+                    c_mom,
+                    lr,
+                    beta1,
+                    beta2,
+                    decay,
+                    lin_scale,
+                    sqrt_bc2,
+                    ssi_step,
+                    ND,
+                    SDT,
                 )
                 sq += _prox_sq(center - lin / p, tau0, lam1, REG)
             for c0 in range(0, n, BK):
-                k = c0 + cols[None, :]
-                msk = rvalid[:, None] & (k < n)
-                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                lin, p, center, w = _pre(
-                    ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                off, poff, msk, lin, p, center, w = _tile(
+                    ALG,
+                    False,
+                    c0 + cols[None, :],
+                    rows,
+                    rvalid,
+                    n,
+                    B,
+                    GB,
+                    strd,
+                    ti,
+                    T,
+                    pp,
+                    gp,
+                    s1,
+                    s2,
+                    s3,
+                    grad_scale,
+                    sqrt_t,
+                    eps,
+                    c_mom,
+                    lr,
+                    beta1,
+                    beta2,
+                    decay,
+                    lin_scale,
+                    sqrt_bc2,
+                    ssi_step,
+                    ND,
+                    SDT,
                 )
                 x = _prox_apply(center - lin / p, sq, tau0, wg, lam, lam1, omega, REG, False)
                 tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
         elif SOLVER == 1:
             thr = a_reg * lam * wg
-            pzsq = tl.zeros([R], dtype=SDT)
-            pmax = tl.zeros([R], dtype=SDT)
-            sy = tl.zeros([R], dtype=SDT)
-            sc = tl.zeros([R], dtype=SDT)
-            for c0 in range(0, n, BK):
-                k = c0 + cols[None, :]
-                msk = rvalid[:, None] & (k < n)
-                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                lin, p, center, w = _pre(
-                    ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
-                )
-                pz = p * center - lin
-                pzsq += tl.sum(pz * pz, axis=1)
-                pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
-                ty, tc = _newton_start_terms(pz, p, msk)
-                sy += tl.sum(ty, axis=1)
-                sc += tl.sum(tc, axis=1)
-            pzn = tl.sqrt(pzsq)
-            kept = (pzn > thr) & rvalid
-            r = _newton_start(pzn, thr, tl.where(rvalid, pmax, 1.0), sy, sc)
-            active = kept & ((pzn * 0.0 + thr) > 0)
-            it = tl.full([], 0, tl.int32)
-            while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
-                s1n = tl.zeros([R], dtype=SDT)
-                s2n = tl.zeros([R], dtype=SDT)
-                s3n = tl.zeros([R], dtype=SDT)
+            t1 = a_reg * lam1
+            if REG == 3:
+                # group MCP: pass 1 sums ‖pz‖², max/min P and the objectives of 0 and Z; Newton
+                # passes on s; for nonconvex groups one pass for the objective of X(s); the write.
+                c = a_reg / (omega * wg)
+                smax = 1.0 / c
+                pzsq = tl.zeros([R], dtype=SDT)
+                pmax = tl.zeros([R], dtype=SDT)
+                pmin = tl.full([R], float("inf"), dtype=SDT)
+                f0 = tl.zeros([R], dtype=tl.float64)
+                zsq = tl.zeros([R], dtype=tl.float64)
                 for c0 in range(0, n, BK):
-                    k = c0 + cols[None, :]
-                    msk = rvalid[:, None] & (k < n)
-                    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                    lin, p, center, w = _pre(
-                        ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    off, poff, msk, lin, p, center, w = _tile(
+                        ALG,
+                        True,
+                        c0 + cols[None, :],
+                        rows,
+                        rvalid,
+                        n,
+                        B,
+                        GB,
+                        strd,
+                        ti,
+                        T,
+                        pp,
+                        gp,
+                        s1,
+                        s2,
+                        s3,
+                        grad_scale,
+                        sqrt_t,
+                        eps,
+                        c_mom,
+                        lr,
+                        beta1,
+                        beta2,
+                        decay,
+                        lin_scale,
+                        sqrt_bc2,
+                        ssi_step,
+                        ND,
+                        SDT,
                     )
                     pz = p * center - lin
-                    t1, t2, t3 = _newton_terms(pz, p, r[:, None], thr, msk)
-                    s1n += tl.sum(t1, axis=1)
-                    s2n += tl.sum(t2, axis=1)
-                    s3n += tl.sum(t3, axis=1)
-                r, active = _newton_next(r, s1n, s2n, s3n, active, newton_tol)
-                it += 1
-            for c0 in range(0, n, BK):
-                k = c0 + cols[None, :]
-                msk = rvalid[:, None] & (k < n)
-                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                lin, p, center, w = _pre(
-                    ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
-                )
-                pz = p * center - lin
-                xs = pz * r[:, None] / (p * r[:, None] + thr)
-                xs = tl.where(kept[:, None], xs, 0.0)
-                x = tl.where((xs * 0.0 + thr) == 0, center - lin / p, xs)
-                tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+                    pzsq += tl.sum(pz * pz, axis=1)
+                    pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
+                    pmin = tl.minimum(pmin, tl.min(tl.where(msk, p, float("inf")), axis=1))
+                    a0, az = _gmcp_zero_terms(pz, p)
+                    f0 += tl.sum(a0, axis=1)
+                    zsq += tl.sum(az, axis=1)
+                pzn = tl.sqrt(pzsq)
+                convex = pmin >= c
+                s = _gmcp_start(pzn, thr, pmax - c, smax)
+                kept = (pzn > thr) & rvalid
+                active = kept & (s < smax) & ((pzn * 0.0 + thr) > 0)
+                it = tl.full([], 0, tl.int32)
+                while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
+                    ks = tl.zeros([R], dtype=SDT)
+                    dks = tl.zeros([R], dtype=SDT)
+                    for c0 in range(0, n, BK):
+                        off, poff, msk, lin, p, center, w = _tile(
+                            ALG,
+                            False,
+                            c0 + cols[None, :],
+                            rows,
+                            rvalid,
+                            n,
+                            B,
+                            GB,
+                            strd,
+                            ti,
+                            T,
+                            pp,
+                            gp,
+                            s1,
+                            s2,
+                            s3,
+                            grad_scale,
+                            sqrt_t,
+                            eps,
+                            c_mom,
+                            lr,
+                            beta1,
+                            beta2,
+                            decay,
+                            lin_scale,
+                            sqrt_bc2,
+                            ssi_step,
+                            ND,
+                            SDT,
+                        )
+                        pz = p * center - lin
+                        q2, dq = _gmcp_terms(pz, p - c, s[:, None], msk)
+                        ks += tl.sum(q2, axis=1)
+                        dks += tl.sum(dq, axis=1)
+                    s, active = _gmcp_next(s, ks, dks, thr, convex, active, newton_tol, smax)
+                    it += 1
+                use_z = rows < 0
+                use_0 = rows < 0
+                if tl.max(tl.where(rvalid & ~convex, 1, 0), axis=0) > 0:
+                    dsq = tl.zeros([R], dtype=tl.float64)
+                    xsq = tl.zeros([R], dtype=tl.float64)
+                    for c0 in range(0, n, BK):
+                        off, poff, msk, lin, p, center, w = _tile(
+                            ALG,
+                            False,
+                            c0 + cols[None, :],
+                            rows,
+                            rvalid,
+                            n,
+                            B,
+                            GB,
+                            strd,
+                            ti,
+                            T,
+                            pp,
+                            gp,
+                            s1,
+                            s2,
+                            s3,
+                            grad_scale,
+                            sqrt_t,
+                            eps,
+                            c_mom,
+                            lr,
+                            beta1,
+                            beta2,
+                            decay,
+                            lin_scale,
+                            sqrt_bc2,
+                            ssi_step,
+                            ND,
+                            SDT,
+                        )
+                        pz = p * center - lin
+                        x = _gmcp_x(pz, p - c, s[:, None], kept, msk)
+                        ad, ax = _gmcp_x_terms(x, pz, p)
+                        dsq += tl.sum(ad, axis=1)
+                        xsq += tl.sum(ax, axis=1)
+                    use_z, use_0 = _gmcp_pick(f0, zsq, dsq, xsq, convex, n, a_reg, lam, omega)
+                for c0 in range(0, n, BK):
+                    off, poff, msk, lin, p, center, w = _tile(
+                        ALG,
+                        False,
+                        c0 + cols[None, :],
+                        rows,
+                        rvalid,
+                        n,
+                        B,
+                        GB,
+                        strd,
+                        ti,
+                        T,
+                        pp,
+                        gp,
+                        s1,
+                        s2,
+                        s3,
+                        grad_scale,
+                        sqrt_t,
+                        eps,
+                        c_mom,
+                        lr,
+                        beta1,
+                        beta2,
+                        decay,
+                        lin_scale,
+                        sqrt_bc2,
+                        ssi_step,
+                        ND,
+                        SDT,
+                    )
+                    pz = p * center - lin
+                    x = _gmcp_x(pz, p - c, s[:, None], kept, msk)
+                    x = tl.where(use_z[:, None], pz / p, x)
+                    x = tl.where(use_0[:, None], 0.0, x)
+                    x = tl.where((p * 0.0 + thr) == 0, center - lin / p, x)
+                    tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
+            else:
+                # group LASSO, and sparse group LASSO on the soft-thresholded pz (_exact_pz)
+                pzsq = tl.zeros([R], dtype=SDT)
+                pmax = tl.zeros([R], dtype=SDT)
+                sy = tl.zeros([R], dtype=SDT)
+                sc = tl.zeros([R], dtype=SDT)
+                for c0 in range(0, n, BK):
+                    off, poff, msk, lin, p, center, w = _tile(
+                        ALG,
+                        True,
+                        c0 + cols[None, :],
+                        rows,
+                        rvalid,
+                        n,
+                        B,
+                        GB,
+                        strd,
+                        ti,
+                        T,
+                        pp,
+                        gp,
+                        s1,
+                        s2,
+                        s3,
+                        grad_scale,
+                        sqrt_t,
+                        eps,
+                        c_mom,
+                        lr,
+                        beta1,
+                        beta2,
+                        decay,
+                        lin_scale,
+                        sqrt_bc2,
+                        ssi_step,
+                        ND,
+                        SDT,
+                    )
+                    pz = _exact_pz(p, center, lin, t1, REG)
+                    pzsq += tl.sum(pz * pz, axis=1)
+                    pmax = tl.maximum(pmax, tl.max(tl.where(msk, p, 0.0), axis=1))
+                    ty, tc = _newton_start_terms(pz, p, msk)
+                    sy += tl.sum(ty, axis=1)
+                    sc += tl.sum(tc, axis=1)
+                pzn = tl.sqrt(pzsq)
+                kept = (pzn > thr) & rvalid
+                r = _newton_start(pzn, thr, tl.where(rvalid, pmax, 1.0), sy, sc)
+                active = kept & ((pzn * 0.0 + thr) > 0)
+                it = tl.full([], 0, tl.int32)
+                while (it < newton_max) & (tl.max(active.to(tl.int32), axis=0) > 0):
+                    s1n = tl.zeros([R], dtype=SDT)
+                    s2n = tl.zeros([R], dtype=SDT)
+                    s3n = tl.zeros([R], dtype=SDT)
+                    for c0 in range(0, n, BK):
+                        off, poff, msk, lin, p, center, w = _tile(
+                            ALG,
+                            False,
+                            c0 + cols[None, :],
+                            rows,
+                            rvalid,
+                            n,
+                            B,
+                            GB,
+                            strd,
+                            ti,
+                            T,
+                            pp,
+                            gp,
+                            s1,
+                            s2,
+                            s3,
+                            grad_scale,
+                            sqrt_t,
+                            eps,
+                            c_mom,
+                            lr,
+                            beta1,
+                            beta2,
+                            decay,
+                            lin_scale,
+                            sqrt_bc2,
+                            ssi_step,
+                            ND,
+                            SDT,
+                        )
+                        pz = _exact_pz(p, center, lin, t1, REG)
+                        n1, n2, n3 = _newton_terms(pz, p, r[:, None], thr, msk)
+                        s1n += tl.sum(n1, axis=1)
+                        s2n += tl.sum(n2, axis=1)
+                        s3n += tl.sum(n3, axis=1)
+                    r, active = _newton_next(r, s1n, s2n, s3n, active, newton_tol)
+                    it += 1
+                for c0 in range(0, n, BK):
+                    off, poff, msk, lin, p, center, w = _tile(
+                        ALG,
+                        False,
+                        c0 + cols[None, :],
+                        rows,
+                        rvalid,
+                        n,
+                        B,
+                        GB,
+                        strd,
+                        ti,
+                        T,
+                        pp,
+                        gp,
+                        s1,
+                        s2,
+                        s3,
+                        grad_scale,
+                        sqrt_t,
+                        eps,
+                        c_mom,
+                        lr,
+                        beta1,
+                        beta2,
+                        decay,
+                        lin_scale,
+                        sqrt_bc2,
+                        ssi_step,
+                        ND,
+                        SDT,
+                    )
+                    pz = _exact_pz(p, center, lin, t1, REG)
+                    xs = pz * r[:, None] / (p * r[:, None] + thr)
+                    xs = tl.where(kept[:, None], xs, 0.0)
+                    x = tl.where((p * 0.0 + thr) == 0, _unregularized(p, center, lin, pz, REG), xs)
+                    tl.store(pp + poff, _finish(ALG, w, x, c_mix).to(PDT), mask=msk)
         else:
             # PG with the iterate in the scratch buffer sx.
             pzsq = tl.zeros([R], dtype=SDT)
@@ -571,11 +1127,36 @@ def step_kernel(
             ab_warm = tl.zeros([R], dtype=tl.float64)
             sm_zero = tl.zeros([R], dtype=tl.float64)
             for c0 in range(0, n, BK):
-                k = c0 + cols[None, :]
-                msk = rvalid[:, None] & (k < n)
-                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                lin, p, center, w = _pre(
-                    ALG, True, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                off, poff, msk, lin, p, center, w = _tile(
+                    ALG,
+                    True,
+                    c0 + cols[None, :],
+                    rows,
+                    rvalid,
+                    n,
+                    B,
+                    GB,
+                    strd,
+                    ti,
+                    T,
+                    pp,
+                    gp,
+                    s1,
+                    s2,
+                    s3,
+                    grad_scale,
+                    sqrt_t,
+                    eps,
+                    c_mom,
+                    lr,
+                    beta1,
+                    beta2,
+                    decay,
+                    lin_scale,
+                    sqrt_bc2,
+                    ssi_step,
+                    ND,
+                    SDT,
                 )
                 pz = p * center - lin
                 pzsq += tl.sum(pz * pz, axis=1)
@@ -603,11 +1184,36 @@ def step_kernel(
                 it += 1
                 ysq = tl.zeros([R], dtype=SDT)
                 for c0 in range(0, n, BK):
-                    k = c0 + cols[None, :]
-                    msk = rvalid[:, None] & (k < n)
-                    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                    lin, p, center, w = _pre(
-                        ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    off, poff, msk, lin, p, center, w = _tile(
+                        ALG,
+                        False,
+                        c0 + cols[None, :],
+                        rows,
+                        rvalid,
+                        n,
+                        B,
+                        GB,
+                        strd,
+                        ti,
+                        T,
+                        pp,
+                        gp,
+                        s1,
+                        s2,
+                        s3,
+                        grad_scale,
+                        sqrt_t,
+                        eps,
+                        c_mom,
+                        lr,
+                        beta1,
+                        beta2,
+                        decay,
+                        lin_scale,
+                        sqrt_bc2,
+                        ssi_step,
+                        ND,
+                        SDT,
                     )
                     x = tl.load(sx + off, mask=msk, other=0.0)
                     y = x - eta[:, None] * (lin + p * (x - center))
@@ -616,11 +1222,36 @@ def step_kernel(
                 xsq = tl.zeros([R], dtype=tl.float64)
                 xab = tl.zeros([R], dtype=tl.float64)
                 for c0 in range(0, n, BK):
-                    k = c0 + cols[None, :]
-                    msk = rvalid[:, None] & (k < n)
-                    off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                    lin, p, center, w = _pre(
-                        ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                    off, poff, msk, lin, p, center, w = _tile(
+                        ALG,
+                        False,
+                        c0 + cols[None, :],
+                        rows,
+                        rvalid,
+                        n,
+                        B,
+                        GB,
+                        strd,
+                        ti,
+                        T,
+                        pp,
+                        gp,
+                        s1,
+                        s2,
+                        s3,
+                        grad_scale,
+                        sqrt_t,
+                        eps,
+                        c_mom,
+                        lr,
+                        beta1,
+                        beta2,
+                        decay,
+                        lin_scale,
+                        sqrt_bc2,
+                        ssi_step,
+                        ND,
+                        SDT,
                     )
                     x = tl.load(sx + off, mask=msk, other=0.0)
                     y = x - eta[:, None] * (lin + p * (x - center))
@@ -635,11 +1266,36 @@ def step_kernel(
                 active = active & (~done)
             worse = (~zero) & (q_prev > q0)
             for c0 in range(0, n, BK):
-                k = c0 + cols[None, :]
-                msk = rvalid[:, None] & (k < n)
-                off, poff, goff = _offs(k, rows, B, GB, strd, ti, T, ND)
-                lin, p, center, w = _pre(
-                    ALG, False, off, poff, goff, msk, pp, gp, s1, s2, s3, k0, k1, k2, k3, k4, k5, SDT
+                off, poff, msk, lin, p, center, w = _tile(
+                    ALG,
+                    False,
+                    c0 + cols[None, :],
+                    rows,
+                    rvalid,
+                    n,
+                    B,
+                    GB,
+                    strd,
+                    ti,
+                    T,
+                    pp,
+                    gp,
+                    s1,
+                    s2,
+                    s3,
+                    grad_scale,
+                    sqrt_t,
+                    eps,
+                    c_mom,
+                    lr,
+                    beta1,
+                    beta2,
+                    decay,
+                    lin_scale,
+                    sqrt_bc2,
+                    ssi_step,
+                    ND,
+                    SDT,
                 )
                 x = tl.load(sx + off, mask=msk, other=0.0)
                 x = tl.where(zero[:, None], 0.0, x)

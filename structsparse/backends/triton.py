@@ -8,7 +8,11 @@ under ``TRITON_INTERPRET=1`` (how CI tests it).
 
 Math and stopping rules are the reference's: per-group PG stop (``(Q_prev − Q)/(|Q| + 1) < rtol``
 after ≥ 2 iterations), PG never returns a group worse than its warm start, exact screening for
-group LASSO / L1. Newton follows the C++ kernels' rule (csrc/include/structsparse/math.h): the
+group LASSO / L1. The exact solves (RAMDA/ProxGen ``"exact"``, ProxSSI) cover GroupLasso, L1,
+SparseGroupLasso (group LASSO's Newton on the soft-thresholded ``pz``), MCP (the closed form per
+element, both regimes) and GroupMCP (Newton on ``s``, the comparison of 0, ``X(s)`` and Z for
+nonconvex groups; docs/solvers.md), on chip and on the two-phase path of large groups. Newton
+follows the C++ kernels' rule (csrc/include/structsparse/math.h): the
 larger of two lower bounds of the root as the start, a stop after a step below ``NEWTON_ULPS`` ulps
 of r or once an a-priori bound of the error left is below that (``NEWTON_MAX_ITERS`` max): the
 reference's root within rounding, in fewer passes. Scalars are passed as fp32 kernel arguments,
@@ -22,8 +26,7 @@ offsets are computed from the strides); a parameter or state tensor that may hol
 one memory location (expanded, overlapping as_strided) is refused with a ValueError.
 
 Declined by :func:`supports` (the optimizers step those buckets on :mod:`.reference`):
-:class:`~structsparse.NuclearNorm` (needs an SVD), the exact solves (RAMDA/ProxGen ``"exact"``,
-ProxSSI) of SparseGroupLasso, GroupMCP and MCP, and any regularizer class this module does not
+:class:`~structsparse.NuclearNorm` (needs an SVD) and any regularizer class this module does not
 know.
 
 ``dessilbi_step`` (docs/math.md §6) runs L1 and GroupLasso (any grouping), with and without the
@@ -100,31 +103,20 @@ def supports(
 ) -> bool:
     """Whether the Triton kernels run a bucket of ``algorithm`` with ``reg`` (see
     :func:`structsparse.backends.cpu.supports` for the arguments); the optimizers step the others
-    on the reference backend. Declined: NuclearNorm, the exact SparseGroupLasso/GroupMCP/MCP solves
-    (the kernels' exact solve is group LASSO's), DessiLBI with a regularizer other than
+    on the reference backend. Accepted: every algorithm with no regularizer, GroupLasso, L1,
+    SparseGroupLasso, GroupMCP or MCP, with either solver (``"exact"``: screening and Newton or the
+    closed forms of docs/solvers.md; ``"pg"``), on any grouping. Declined: NuclearNorm (an SVD),
+    regularizer classes the kernels do not know, DessiLBI with a regularizer other than
     L1/GroupLasso."""
     if algorithm == "dessilbi":
         return reg is None or isinstance(reg, GroupLasso)
-    enc = encode(reg)
-    if enc is None:
-        return False
-    exact = algorithm == "proxssi" or (algorithm in ("ramda", "proxgen") and solver == "exact")
-    return not (exact and enc[0] in ("sparse_group_lasso", "group_mcp"))
+    return encode(reg) is not None
 
 
 def _reg_args(reg: Regularizer | None) -> dict[str, Any] | None:
     """Kernel code and scalars of ``reg``; None when this backend delegates it to reference."""
     enc = encode(reg)
     return None if enc is None else _kernel_reg(*enc)
-
-
-def _solve_args(reg: Regularizer | None, exact: bool) -> dict[str, Any] | None:
-    """:func:`_reg_args` for a solver step: the kernels' exact solve is group LASSO's, so the exact
-    SparseGroupLasso/GroupMCP/MCP solves (RAMDA/ProxGen ``"exact"``, ProxSSI) go to reference."""
-    ra = _reg_args(reg)
-    if ra is not None and exact and ra["reg_code"] in (2, 3):
-        return None
-    return ra
 
 
 def _views(reg: Regularizer | None, params: Sequence[Tensor]) -> list[tuple[int, int, int]]:
@@ -203,7 +195,7 @@ def ramda_step(
     max_iters: int,
     rtol: float,
 ) -> None:
-    ra = _solve_args(reg, solver == "exact")
+    ra = _reg_args(reg)
     if ra is None:
         raise unsupported("triton", "ramda", reg)
     _ramda(
@@ -271,7 +263,7 @@ def proxgen_step(
     max_iters: int,
     rtol: float,
 ) -> None:
-    ra = _solve_args(reg, solver == "exact")
+    ra = _reg_args(reg)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
         raise unsupported("triton", "proxgen", reg)
@@ -308,7 +300,7 @@ def proxssi_step(
     weight_decay: float,
     reg: Regularizer | None,
 ) -> None:
-    ra = _solve_args(reg, True)
+    ra = _reg_args(reg)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     if ra is None:
         raise unsupported("triton", "proxssi", reg)
@@ -416,11 +408,9 @@ def _op_check_lists(op: str, params: Sequence[Tensor], *lists: Sequence[Any]) ->
             raise ValueError(f"structsparse::{op}: got {len(params)} params but a list of length {len(lst)}")
 
 
-def _op_check_solver(op: str, solver: str, ra: dict[str, Any]) -> None:
+def _op_check_solver(op: str, solver: str) -> None:
     if solver not in ("pg", "exact"):
         raise ValueError(f"structsparse::{op}: solver must be 'pg' or 'exact', got {solver!r}")
-    if solver == "exact" and ra["reg_code"] not in (0, 1):
-        raise ValueError(f"structsparse::{op}: solver 'exact' needs reg 'none' or 'group_lasso'")
 
 
 def op_rmda_step(params, grads, anchors, grad_sums, steps, alphas, views, lr, c, reg, reg_params) -> None:
@@ -452,7 +442,7 @@ def op_ramda_step(
     """``structsparse::ramda_step`` on the Triton kernels."""
     _op_check_lists("ramda_step", params, grads, anchors, grad_sums, sq_grad_sums, steps, alphas)
     ra = _op_reg_args("ramda_step", reg, reg_params)
-    _op_check_solver("ramda_step", solver, ra)
+    _op_check_solver("ramda_step", solver)
     kw = dict(
         lr=float(lr), c=float(c), eps=float(eps), solver=solver, max_iters=int(max_iters), rtol=float(rtol)
     )
@@ -492,7 +482,7 @@ def op_proxgen_step(
     """``structsparse::proxgen_step`` on the Triton kernels."""
     _op_check_lists("proxgen_step", params, grads, exp_avgs, exp_avg_sqs, steps)
     ra = _op_reg_args("proxgen_step", reg, reg_params)
-    _op_check_solver("proxgen_step", solver, ra)
+    _op_check_solver("proxgen_step", solver)
     kw = dict(
         lr=float(lr),
         beta1=float(beta1),
@@ -510,11 +500,9 @@ def op_proxgen_step(
 def op_proxssi_step(
     params, grads, exp_avgs, exp_avg_sqs, steps, views, lr, beta1, beta2, eps, weight_decay, reg, reg_params
 ) -> None:
-    """``structsparse::proxssi_step`` on the Triton kernels (reg 'none' or 'group_lasso')."""
+    """``structsparse::proxssi_step`` on the Triton kernels."""
     _op_check_lists("proxssi_step", params, grads, exp_avgs, exp_avg_sqs, steps)
     ra = _op_reg_args("proxssi_step", reg, reg_params)
-    if ra["reg_code"] not in (0, 1):
-        raise ValueError(f"structsparse::proxssi_step: reg must be 'none' or 'group_lasso', got {reg!r}")
     kw = dict(
         lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps), weight_decay=float(weight_decay)
     )
