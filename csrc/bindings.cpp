@@ -21,21 +21,21 @@ std::string cpu_isa();
 TORCH_LIBRARY(structsparse, m) {
   m.def(
       "rmda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums, "
-      "int[] steps, float[] alphas, int[] views, float lr, float c, str reg, float[] reg_params) -> ()");
+      "SymInt[] steps, float[] alphas, int[] views, float lr, float c, str reg, float[] reg_params) -> ()");
   m.def(
       "ramda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums, "
-      "Tensor(c!)[] sq_grad_sums, int[] steps, float[] alphas, int[] views, float lr, float c, float eps, "
+      "Tensor(c!)[] sq_grad_sums, SymInt[] steps, float[] alphas, int[] views, float lr, float c, float eps, "
       "str reg, float[] reg_params, str solver, int max_iters, float rtol) -> ()");
   m.def(
       "proxsgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] views, "
       "float lr, float c, str reg, float[] reg_params) -> ()");
   m.def(
       "proxgen_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "int[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "SymInt[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
       "str reg, float[] reg_params, str solver, int max_iters, float rtol) -> ()");
   m.def(
       "proxssi_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "int[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "SymInt[] steps, int[] views, float lr, float beta1, float beta2, float eps, float weight_decay, "
       "str reg, float[] reg_params) -> ()");
   // DessiLBI (docs/math.md §6) without magnitude scaling; reg "none" (unpaired: zs, gammas empty) or
   // "group_lasso" (L1 = element grouping), reg_params[0] = λ.
@@ -49,7 +49,7 @@ TORCH_LIBRARY(structsparse, m) {
   // split param; 2: the prox from the all-reduced `sums`, and the whole step of unsplit params).
   m.def(
       "rmda_step_sharded(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums, "
-      "int[] steps, float[] alphas, int[] views, float lr, float c, str reg, float[] reg_params, int[] split, "
+      "SymInt[] steps, float[] alphas, int[] views, float lr, float c, str reg, float[] reg_params, int[] split, "
       "float[] group_weights, int phase, Tensor(c!) sums) -> ()");
   m.def(
       "proxsgd_step_sharded(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] views, "

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from . import distributed
+from . import distributed, ops
 from .backends import check_backend, preload, reference, resolve
 from .regularizers import Regularizer, regularizer_from_dict
 
@@ -573,21 +573,30 @@ class StructuredOptimizer(torch.optim.Optimizer):
     def _masked_step(self, pairs: list[list[tuple[Tensor, Tensor]]], grads: list[Tensor]) -> None:
         """The NaN/Inf check inside ``torch.compile``: a graph cannot branch on the gradients'
         values, so the step runs and every parameter and state tensor is then selected between
-        its new and its old value (a non-finite gradient leaves both as they were). The host
-        counters ``t``/``α`` still advance on such a step (docs/optimizers.md); the skip is
-        counted on the device and read by ``skipped_steps``."""
+        its new and its old value, and every scalar state (the host counters ``t``, ``α``)
+        between its new and old value through :func:`structsparse.ops.flag_value` (an unbacked
+        symbolic int in the graph): a non-finite gradient leaves all of them as they were, as
+        in eager. The skip is counted on the device and read by ``skipped_steps``."""
         flags = [torch.isfinite(g).all() for g in grads]
         ok = flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()
         self._prepare(pairs)
         tensors: list[Tensor] = []
+        scalars: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for ps in pairs:
             for p, _ in ps:
+                st = self.state[p]
                 tensors.append(p)
-                tensors += [v for v in self.state[p].values() if isinstance(v, Tensor)]
+                tensors += [v for v in st.values() if isinstance(v, Tensor)]
+                scalars.append((st, {k: v for k, v in st.items() if not isinstance(v, Tensor)}))
         old = [t.clone() for t in tensors]
         self._step_pairs(pairs)
         for t, o in zip(tensors, old):
             t.copy_(torch.where(ok.to(t.device), t, o))
+        kept = ops.flag_value(ok)
+        for st, before in scalars:
+            for k, v in before.items():
+                # exact for kept in {0, 1}: new·1 + old·0 and new·0 + old
+                st[k] = st[k] * kept + v * (1 - kept)
         key = str(ok.device)
         count = self._skip_counts.get(key)
         if count is None:

@@ -13,16 +13,16 @@ Schemas (one bucket of tensors per call; ``views`` holds ``[A, G, B]`` per tenso
 ``reg_params`` is ``[lam, lam2, omega]``)::
 
     rmda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums,
-              int[] steps, float[] alphas, int[] views, float lr, float c, str reg,
+              SymInt[] steps, float[] alphas, int[] views, float lr, float c, str reg,
               float[] reg_params) -> ()
     ramda_step(Tensor(a!)[] params, Tensor[] grads, Tensor[] anchors, Tensor(b!)[] grad_sums,
-               Tensor(c!)[] sq_grad_sums, int[] steps, float[] alphas, int[] views, float lr,
+               Tensor(c!)[] sq_grad_sums, SymInt[] steps, float[] alphas, int[] views, float lr,
                float c, float eps, str reg, float[] reg_params, str solver, int max_iters,
                float rtol) -> ()
     proxsgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] views,
                  float lr, float c, str reg, float[] reg_params) -> ()
     proxgen_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs,
-                 Tensor(c!)[] exp_avg_sqs, int[] steps, int[] views, float lr, float beta1,
+                 Tensor(c!)[] exp_avg_sqs, SymInt[] steps, int[] views, float lr, float beta1,
                  float beta2, float eps, float weight_decay, str reg, float[] reg_params,
                  str solver, int max_iters, float rtol) -> ()
     proxssi_step(<as proxgen_step without solver, max_iters, rtol>) -> ()
@@ -100,6 +100,20 @@ def _fake_all_finite(tensors) -> object:
     symbolic bool (a graph can compute it; branching on it breaks the graph, and raises under
     ``fullgraph=True``; the optimizers' check under torch.compile does not branch)."""
     return torch.library.get_ctx().new_dynamic_size(min=0, max=1) == 1
+
+
+@torch.library.custom_op("structsparse::flag_value", mutates_args=())
+def flag_value(flag: torch.Tensor) -> int:
+    """1 when the boolean 0-d tensor ``flag`` is true, else 0, as a host int. Under torch.compile
+    it is an unbacked symbolic int (the value depends on the data): the optimizers' NaN/Inf check
+    computes the host step counters from it without a graph break (the op reads ``flag``, a sync
+    on an accelerator)."""
+    return int(bool(flag))
+
+
+@flag_value.register_fake
+def _fake_flag_value(flag: torch.Tensor) -> object:
+    return torch.library.get_ctx().new_dynamic_size(min=0, max=1)
 
 
 if _LOAD_ERROR is None:

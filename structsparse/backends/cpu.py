@@ -151,6 +151,12 @@ def _views(params: Sequence[Tensor], reg: Regularizer | None) -> list[int]:
     return out
 
 
+def _counts(steps: Sequence[Any]) -> list[Any]:
+    """The step counters t for an op's ``SymInt[] steps``: under torch.compile they stay symbolic
+    (``int()`` would specialize the graph on t and recompile it at every step)."""
+    return [t if isinstance(t, torch.SymInt) else int(t) for t in steps]
+
+
 def _flat(views: Sequence[Sequence[int]]) -> list[int]:
     return [int(x) for v in views for x in v]
 
@@ -169,7 +175,7 @@ def rmda_step(params, grads, anchors, grad_sums, *, steps, alphas, lr, c, reg) -
         list(grads),
         list(anchors),
         list(grad_sums),
-        [int(t) for t in steps],
+        _counts(steps),
         [float(a) for a in alphas],
         views,
         float(lr),
@@ -203,7 +209,7 @@ def ramda_step(
     with distributed.owned_groups(reg, lists, written=(0, 3, 4)) as (ls, views):
         torch.ops.structsparse.ramda_step(
             *ls,
-            [int(t) for t in steps],
+            _counts(steps),
             [float(a) for a in alphas],
             _flat(views),
             float(lr),
@@ -264,7 +270,7 @@ def proxgen_step(
     ):
         torch.ops.structsparse.proxgen_step(
             *ls,
-            [int(t) for t in steps],
+            _counts(steps),
             _flat(views),
             float(lr),
             float(beta1),
@@ -291,7 +297,7 @@ def proxssi_step(
     ):
         torch.ops.structsparse.proxssi_step(
             *ls,
-            [int(t) for t in steps],
+            _counts(steps),
             _flat(views),
             float(lr),
             float(beta1),
