@@ -7,7 +7,7 @@ norms are global, see :mod:`structsparse.distributed`)::
         --optimizer proxsgd --epochs 15 --lam 4e-3 --ckpt /tmp/fsdp_ckpt
 
 (measured: epoch 15 test_acc 0.82, group sparsity 0.53 (input-wise), 25 s on 2 shared CPU cores).
-RMDA/RAMDA give exact zeros once c = 1 − momentum reaches 1 (docs/math.md §8): add ``--milestones``
+RMDA/RAMDA give exact zeros once c = 1 − momentum reaches 1 (docs/math.md §3, §7): add ``--milestones``
 for RestartScheduler's sqrt ramp.
 
 The CLI does the same for any of its models and data sets (``torchrun ... -m structsparse train``,
