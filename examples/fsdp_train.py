@@ -91,7 +91,7 @@ def train_fsdp(
             opt.step()
             if sched is not None:
                 sched.step_iteration()
-            total += float(loss) / world
+            total += float(loss.detach()) / world
         if sched is not None:
             sched.step()
         lt = torch.tensor([total])
