@@ -7,7 +7,7 @@ norms are global, see :mod:`structsparse.distributed`)::
         --optimizer proxsgd --epochs 15 --lam 4e-3 --ckpt /tmp/fsdp_ckpt
 
 (measured: epoch 15 test_acc 0.82, group sparsity 0.53 (input-wise), 25 s on 2 shared CPU cores).
-RMDA/RAMDA give exact zeros once c = 1 − momentum reaches 1 (docs/math.md §8): add ``--milestones``
+RMDA/RAMDA give exact zeros once c = 1 − momentum reaches 1 (docs/math.md §3, §7): add ``--milestones``
 for RestartScheduler's sqrt ramp.
 
 The CLI does the same for any of its models and data sets (``torchrun ... -m structsparse train``,
@@ -91,7 +91,7 @@ def train_fsdp(
             opt.step()
             if sched is not None:
                 sched.step_iteration()
-            total += float(loss) / world
+            total += float(loss.detach()) / world
         if sched is not None:
             sched.step()
         lt = torch.tensor([total])

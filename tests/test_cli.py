@@ -185,6 +185,24 @@ def test_argparse_errors_are_one_line_exit_2(capsys, argv, needle):
         (["identify", "--lam", "-1"], "--lam"),
         (["identify", "--ref-iters", "0"], "--ref-iters"),
         (["ticket", "--lr", "nan"], "--lr"),
+        # a setting the chosen optimizer(s) would ignore
+        (["train", "--optimizer", "rmda", "--solver", "exact"], "--solver: not used by rmda"),
+        (["train", "--optimizer", "ramda", "--nu", "5"], "--nu: not used by ramda"),
+        (["train", "--optimizer", "proxgen", "--momentum", "0.5"], "--momentum: not used by proxgen"),
+        (["train", "--optimizer", "rmda", "--weight-decay", "0.1"], "--weight-decay: not used by rmda"),
+        (["train", "--optimizer", "sgd", "--lam", "0.1"], "--lam: not used by sgd"),
+        (["train", "--regularizer", "none", "--lam", "0.1"], "--lam: not used with --regularizer none"),
+        (["compare", "--optimizers", "rmda,ramda", "--kappa", "2"], "--kappa: not used by rmda, ramda"),
+        (["compare", "--optimizers", "rmda,ramda", "--set", "rmda.eps=0.1"], "rmda.eps"),
+        (["compare", "--optimizers", "sgd,rmda", "--set", "sgd.lam=0.1"], "sgd.lam"),
+        (["compare", "--optimizers", "rmda", "--target-acc", "200"], "--target-acc"),
+        (["compare", "--optimizers", "rmda", "--target-acc", "nan"], "--target-acc"),
+        (["identify", "--optimizers", "rmda,dessilbi"], "'dessilbi' is not scored"),
+        # the run folder stays inside --out
+        (["train", "--run-name", "../escaped"], "--run-name"),
+        (["compare", "--run-name", "a/b"], "--run-name"),
+        (["identify", "--run-name", ".."], "--run-name"),
+        (["ticket", "--run-name", "../escaped"], "--run-name"),
     ],
 )
 def test_bad_values_fail_before_any_output(tmp_path, capsys, argv, needle):
@@ -193,7 +211,37 @@ def test_bad_values_fail_before_any_output(tmp_path, capsys, argv, needle):
     assert code == 2 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_setting_the_optimizer_reads_is_accepted():
+    from structsparse.cli.config import check_flags_used
+
+    check_flags_used({"solver": "exact", "eps": 1e-3, "momentum": 0.5, "lam": 1e-3}, ["ramda"])
+    check_flags_used({"nu": 5.0, "kappa": 2.0, "weight_decay": 0.1}, ["rmda", "dessilbi"])
+    check_flags_used({"weight_decay": 0.1, "momentum": 0.9}, ["sgd"])
+    from structsparse.cli.optimizers import OPTION_KEYS
+
+    class Reads(dict):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.read = set()
+
+        def __getitem__(self, k):
+            self.read.add(k)
+            return super().__getitem__(k)
+
+        def get(self, k, default=None):
+            self.read.add(k)
+            return super().get(k, default)
+
+    for name, spec in OPTIMIZERS.items():  # the declared settings are exactly those the build reads
+        hp = Reads({**spec.defaults, "backend": "reference"})
+        group = {"params": [torch.nn.Parameter(torch.zeros(2, 2))]}
+        if spec.regularized:
+            group["regularizer"] = ss.GroupLasso(1e-3)
+        spec.build([group], hp)
+        assert hp.read & set(OPTION_KEYS) == set(spec.options), name
 
 
 @pytest.mark.parametrize("cmd", ["train", "compare", "identify", "ticket"])

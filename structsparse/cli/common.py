@@ -60,7 +60,10 @@ def _sync(dev: torch.device) -> None:
 
 def _run_dir(base: str | None, name: str, unique: bool, create: bool = True) -> Path:
     """``<base or ./runs>/<name>``, with ``-1``, ``-2``, … appended when ``unique`` and it exists;
-    created unless ``create`` is false (then :func:`make_dir` creates it once the input is valid)."""
+    created unless ``create`` is false (then :func:`make_dir` creates it once the input is valid).
+    ``name`` (``--run-name``) is one folder name: no path separator, not ``.`` or ``..``."""
+    if not name or name in (".", "..") or "/" in name or (os.sep != "/" and os.sep in name):
+        raise CLIError(f"--run-name: expected a folder name (no path separator, not . or ..), got {name!r}")
     root = Path(base) if base else Path.cwd() / "runs"
     path = root / name
     if unique and path.exists():

@@ -13,9 +13,9 @@ from typing import Any
 
 from . import checkpoint
 from .common import CLIError, _md_table, _pct, _run_dir, _threads, make_dir, write_text
-from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg, resolve_milestones
+from .config import TRAIN_DEFAULTS, _add_common, _cfg, _check_train_cfg, check_flags_used, resolve_milestones
 from .data import load_dataset
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, OPTION_KEYS
 from .plotting import _plot_compare
 from .train import run_train
 
@@ -44,6 +44,13 @@ def run_compare(
     for o in overrides:
         if o not in optimizers:
             raise CLIError(f"--set: optimizer {o!r} is not in --optimizers")
+        spec = OPTIMIZERS.get(o)
+        for k in overrides[o]:
+            unused = (
+                k in OPTION_KEYS and spec is not None and spec.options is not None and k not in spec.options
+            )
+            if unused or (k == "lam" and spec is not None and not spec.regularized):
+                raise CLIError(f"--set: {o}.{k}: {o} does not use {k}")
     cfg = resolve_milestones({**TRAIN_DEFAULTS, **cfg})
     for o in optimizers:
         _check_train_cfg({**cfg, "optimizer": o, **overrides.get(o, {})})
@@ -188,6 +195,10 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     opts = [o.strip() for o in ns.optimizers.split(",") if o.strip()]
     if not opts:
         raise CLIError("--optimizers: empty list")
+    if all(o in OPTIMIZERS for o in opts):  # else run_compare names the unknown one
+        check_flags_used(cfg, opts)
+    if ns.target_acc is not None and not (math.isfinite(ns.target_acc) and 0 < ns.target_acc <= 100):
+        raise CLIError(f"--target-acc: expected an accuracy in (0, 100] (% or fraction), got {ns.target_acc}")
     name = ns.run_name or f"compare-{ns.dataset}-{ns.model}-s{ns.seed}"
     out_dir = _run_dir(ns.out, name, unique=ns.run_name is None, create=False)
     sets, lams = _parse_sets(ns.set or []), _parse_lams(ns.lams or [])

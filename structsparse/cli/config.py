@@ -14,7 +14,7 @@ import torch
 from .common import CLIError, check_backend
 from .data import DATASETS
 from .models import MODELS
-from .optimizers import GROUPINGS, OPTIMIZERS, REGULARIZERS, make_regularizer, resolve_hparams
+from .optimizers import GROUPINGS, OPTIMIZERS, OPTION_KEYS, REGULARIZERS, make_regularizer, resolve_hparams
 
 TRAIN_DEFAULTS: dict[str, Any] = dict(
     dataset="digits",
@@ -166,6 +166,24 @@ def _check_train_cfg(cfg: dict[str, Any]) -> None:
         raise CLIError(f"--ramp: expected sqrt, geometric or none, got {cfg['ramp']!r}")
     check_backend(cfg["backend"], cfg["device"], distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     _check_hparams(cfg)
+
+
+def check_flags_used(cfg: dict[str, Any], optimizers: list[str]) -> None:
+    """Refuse (:class:`CLIError`) an optimizer setting given in ``cfg`` that none of
+    ``optimizers`` reads (``--solver`` with ``rmda``, ``--nu`` without ``dessilbi``, ``--lam``
+    with only dense baselines or ``--regularizer none``): it would be ignored without a word."""
+    specs = [OPTIMIZERS[o] for o in optimizers if o in OPTIMIZERS]
+    names = ", ".join(optimizers)
+    for k in OPTION_KEYS:
+        if cfg.get(k) is None or any(s.options is None or k in s.options for s in specs):
+            continue
+        users = [o for o, s in OPTIMIZERS.items() if s.options is not None and k in s.options]
+        raise CLIError(f"--{k.replace('_', '-')}: not used by {names} (used by {', '.join(users)})")
+    if cfg.get("lam") is not None:
+        if cfg.get("regularizer") == "none":
+            raise CLIError("--lam: not used with --regularizer none")
+        if not any(s.regularized for s in specs):
+            raise CLIError(f"--lam: not used by {names} (dense, no regularizer)")
 
 
 def _check_hparams(cfg: dict[str, Any]) -> None:

@@ -351,7 +351,12 @@ def run_identify(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, A
     ``args["quiet"]`` hides the progress lines, not the final table."""
     opts = args["optimizers"]
     for o in opts:
-        if o not in OPTIMIZERS or not OPTIMIZERS[o].regularized:
+        if o == "dessilbi":  # its structure is the support of Γ; identify scores the weights' zeros
+            raise CLIError(
+                "--optimizers: 'dessilbi' is not scored by identify (its structure is the support of Γ, "
+                f"its weights stay dense); expected names from {', '.join(IDENTIFY_OPTIMIZERS)}"
+            )
+        if o not in IDENTIFY_OPTIMIZERS:
             raise CLIError(
                 f"--optimizers: {o!r} is not a regularized optimizer; expected names from {', '.join(IDENTIFY_OPTIMIZERS)}"
             )

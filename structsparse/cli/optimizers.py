@@ -49,6 +49,10 @@ class OptimizerSpec:
     epoch_metrics: (
         Callable[[torch.optim.Optimizer, nn.Module, Callable[[nn.Module], float]], dict[str, Any]] | None
     ) = None
+    #: the optimizer-specific settings ``build`` reads, among :data:`OPTION_KEYS` (``--momentum``,
+    #: ``--eps``, ...): ``train`` refuses a flag its optimizer would ignore, ``compare`` one that none
+    #: of its optimizers reads. None: not declared (nothing is refused).
+    options: tuple[str, ...] | None = None
 
 
 def _build_rmda(groups, hp):
@@ -131,6 +135,10 @@ def _build_adamw(groups, hp):
 
 _COMMON = dict(eps=None, solver="pg", weight_decay=0.0, kappa=None, nu=None)
 
+#: the optimizer-specific settings (``OptimizerSpec.options``); ``lr`` and ``lam`` are every
+#: optimizer's (``lam`` every regularized one's)
+OPTION_KEYS = ("momentum", "eps", "solver", "weight_decay", "kappa", "nu")
+
 
 #: The optimizer table. To add one, add a row (see ``dessilbi``: its structure is read from the Γ
 #: tensors and it logs extra per-epoch columns); ``train`` and ``compare`` pick it up (their
@@ -144,6 +152,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         # lr 1: with lr 0.1 (the library's default) and λ 1e-3 no group of the digits MLP reaches
         # zero in 30 epochs (the restarts re-anchor W0 and α·λ stays below ‖W0_g‖·β); see docs/cli.md
         dict(_COMMON, lr=1.0, momentum=0.9, lam=1e-3),
+        options=("momentum",),
         help="RMDA (ss.RMDA)",
     ),
     "ramda": OptimizerSpec(
@@ -152,6 +161,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         True,
         True,
         dict(_COMMON, lr=1e-2, momentum=0.9, lam=1e-3, eps=1e-6, solver="auto"),
+        options=("momentum", "eps", "solver"),
         help="RAMDA (ss.RAMDA)",
     ),
     "proxsgd": OptimizerSpec(
@@ -160,6 +170,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         True,
         False,
         dict(_COMMON, lr=0.1, momentum=0.9, lam=1e-3),
+        options=("momentum",),
         help="proximal SGD with momentum (ss.ProxSGD)",
     ),
     "proxgen": OptimizerSpec(
@@ -168,6 +179,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         True,
         False,
         dict(_COMMON, lr=1e-3, momentum=None, lam=1e-3),
+        options=("weight_decay", "solver"),
         help="ProxGen, AdamW base (ss.ProxGen)",
     ),
     "proxssi": OptimizerSpec(
@@ -176,6 +188,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         True,
         False,
         dict(_COMMON, lr=1e-3, momentum=None, lam=3e-5),
+        options=("weight_decay",),
         help="ProxSSI (ss.ProxSSI)",
     ),
     "dessilbi": OptimizerSpec(
@@ -186,6 +199,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         dict(_COMMON, lr=0.1, momentum=0.9, lam=0.05, kappa=1.0, nu=10.0),
         structure=_dessilbi_structure,
         epoch_metrics=_dessilbi_metrics,
+        options=("momentum", "weight_decay", "kappa", "nu"),
         help="DessiLBI (ss.DessiLBI); structure = support of Γ; λ is the threshold of Ω_λ",
     ),
     "sgd": OptimizerSpec(
@@ -194,6 +208,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         False,
         False,
         dict(_COMMON, lr=0.1, momentum=0.9, lam=None),
+        options=("momentum", "weight_decay"),
         help="dense torch.optim.SGD",
     ),
     "adamw": OptimizerSpec(
@@ -202,6 +217,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         False,
         False,
         dict(_COMMON, lr=1e-3, momentum=None, lam=None),
+        options=("weight_decay",),
         help="dense AdamW",
     ),
 }

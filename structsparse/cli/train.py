@@ -39,6 +39,7 @@ from .config import (
     _add_common,
     _cfg,
     _check_train_cfg,
+    check_flags_used,
     resolve_milestones,
     resume_config,
 )
@@ -441,6 +442,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     cfg = _cfg(ns)
+    if not ns.resume:  # a resumed run keeps its saved settings (resume_config checks the flags)
+        check_flags_used(cfg, [cfg["optimizer"]])
     if ns.compact:
         cfg["save_model"] = True
     try:
