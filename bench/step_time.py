@@ -20,7 +20,7 @@ Rows beyond the default list: "RAMDA defaults" and "ProxGen defaults" (the libra
 solver="auto"), "RAMDA exact SGL", "RAMDA exact MCP", "RAMDA exact GroupMCP" (the exact solves of
 SparseGroupLasso, MCP and GroupMCP), e.g.
 
-    PYTHONPATH=$PWD python bench/step_time.py --backends cpu --rss-steps 0 --out bench/results/solvers \
+    PYTHONPATH=$PWD python bench/step_time.py --backends cpu --rss-steps 0 --out bench/results/epyc \
         --optimizers "RAMDA defaults,RAMDA exact SGL,RAMDA exact MCP,RAMDA exact GroupMCP,ProxGen defaults"
 
 The PG iterations per step of "RAMDA pg" and "ProxGen pg" (median and max per tensor, counted on
