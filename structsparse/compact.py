@@ -815,6 +815,8 @@ def compact_run(
     from .data import load_dataset
     from .models import build_model
 
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps: expected a positive number of timed passes, got {reps!r}")
     run = Path(run_dir)
     cfg_path, model_path = run / "config.json", run / "model.pt"
     if not cfg_path.is_file():

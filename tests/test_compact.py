@@ -387,6 +387,19 @@ def test_trained_digits_run_compacted_with_accuracy_unchanged(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("reps", ["0", "-3"])
+def test_compact_command_refuses_a_nonpositive_reps(tmp_path, capsys, reps):
+    from structsparse.cli import main
+
+    (tmp_path / "config.json").write_text('{"dataset": "digits"}')
+    assert main(["compact", str(tmp_path), "--reps", reps]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reps" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    with pytest.raises(ValueError, match="reps"):
+        compact_run(tmp_path, reps=int(reps))
+
+
 def test_stats_and_latency():
     m = build_model("mlp", (1, 8, 8), 10)
     x = torch.randn(4, 1, 8, 8)

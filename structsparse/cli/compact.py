@@ -30,6 +30,8 @@ def cmd_compact(ns: argparse.Namespace) -> int:
     validation accuracy) to RUN_DIR/summary.md and summary.json."""
     from ..compact import compact_run
 
+    if ns.reps < 1:
+        raise CLIError(f"--reps: expected a positive number of timed passes, got {ns.reps}")
     run = Path(ns.run_dir)
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
