@@ -198,6 +198,12 @@ def test_argparse_errors_are_one_line_exit_2(capsys, argv, needle):
         (["compare", "--optimizers", "rmda", "--target-acc", "200"], "--target-acc"),
         (["compare", "--optimizers", "rmda", "--target-acc", "nan"], "--target-acc"),
         (["identify", "--optimizers", "rmda,dessilbi"], "'dessilbi' is not scored"),
+        (["identify", "--problems", ""], "--problems: empty list"),
+        (["identify", "--optimizers", ","], "--optimizers: empty list"),
+        (["ticket", "--lbi-epochs", "0"], "--lbi-epochs"),
+        (["ticket", "--retrain-lr", "-1"], "--retrain-lr"),
+        (["ticket", "--retrain-weight-decay", "-1"], "--retrain-weight-decay"),
+        (["ticket", "--subset", "0"], "--subset"),
         # the run folder stays inside --out
         (["train", "--run-name", "../escaped"], "--run-name"),
         (["compare", "--run-name", "a/b"], "--run-name"),

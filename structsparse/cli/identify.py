@@ -466,6 +466,9 @@ def cmd_identify(ns: argparse.Namespace) -> int:
     args = {k: v for k, v in vars(ns).items() if k != "func"}
     args["optimizers"] = [o.strip() for o in ns.optimizers.split(",") if o.strip()]
     args["problems"] = [p.strip() for p in ns.problems.split(",") if p.strip()]
+    for k in ("problems", "optimizers"):
+        if not args[k]:
+            raise CLIError(f"--{k}: empty list")
     for p in args["problems"]:
         if p not in ("linear", "conv"):
             raise CLIError(f"--problems: unknown problem {p!r}; expected linear and/or conv")

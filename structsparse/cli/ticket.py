@@ -54,7 +54,7 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
     te = args["ticket_epochs"]
     if not te or min(te) < 1 or te != sorted(set(te)):
         raise CLIError(f"--ticket-epochs: expected increasing epochs >= 1, got {te}")
-    lbi_epochs = args["lbi_epochs"] or max(te)
+    lbi_epochs = args["lbi_epochs"] if args["lbi_epochs"] is not None else max(te)
     if lbi_epochs < max(te):
         raise CLIError(f"--lbi-epochs: {lbi_epochs} is before the last ticket epoch {max(te)}")
     rw = args["rewind"]
@@ -70,6 +70,11 @@ def run_ticket(args: dict[str, Any], out_dir: Path, echo=print) -> dict[str, Any
     for k in ("lam", "lr", "kappa", "nu", "momentum", "retrain_lr", "retrain_weight_decay"):
         if not math.isfinite(args[k]):
             raise CLIError(f"--{k.replace('_', '-')}: expected a finite number, got {args[k]}")
+    for k in ("retrain_lr", "retrain_weight_decay"):  # checked by SGD only after the DessiLBI run
+        if args[k] < 0:
+            raise CLIError(f"--{k.replace('_', '-')}: expected a value >= 0, got {args[k]}")
+    if args.get("subset") is not None and args["subset"] < 1:
+        raise CLIError(f"--subset: expected a positive number of examples, got {args['subset']}")
     data = load_dataset(
         args["dataset"],
         args["data_dir"],
