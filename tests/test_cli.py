@@ -300,6 +300,7 @@ def test_help_texts_say_what_runs(capsys):
     assert "1/3 and 2/3" in helps["milestones"]
     assert "final table" in helps["quiet"]
     assert OPTIMIZERS["ramda"].defaults["solver"] == "auto"
+    assert "pg for ProxGen" in helps["solver"] and OPTIMIZERS["proxgen"].defaults["solver"] == "pg"
     dessilbi_nu = inspect.signature(ss.DessiLBI).parameters["nu"].default
     assert OPTIMIZERS["dessilbi"].defaults["nu"] == 10.0 and dessilbi_nu == 100.0
     # "auto": the optimizer picks exact where the regularizer has one (every one but nuclear)
