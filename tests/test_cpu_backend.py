@@ -413,8 +413,9 @@ def test_supports_declares_what_the_kernels_run():
     assert cpu_backend.supports("proxssi", sgl, device=cuda_dev)
     assert not cpu_backend.supports("dessilbi", gl, magnitude_scaling=True)
     assert triton_backend.supports("dessilbi", gl, magnitude_scaling=True)
-    assert not triton_backend.supports("ramda", sgl, solver="exact")
-    assert not triton_backend.supports("proxssi", sgl)
+    assert triton_backend.supports("ramda", sgl, solver="exact")  # the exact solves are fused there too
+    assert triton_backend.supports("proxssi", sgl)
+    assert not triton_backend.supports("ramda", nuc, solver="exact")
 
     w = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="backend 'cpu': rmda has no fused kernel for NuclearNorm"):
