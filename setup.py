@@ -1,13 +1,13 @@
 """Build script: the structsparse package and its C++ extension ``structsparse._C``.
 
-The extension holds the fused CPU kernels (csrc/cpu, csrc/bindings.cpp). The tile kernels are
+The extension holds the fused CPU kernels (csrc/cpu; op schemas in csrc/library.cpp). The tile kernels are
 compiled three times (baseline, AVX2+FMA, AVX-512) and the best one for the running CPU is chosen
 at import (no -march=native). When no compiler is available the build of the extension is
 skipped with a warning and the pure-Python package (reference backend) still installs; set
 ``STRUCTSPARSE_REQUIRE_EXT=1`` to make that an error, ``STRUCTSPARSE_NO_EXT=1`` to skip it.
 
 With a CUDA build of torch and a CUDA toolkit of the same major version, the same extension also
-holds the CUDA kernels (csrc/cuda/*.cu, csrc/cuda_bindings.cpp). The toolkit and the GPU
+holds the CUDA kernels (csrc/cuda/*.cu, csrc/cuda/ops.cpp). The toolkit and the GPU
 architectures are chosen by build_helpers.cuda_plan (CUDA_HOME, else nvcc's real location, else
 /usr/local/cuda; TORCH_CUDA_ARCH_LIST, else the visible GPUs, else sm_80 and sm_90 with PTX).
 When the CUDA part cannot be built the CPU kernels still are, and one line says why;
@@ -87,7 +87,8 @@ def _ext_modules():
         cpp_extension.CUDA_HOME = plan.cuda_home
 
     sources = [
-        "csrc/bindings.cpp",
+        "csrc/library.cpp",
+        "csrc/cpu/ops.cpp",
         "csrc/cpu/steps.cpp",
         "csrc/cpu/kernels_default.cpp",
         "csrc/cpu/kernels_avx2.cpp",
@@ -124,7 +125,7 @@ def _ext_modules():
     )
     ext = cpu_ext
     if plan.build:
-        cuda_sources = ["csrc/cuda_bindings.cpp"] + sorted(
+        cuda_sources = ["csrc/cuda/ops.cpp"] + sorted(
             os.path.relpath(f, HERE) for f in glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))
         )
         ext = cpp_extension.CUDAExtension(

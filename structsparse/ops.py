@@ -1,6 +1,6 @@
 """The structsparse custom ops (``torch.ops.structsparse.*``) and their fake implementations.
 
-The schemas are defined in C++ (``csrc/bindings.cpp``) and loaded with the extension
+The schemas are defined in C++ (``csrc/library.cpp``) and loaded with the extension
 ``structsparse._C``; device kernels register under the same names (CPU: ``csrc/cpu``; CUDA: the
 compiled ``csrc/cuda`` kernels when the extension was built with CUDA, else the Triton kernels,
 registered from Python at import when CUDA and triton are available). The fake
@@ -65,12 +65,12 @@ def _load_extension() -> str | None:
 _LOAD_ERROR: str | None = _load_extension()
 
 STEP_OPS = ("rmda_step", "ramda_step", "proxsgd_step", "proxgen_step", "proxssi_step", "dessilbi_step")
-#: Ops that have a CUDA kernel in a CUDA build of the extension (csrc/cuda_bindings.cpp); the
+#: Ops that have a CUDA kernel in a CUDA build of the extension (csrc/cuda/ops.cpp); the
 #: sharded twins and ``all_finite`` are CPU-only (on CUDA the optimizers check gradients with
 #: ``torch._foreach_norm``). .ci/cuda_build_check asserts that each of these is registered.
 CUDA_OPS = STEP_OPS
 #: CPU-only sharded twins (FSDP2): the plain op's arguments + ``int[] split, float[] group_weights,
-#: int phase, Tensor(x!) sums`` (see csrc/bindings.cpp and structsparse/backends/cpu.py)
+#: int phase, Tensor(x!) sums`` (see csrc/library.cpp and structsparse/backends/cpu.py)
 SHARDED_OPS = ("rmda_step_sharded", "proxsgd_step_sharded", "dessilbi_step_sharded")
 
 #: Step ops whose CUDA kernel is the Triton backend's (registered when :mod:`structsparse.backends`

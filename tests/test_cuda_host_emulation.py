@@ -86,7 +86,7 @@ def make_reg(kind: str, lam: float, grouping: str):
 
 
 def _scalars(algo: str, hp: dict, t: int, alpha: float) -> list[float]:
-    """Per-tensor scalars, as csrc/cuda_bindings.cpp computes them."""
+    """Per-tensor scalars, as csrc/cuda/ops.cpp computes them."""
     if algo == "rmda":
         sqt = math.sqrt(t)
         return [hp["lr"] * sqt, sqt, hp["c"], alpha / sqt]

@@ -1,4 +1,5 @@
-// CPU implementations of the structsparse ops (schemas in csrc/bindings.cpp).
+// CPU implementations of the structsparse ops (schemas in csrc/library.cpp, registered for the CPU
+// dispatch key in csrc/cpu/ops.cpp).
 //
 // One call per bucket of tensors. Each tensor, viewed as [A, G, B] (docs/math.md §1), is cut into tiles
 // of whole groups whose size depends only on (A, G, B), never on the thread count; the tiles of
@@ -27,6 +28,7 @@
 
 #include "structsparse/math.h"
 #include "structsparse/overlap.h"
+#include "steps.h"
 #include "tile.h"
 
 namespace structsparse {
@@ -819,19 +821,6 @@ bool all_finite(at::TensorList tensors) {
     }
   });
   return ok.load();
-}
-
-TORCH_LIBRARY_IMPL(structsparse, CPU, m) {
-  m.impl("all_finite", &all_finite);
-  m.impl("rmda_step", &rmda_step);
-  m.impl("ramda_step", &ramda_step);
-  m.impl("proxsgd_step", &proxsgd_step);
-  m.impl("proxgen_step", &proxgen_step);
-  m.impl("proxssi_step", &proxssi_step);
-  m.impl("dessilbi_step", &dessilbi_step);
-  m.impl("rmda_step_sharded", &rmda_step_sharded);
-  m.impl("proxsgd_step_sharded", &proxsgd_step_sharded);
-  m.impl("dessilbi_step_sharded", &dessilbi_step_sharded);
 }
 
 }  // namespace cpu

@@ -1,4 +1,4 @@
-// Interface between the CPU dispatcher (bindings.cpp side, compiled with default flags) and the
+// Interface between the CPU dispatcher (steps.cpp side, compiled with default flags) and the
 // per-ISA tile kernels (kernels_impl.h compiled several times with different target flags).
 //
 // A tensor viewed as [A, G, B] (docs/math.md §1) is cut into tiles of `ng` consecutive groups. A tile is

@@ -1,6 +1,6 @@
 // Interface of the CUDA kernels of structsparse (csrc/cuda/*.cu): the params struct of one bucket,
 // the host-side planning of work items, and the plain C++ launch functions. No torch headers: the
-// torch glue (csrc/cuda_bindings.cpp) fills these structs from tensors; the host emulation test
+// torch glue (csrc/cuda/ops.cpp) fills these structs from tensors; the host emulation test
 // (tests/cuda_host/emulate.cu) fills them from files.
 //
 // A bucket is a list of tensors, each viewed as [A, G, B] (docs/math.md §1; group j = x[:, j, :],

@@ -370,7 +370,7 @@ def dessilbi_step(
 
 # -- torch.library: the Triton kernels as CUDA implementations of the structsparse ops ---------
 #
-# The op schemas are defined in C++ (csrc/bindings.cpp) and their fake kernels in
+# The op schemas are defined in C++ (csrc/library.cpp) and their fake kernels in
 # structsparse/ops.py. When CUDA and triton are available and the extension did not register a
 # compiled CUDA kernel for an op (a CPU-only build of structsparse._C), the functions below are
 # registered as that op's CUDA kernel, so ``torch.ops.structsparse.<op>`` runs on CUDA tensors

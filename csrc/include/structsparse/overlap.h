@@ -1,7 +1,7 @@
 // Whether a strided tensor may hold two elements at one memory location (an expanded or an
 // overlapping as_strided view). A step writes the parameter in place: through such an alias it
 // would write one element several times, so the ops reject these parameters. Plain C++ on the
-// sizes and strides (no torch headers): shared by the CPU and the CUDA bindings.
+// sizes and strides (no torch headers): shared by the CPU and the CUDA glue.
 #pragma once
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // The torch glue: op schemas of structsparse (torch.library), registered once here. Kernels are
-// registered per device elsewhere (csrc/cpu/steps.cpp: CPU; later CUDA files: CUDA) under these
+// registered per device elsewhere (csrc/cpu/ops.cpp: CPU; csrc/cuda/ops.cpp: CUDA) under these
 // names; structsparse/ops.py registers the fake (meta) implementations for torch.compile.
 //
 // Every step op takes one bucket: parallel lists of tensors, per-tensor scalars as lists, the
@@ -12,11 +12,7 @@
 
 #include <string>
 
-namespace structsparse {
-namespace cpu {
-std::string cpu_isa();
-}
-}  // namespace structsparse
+#include "steps.h"  // structsparse::cpu::cpu_isa
 
 TORCH_LIBRARY(structsparse, m) {
   m.def(

@@ -1,4 +1,4 @@
-// CUDA implementations of the structsparse ops (schemas in csrc/bindings.cpp), compiled only in a
+// CUDA implementations of the structsparse ops (schemas in csrc/library.cpp), compiled only in a
 // CUDA build (setup.py). This is the torch glue: it validates a bucket, fills the plain params
 // structs of csrc/cuda/launch.h from the tensors and calls the launchers on the current stream.
 //
